@@ -1,0 +1,1 @@
+"""Generated from remoting/proto by remoting/tools/generate_proto.py."""
