@@ -1,0 +1,705 @@
+"""The worker's lease ledger: the single source of truth for what is leased on which device.
+
+Leases, their slices and the kernels started in them live in one SQLite file. Every change runs in
+one ``BEGIN IMMEDIATE`` transaction that reads the current usage and writes the new rows, so capacity
+is never over-committed, even by several processes sharing the file. Rows survive a worker restart.
+Released leases stay as tombstones for a while, so releasing twice is answered, not an error.
+
+Errors carry a ``code`` named after the gRPC status the server answers with, and a sentence a
+person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from tf_remoting.quantities import format_bytes, format_percent
+
+__all__ = [
+    "DeviceCapacity",
+    "SliceAlloc",
+    "LeaseRecord",
+    "KernelRecord",
+    "LedgerError",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "InvalidArgument",
+    "LedgerUnavailable",
+    "Ledger",
+]
+
+MAX_VRAM = 2**62
+MAX_COUNT = 64
+MAX_TTL_SECONDS = 86400
+MAX_QOS = 4
+KERNEL_STATUSES = ("starting", "running", "exited")
+# How long a released lease is remembered (release answers False rather than NOT_FOUND).
+TOMBSTONE_SECONDS = 7 * 86400
+# How long a write waits for another process holding the ledger before giving up.
+BUSY_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class DeviceCapacity:
+    """What one device offers: its VRAM and the compute percent that can be leased.
+
+    ``compute_capacity`` is 100 x the oversubscription ratio (200: two 100 % slices fit).
+    """
+
+    uuid: str
+    index: int
+    name: str
+    vram_total: int
+    compute_capacity: int
+
+
+@dataclass(frozen=True)
+class SliceAlloc:
+    """A lease's share of one device."""
+
+    device_uuid: str
+    device_index: int
+    vram: int
+    compute: int
+
+
+@dataclass
+class LeaseRecord:
+    """A lease as stored: its owner, slices and expiry (unix seconds)."""
+
+    id: str
+    principal: str
+    slices: list[SliceAlloc]
+    qos: int
+    mode: int
+    created_at: float
+    expires_at: float
+    ttl_seconds: int
+    profile: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    released_at: float | None = None
+
+
+@dataclass
+class KernelRecord:
+    """A kernel started in a lease; ``status`` is "starting", "running" or "exited"."""
+
+    id: str
+    lease_id: str
+    principal: str
+    nanny_pid: int
+    pid: int
+    status: str
+    exit_code: int | None
+    cwd: str
+    environment: str
+    started_at: float
+    directory: str
+    labels: dict[str, str]
+
+
+class LedgerError(Exception):
+    """A ledger operation that cannot be done; ``code`` names the gRPC status to answer with."""
+
+    code = "INTERNAL"
+
+
+class NotFound(LedgerError):
+    code = "NOT_FOUND"
+
+
+class PermissionDenied(LedgerError):
+    code = "PERMISSION_DENIED"
+
+
+class ResourceExhausted(LedgerError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class InvalidArgument(LedgerError):
+    code = "INVALID_ARGUMENT"
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger cannot be written (disk full, read-only state directory, locked too long)."""
+
+    code = "UNAVAILABLE"
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS leases (
+    id TEXT PRIMARY KEY,
+    principal TEXT NOT NULL,
+    qos INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    ttl_seconds INTEGER NOT NULL,
+    profile TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    released_at REAL
+);
+CREATE TABLE IF NOT EXISTS slices (
+    lease_id TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+    device_uuid TEXT NOT NULL,
+    device_index INTEGER NOT NULL,
+    vram INTEGER NOT NULL,
+    compute INTEGER NOT NULL,
+    PRIMARY KEY (lease_id, device_uuid)
+);
+CREATE INDEX IF NOT EXISTS slices_device ON slices(device_uuid);
+CREATE TABLE IF NOT EXISTS kernels (
+    id TEXT PRIMARY KEY,
+    lease_id TEXT NOT NULL,
+    principal TEXT NOT NULL,
+    nanny_pid INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    exit_code INTEGER,
+    cwd TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    directory TEXT NOT NULL,
+    labels TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS kernels_lease ON kernels(lease_id);
+"""
+
+_LEASE_COLUMNS = "id, principal, qos, mode, created_at, expires_at, ttl_seconds, profile, labels, released_at"
+_KERNEL_COLUMNS = [f.name for f in fields(KernelRecord)]
+
+
+def _slice_text(vram: int, compute: int) -> str:
+    return f"{format_bytes(vram)} VRAM / {format_percent(compute)} compute"
+
+
+def _check_int(name: str, value: object, low: int, high: int, hint: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(f"{name} {value!r} is out of range: {hint}.")
+    return value
+
+
+def _check_labels(labels: dict[str, str] | None) -> dict[str, str]:
+    labels = dict(labels or {})
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidArgument(f"label {key!r}: {value!r} is not text; labels map strings to strings.")
+    return labels
+
+
+class Ledger:
+    """The lease ledger of one worker, in the SQLite file at ``path``.
+
+    Thread-safe, and atomic across processes that share the file. ``devices`` are the leasable
+    devices with their capacities; ``clock`` gives unix seconds (tests inject their own).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        devices: list[DeviceCapacity],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._devices: dict[str, DeviceCapacity] = {}
+        self.set_devices(devices)
+        try:
+            # Autocommit mode: transactions are only the explicit BEGIN IMMEDIATE ones below.
+            self._conn = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_SECONDS
+            )
+        except sqlite3.OperationalError as exc:
+            raise self._unavailable(exc, opening=True) from exc
+        try:
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._setup_schema()
+        except sqlite3.OperationalError as exc:
+            self._conn.close()
+            raise self._unavailable(exc, opening=True) from exc
+
+    def _setup_schema(self) -> None:
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.OperationalError:
+            # A ledger that cannot be written (full disk, read-only state) but already holds the
+            # tables still answers reads; writes will say why they fail.
+            tables = {
+                row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            if not {"leases", "slices", "kernels"} <= tables:
+                raise
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ devices
+
+    def set_devices(self, devices: list[DeviceCapacity]) -> None:
+        """Replace the device list (e.g. the oversubscription ratio changed); leases are kept."""
+        by_uuid: dict[str, DeviceCapacity] = {}
+        for device in devices:
+            if device.uuid in by_uuid:
+                raise ValueError(f"device {device.uuid} is listed twice")
+            if device.vram_total < 0 or device.compute_capacity < 0:
+                raise ValueError(f"device {device.uuid} has a negative capacity")
+            by_uuid[device.uuid] = device
+        self._devices = by_uuid
+
+    @property
+    def devices(self) -> list[DeviceCapacity]:
+        """The devices, by index."""
+        return sorted(self._devices.values(), key=lambda d: d.index)
+
+    # ------------------------------------------------------------------ transactions
+
+    def _unavailable(self, exc: sqlite3.OperationalError, opening: bool = False) -> LedgerUnavailable:
+        reason = str(exc)
+        if "locked" in reason or "busy" in reason:
+            return LedgerUnavailable(
+                f"the lease ledger {self.path} stayed locked by another process for more than "
+                f"{BUSY_TIMEOUT_SECONDS:g} s ({reason}); try again."
+            )
+        if opening:
+            return LedgerUnavailable(
+                f"the lease ledger {self.path} cannot be opened ({reason}); check that the state "
+                "directory exists, is writable and that the disk is not full."
+            )
+        return LedgerUnavailable(
+            f"the lease ledger {self.path} cannot be written ({reason}); existing leases and kernels "
+            "keep running, but no lease can be created or changed until the state directory is "
+            "writable and the disk has free space again."
+        )
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic read-modify-write: BEGIN IMMEDIATE takes the write lock before reading."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._unavailable(exc) from exc
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                self._rollback()
+                raise self._unavailable(exc) from exc
+            except BaseException:
+                self._rollback()
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for reads made of several queries."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN DEFERRED")
+                try:
+                    yield conn
+                finally:
+                    self._rollback()
+            except sqlite3.OperationalError as exc:
+                raise LedgerUnavailable(
+                    f"the lease ledger {self.path} cannot be read ({exc}); check the state directory."
+                ) from exc
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            try:
+                self._conn.execute("ROLLBACK")
+            except sqlite3.OperationalError:
+                pass  # SQLite already rolled back after the error.
+
+    # ------------------------------------------------------------------ rows
+
+    @staticmethod
+    def _usage(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+        rows = conn.execute(
+            "SELECT s.device_uuid, SUM(s.vram), SUM(s.compute) FROM slices s "
+            "JOIN leases l ON l.id = s.lease_id WHERE l.released_at IS NULL GROUP BY s.device_uuid"
+        )
+        return {uuid_: (vram, compute) for uuid_, vram, compute in rows}
+
+    @staticmethod
+    def _lease_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> LeaseRecord:
+        slices = [
+            SliceAlloc(device_uuid=u, device_index=i, vram=v, compute=c)
+            for u, i, v, c in conn.execute(
+                "SELECT device_uuid, device_index, vram, compute FROM slices WHERE lease_id = ? "
+                "ORDER BY device_index, device_uuid",
+                (row[0],),
+            )
+        ]
+        return LeaseRecord(
+            id=row[0],
+            principal=row[1],
+            slices=slices,
+            qos=row[2],
+            mode=row[3],
+            created_at=row[4],
+            expires_at=row[5],
+            ttl_seconds=row[6],
+            profile=row[7],
+            labels=json.loads(row[8]),
+            released_at=row[9],
+        )
+
+    def _load_lease(self, conn: sqlite3.Connection, lease_id: str) -> LeaseRecord | None:
+        row = conn.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE id = ?", (lease_id,)).fetchone()
+        return None if row is None else self._lease_from_row(conn, row)
+
+    def _owned_lease(self, conn: sqlite3.Connection, principal: str | None, lease_id: str) -> LeaseRecord:
+        """An active lease, checked against its owner (``principal=None`` skips the check)."""
+        lease = self._load_lease(conn, lease_id)
+        if lease is None:
+            raise NotFound(f"lease {lease_id} does not exist on this worker; it may have expired long ago.")
+        if lease.released_at is not None:
+            raise NotFound(f"lease {lease_id} was released; allocate a new one.")
+        if principal is not None and lease.principal != principal:
+            raise PermissionDenied(f"lease {lease_id} belongs to another principal.")
+        return lease
+
+    @staticmethod
+    def _kernel_from_row(row: tuple[Any, ...]) -> KernelRecord:
+        values = dict(zip(_KERNEL_COLUMNS, row, strict=True))
+        values["labels"] = json.loads(values["labels"])
+        return KernelRecord(**values)
+
+    def _describe(self, device: DeviceCapacity) -> str:
+        return f"{device.uuid} ({device.name})" if device.name else device.uuid
+
+    # ------------------------------------------------------------------ leases
+
+    @staticmethod
+    def _validate_slice(vram: int, compute: int) -> None:
+        _check_int(
+            "vram", vram, 1, MAX_VRAM, f"ask for more than 0 bytes and at most {format_bytes(MAX_VRAM)}"
+        )
+        _check_int("compute", compute, 1, 100, "ask for a whole percent of one device, from 1 to 100")
+
+    def allocate(
+        self,
+        principal: str,
+        vram: int,
+        compute: int,
+        count: int = 1,
+        qos: int = 2,
+        model: str = "",
+        mode: int = 0,
+        ttl_seconds: int = 60,
+        profile: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> LeaseRecord:
+        """Lease ``count`` slices of ``vram`` bytes and ``compute`` percent on distinct devices.
+
+        Best fit: each slice goes on the device it leaves with the least free VRAM (then least free
+        compute, then lowest index). All or nothing: ResourceExhausted says what was missing.
+        """
+        if not isinstance(principal, str) or not principal:
+            raise InvalidArgument("the principal is empty; every lease needs an owner.")
+        self._validate_slice(vram, compute)
+        _check_int("count", count, 1, MAX_COUNT, f"ask for 1 to {MAX_COUNT} devices")
+        _check_int("qos", qos, 0, MAX_QOS, f"use 0 to {MAX_QOS} (unspecified, low, medium, high, critical)")
+        _check_int("mode", mode, 0, 2**31 - 1, "use one of the isolation modes the worker lists")
+        _check_int("ttl_seconds", ttl_seconds, 1, MAX_TTL_SECONDS, f"use 1 to {MAX_TTL_SECONDS} seconds")
+        labels = _check_labels(labels)
+
+        devices = self.devices
+        if model:
+            devices = [d for d in devices if model.lower() in d.name.lower()]
+            if not devices:
+                names = sorted({d.name for d in self._devices.values()})
+                have = ", ".join(names) if names else "no devices"
+                raise ResourceExhausted(f"no device matches model {model!r}; this worker has: {have}.")
+        if not devices:
+            raise ResourceExhausted("this worker has no devices to lease.")
+
+        with self._write() as conn:
+            now = self._clock()
+            usage = self._usage(conn)
+            free = {
+                d.uuid: (
+                    d.vram_total - usage.get(d.uuid, (0, 0))[0],
+                    d.compute_capacity - usage.get(d.uuid, (0, 0))[1],
+                )
+                for d in devices
+            }
+            fitting = [d for d in devices if free[d.uuid][0] >= vram and free[d.uuid][1] >= compute]
+            # Each slice fits a device on its own, so best-fit order picks the count tightest devices.
+            fitting.sort(key=lambda d: (free[d.uuid][0] - vram, free[d.uuid][1] - compute, d.index))
+            if len(fitting) < count:
+                raise ResourceExhausted(
+                    self._exhausted_message(vram, compute, count, model, devices, free, fitting)
+                )
+            chosen = sorted(fitting[:count], key=lambda d: d.index)
+
+            conn.execute(
+                "DELETE FROM leases WHERE released_at IS NOT NULL AND released_at < ?",
+                (now - TOMBSTONE_SECONDS,),
+            )
+            lease = LeaseRecord(
+                id="lease-" + uuid.uuid4().hex,
+                principal=principal,
+                slices=[SliceAlloc(d.uuid, d.index, vram, compute) for d in chosen],
+                qos=qos,
+                mode=mode,
+                created_at=now,
+                expires_at=now + ttl_seconds,
+                ttl_seconds=ttl_seconds,
+                profile=profile,
+                labels=labels,
+            )
+            conn.execute(
+                f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    lease.id,
+                    principal,
+                    qos,
+                    mode,
+                    now,
+                    lease.expires_at,
+                    ttl_seconds,
+                    profile,
+                    json.dumps(labels),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO slices (lease_id, device_uuid, device_index, vram, compute) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(lease.id, s.device_uuid, s.device_index, s.vram, s.compute) for s in lease.slices],
+            )
+        return lease
+
+    def _exhausted_message(
+        self,
+        vram: int,
+        compute: int,
+        count: int,
+        model: str,
+        devices: list[DeviceCapacity],
+        free: dict[str, tuple[int, int]],
+        fitting: list[DeviceCapacity],
+    ) -> str:
+        where = "1 device" if count == 1 else f"each of {count} distinct devices"
+        asked = f"needs {format_bytes(vram)} VRAM and {format_percent(compute)} compute on {where}"
+        among = f" matching {model!r}" if model else ""
+        if count > 1 and fitting:
+            have = ", ".join(self._describe(d) for d in fitting)
+            return (
+                f"{asked}; only {len(fitting)} device{'s' if len(fitting) > 1 else ''}{among} "
+                f"{'have' if len(fitting) > 1 else 'has'} that free ({have}). "
+                "Ask for fewer devices or a smaller slice, or wait for leases to be released."
+            )
+        largest = max(devices, key=lambda d: (free[d.uuid][0], free[d.uuid][1], -d.index))
+        return (
+            f"{asked}; the largest free slice{among} is {_slice_text(*free[largest.uuid])} on "
+            f"{self._describe(largest)}. Ask for a smaller slice or wait for leases to be released."
+        )
+
+    def renew(self, principal: str, lease_id: str) -> LeaseRecord:
+        """Heartbeat: push the lease's expiry ``ttl_seconds`` into the future."""
+        with self._write() as conn:
+            lease = self._owned_lease(conn, principal, lease_id)
+            lease.expires_at = self._clock() + lease.ttl_seconds
+            conn.execute("UPDATE leases SET expires_at = ? WHERE id = ?", (lease.expires_at, lease_id))
+        return lease
+
+    def _release(self, principal: str | None, lease_id: str) -> bool:
+        with self._write() as conn:
+            lease = self._load_lease(conn, lease_id)
+            if lease is None:
+                raise NotFound(f"lease {lease_id} does not exist on this worker.")
+            if principal is not None and lease.principal != principal:
+                raise PermissionDenied(f"lease {lease_id} belongs to another principal.")
+            if lease.released_at is not None:
+                return False
+            conn.execute("UPDATE leases SET released_at = ? WHERE id = ?", (self._clock(), lease_id))
+            return True
+
+    def release(self, principal: str, lease_id: str) -> bool:
+        """Free a lease. Idempotent: False when it was already released (its kernels are the caller's)."""
+        return self._release(principal, lease_id)
+
+    def reclaim(self, lease_id: str) -> bool:
+        """Release a lease whatever its owner (the expiry reaper); False when already released."""
+        return self._release(None, lease_id)
+
+    def resize(self, principal: str, lease_id: str, vram: int, compute: int) -> LeaseRecord:
+        """Give each of the lease's slices ``vram`` bytes and ``compute`` percent, on the same devices."""
+        self._validate_slice(vram, compute)
+        with self._write() as conn:
+            lease = self._owned_lease(conn, principal, lease_id)
+            usage = self._usage(conn)
+            for s in lease.slices:
+                device = self._devices.get(s.device_uuid)
+                if device is None:
+                    raise ResourceExhausted(
+                        f"lease {lease_id} is on device {s.device_uuid}, which this worker no longer lists; "
+                        "release it and allocate a new one."
+                    )
+                used_vram, used_compute = usage.get(s.device_uuid, (0, 0))
+                free_vram = device.vram_total - used_vram
+                free_compute = device.compute_capacity - used_compute
+                if vram > free_vram + s.vram or compute > free_compute + s.compute:
+                    raise ResourceExhausted(
+                        f"cannot resize lease {lease_id} to {_slice_text(vram, compute)}: "
+                        f"{self._describe(device)} has "
+                        f"{_slice_text(max(free_vram, 0), max(free_compute, 0))} "
+                        f"free besides the lease's own {_slice_text(s.vram, s.compute)}. "
+                        "Ask for less, or release other leases on that device."
+                    )
+            conn.execute(
+                "UPDATE slices SET vram = ?, compute = ? WHERE lease_id = ?", (vram, compute, lease_id)
+            )
+            lease.slices = [replace(s, vram=vram, compute=compute) for s in lease.slices]
+        return lease
+
+    def get(self, principal: str | None, lease_id: str) -> LeaseRecord:
+        """An active lease; ``principal=None`` skips the ownership check."""
+        with self._read() as conn:
+            return self._owned_lease(conn, principal, lease_id)
+
+    def leases(self, principal: str | None = None) -> list[LeaseRecord]:
+        """Active leases, oldest first; only ``principal``'s when given."""
+        query = f"SELECT {_LEASE_COLUMNS} FROM leases WHERE released_at IS NULL"
+        params: tuple[str, ...] = ()
+        if principal is not None:
+            query += " AND principal = ?"
+            params = (principal,)
+        with self._read() as conn:
+            rows = conn.execute(query + " ORDER BY created_at, id", params).fetchall()
+            return [self._lease_from_row(conn, row) for row in rows]
+
+    def expired(self, now: float | None = None) -> list[LeaseRecord]:
+        """Active leases whose expiry has passed (for the reaper to ``reclaim``)."""
+        now = self._clock() if now is None else now
+        with self._read() as conn:
+            rows = conn.execute(
+                f"SELECT {_LEASE_COLUMNS} FROM leases WHERE released_at IS NULL AND expires_at < ? "
+                "ORDER BY expires_at, id",
+                (now,),
+            ).fetchall()
+            return [self._lease_from_row(conn, row) for row in rows]
+
+    def device_usage(self) -> dict[str, tuple[int, int]]:
+        """Device uuid -> (VRAM leased, compute leased) for every device, zeros included."""
+        with self._read() as conn:
+            usage = self._usage(conn)
+        return {d.uuid: usage.get(d.uuid, (0, 0)) for d in self.devices}
+
+    def check(self) -> list[str]:
+        """Consistency problems, as sentences: devices leased past capacity, slices without a lease.
+
+        Empty when all is well. Past capacity can only happen after ``set_devices`` shrank a device.
+        """
+        problems = []
+        with self._read() as conn:
+            usage = self._usage(conn)
+            orphans = conn.execute(
+                "SELECT COUNT(*) FROM slices WHERE lease_id NOT IN (SELECT id FROM leases)"
+            ).fetchone()[0]
+        for device in self.devices:
+            vram, compute = usage.get(device.uuid, (0, 0))
+            if vram > device.vram_total or compute > device.compute_capacity:
+                problems.append(
+                    f"{self._describe(device)} is leased {_slice_text(vram, compute)} but has only "
+                    f"{_slice_text(device.vram_total, device.compute_capacity)}."
+                )
+        if orphans:
+            problems.append(f"{orphans} slice(s) belong to no lease.")
+        return problems
+
+    # ------------------------------------------------------------------ kernels
+
+    def add_kernel(self, rec: KernelRecord) -> None:
+        """Record a kernel started in an active lease."""
+        if rec.status not in KERNEL_STATUSES:
+            raise InvalidArgument(f"kernel status {rec.status!r} is not one of {', '.join(KERNEL_STATUSES)}.")
+        labels = _check_labels(rec.labels)
+        with self._write() as conn:
+            self._owned_lease(conn, rec.principal, rec.lease_id)
+            if conn.execute("SELECT 1 FROM kernels WHERE id = ?", (rec.id,)).fetchone():
+                raise InvalidArgument(f"kernel {rec.id} is already recorded; use a new kernel id.")
+            values = [getattr(rec, name) for name in _KERNEL_COLUMNS]
+            values[_KERNEL_COLUMNS.index("labels")] = json.dumps(labels)
+            conn.execute(
+                f"INSERT INTO kernels ({', '.join(_KERNEL_COLUMNS)}) VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
+
+    def update_kernel(self, kernel_id: str, **changes: Any) -> KernelRecord:
+        """Change a kernel's fields (``status=``, ``pid=``, ``exit_code=`` ...); returns the new record."""
+        unknown = set(changes) - set(_KERNEL_COLUMNS) | ({"id"} & set(changes))
+        if unknown:
+            raise TypeError(f"update_kernel() cannot change {', '.join(sorted(unknown))}")
+        if "status" in changes and changes["status"] not in KERNEL_STATUSES:
+            raise InvalidArgument(
+                f"kernel status {changes['status']!r} is not one of {', '.join(KERNEL_STATUSES)}."
+            )
+        if "labels" in changes:
+            changes["labels"] = json.dumps(_check_labels(changes["labels"]))
+        with self._write() as conn:
+            if changes:
+                assignments = ", ".join(f"{name} = ?" for name in changes)
+                conn.execute(f"UPDATE kernels SET {assignments} WHERE id = ?", (*changes.values(), kernel_id))
+            row = conn.execute(
+                f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels WHERE id = ?", (kernel_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"kernel {kernel_id} does not exist on this worker.")
+            return self._kernel_from_row(row)
+
+    def get_kernel(self, principal: str | None, kernel_id: str) -> KernelRecord:
+        """One kernel; ``principal=None`` skips the ownership check."""
+        with self._read() as conn:
+            row = conn.execute(
+                f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels WHERE id = ?", (kernel_id,)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"kernel {kernel_id} does not exist on this worker.")
+        kernel = self._kernel_from_row(row)
+        if principal is not None and kernel.principal != principal:
+            raise PermissionDenied(f"kernel {kernel_id} belongs to another principal.")
+        return kernel
+
+    def kernels(self, lease_id: str | None = None, include_exited: bool = False) -> list[KernelRecord]:
+        """Kernels, oldest first: of one lease when given, exited ones only with ``include_exited``."""
+        query = f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels WHERE 1 = 1"
+        params: list[str] = []
+        if lease_id is not None:
+            query += " AND lease_id = ?"
+            params.append(lease_id)
+        if not include_exited:
+            query += " AND status != 'exited'"
+        with self._read() as conn:
+            rows = conn.execute(query + " ORDER BY started_at, id", params).fetchall()
+        return [self._kernel_from_row(row) for row in rows]
+
+    def remove_kernel(self, kernel_id: str) -> bool:
+        """Forget a kernel; False when it was not recorded."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM kernels WHERE id = ?", (kernel_id,)).rowcount > 0
