@@ -1,0 +1,5 @@
+import sys
+
+from tf_remoting.cli import main
+
+sys.exit(main(prog="python -m tf_remoting"))

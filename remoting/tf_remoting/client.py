@@ -1,0 +1,425 @@
+"""The thin asyncio client of the remoting runtime: one method per RPC, errors as exceptions.
+
+    async with RuntimeClient("127.0.0.1:50051", token) as client:
+        lease = await client.allocate(vram=4 << 30, compute=10)
+        kernel = await client.start_kernel(lease.id, key=b"secret")
+        channels = client.channels(kernel.id)
+        await channels.open()
+        await channels.send(pb.CHANNEL_SHELL, [identity, *signed_message_parts])
+        channel, parts = await channels.recv()
+
+`KernelChannels` numbers what it sends, remembers what it received, and resumes by itself after
+a network cut or a worker restart: nothing is lost or delivered twice, and messages the worker
+could not keep are reported (`dropped`), never silently skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tf_remoting.channels import GRPC_MAX_MESSAGE, CHANNELS, Reassembler, batches, encode
+from tf_remoting.proto import pb, pb_grpc
+
+log = logging.getLogger("tf_remoting.client")
+
+__all__ = ["RuntimeClient", "KernelChannels", "RemotingError", "pb"]
+
+
+class RemotingError(Exception):
+    """A call failed; `code` is the gRPC status, `message` the worker's sentence."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NotFound(RemotingError): ...
+class PermissionDenied(RemotingError): ...
+class ResourceExhausted(RemotingError): ...
+class InvalidArgument(RemotingError): ...
+class Unauthenticated(RemotingError): ...
+class Unavailable(RemotingError): ...
+class FailedPrecondition(RemotingError): ...
+
+
+_ERRORS: dict[grpc.StatusCode, type[RemotingError]] = {
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+}
+
+
+def error_from(exc: grpc.RpcError) -> RemotingError:
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return _ERRORS.get(code, RemotingError)(code, details or code.name)
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
+        ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
+    ]
+
+
+class RuntimeClient:
+    """Connection to one worker. `address` is HOST:PORT or unix:/path; TLS when `tls_ca` is given."""
+
+    def __init__(self, address: str, token: str, tls_ca: str | Path | None = None,
+                 client_cert: str | Path | None = None, client_key: str | Path | None = None,
+                 server_name: str | None = None, timeout: float = 30.0) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        options = channel_options()
+        if tls_ca:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(tls_ca).read_bytes(),
+                private_key=Path(client_key).read_bytes() if client_key else None,
+                certificate_chain=Path(client_cert).read_bytes() if client_cert else None)
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
+            self._channel = grpc.aio.secure_channel(address, creds, options=options)
+        else:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        self.stub = pb_grpc.RuntimeStub(self._channel)
+        # Channels goes raw so that frames are decoded once, here, not by gRPC and again by us.
+        self._raw_channels = self._channel.stream_stream(
+            "/tensorfusion.remoting.v1.Runtime/Channels",
+            request_serializer=pb.ChannelsRequest.SerializeToString,
+            response_deserializer=pb.ChannelsResponse.FromString)
+
+    async def __aenter__(self) -> RuntimeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, method: Callable[..., Any], request: Any, timeout: float | None = None) -> Any:
+        try:
+            return await method(request, metadata=self._metadata, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise error_from(exc) from None
+
+    # ------------------------------------------------------------------ inventory and leases
+
+    async def inventory(self) -> pb.Inventory:
+        return await self._call(self.stub.GetInventory, pb.GetInventoryRequest())
+
+    async def allocate(self, vram: int, compute: int, count: int = 1, qos: int = pb.QOS_MEDIUM,
+                       model: str = "", mode: int = pb.ISOLATION_MODE_UNSPECIFIED, ttl_seconds: int = 0,
+                       profile: str = "", labels: dict[str, str] | None = None) -> pb.Lease:
+        request = pb.AllocateRequest(slice=pb.SliceRequest(vram=vram, compute=compute), count=count, qos=qos,
+                                     model=model, mode=mode, ttl_seconds=ttl_seconds, profile=profile,
+                                     labels=labels or {})
+        return await self._call(self.stub.Allocate, request)
+
+    async def renew(self, lease_id: str) -> pb.Lease:
+        return await self._call(self.stub.Renew, pb.RenewRequest(lease_id=lease_id))
+
+    async def release(self, lease_id: str) -> bool:
+        return (await self._call(self.stub.Release, pb.ReleaseRequest(lease_id=lease_id))).released
+
+    async def resize(self, lease_id: str, vram: int, compute: int) -> pb.Lease:
+        return await self._call(self.stub.Resize, pb.ResizeRequest(
+            lease_id=lease_id, slice=pb.SliceRequest(vram=vram, compute=compute)))
+
+    async def list_leases(self) -> list[pb.Lease]:
+        return list((await self._call(self.stub.ListLeases, pb.ListLeasesRequest())).leases)
+
+    # ------------------------------------------------------------------ kernels
+
+    async def start_kernel(self, lease_id: str, key: bytes, signature_scheme: str = "hmac-sha256",
+                           environment: str = "", argv: list[str] | None = None,
+                           env: dict[str, str] | None = None, cwd: str = "",
+                           labels: dict[str, str] | None = None, timeout: float = 60.0) -> pb.Kernel:
+        request = pb.StartKernelRequest(lease_id=lease_id, key=key, signature_scheme=signature_scheme,
+                                        environment=environment, argv=argv or [], env=env or {}, cwd=cwd,
+                                        labels=labels or {})
+        return await self._call(self.stub.StartKernel, request, timeout=timeout)
+
+    async def signal(self, kernel_id: str, signal: int) -> pb.Kernel:
+        return await self._call(self.stub.Signal, pb.SignalRequest(kernel_id=kernel_id, signal=signal))
+
+    async def interrupt(self, kernel_id: str) -> pb.Kernel:
+        return await self.signal(kernel_id, pb.SIGNAL_INTERRUPT)
+
+    async def kernel_state(self, kernel_id: str) -> pb.Kernel:
+        return await self._call(self.stub.KernelState, pb.KernelStateRequest(kernel_id=kernel_id))
+
+    def channels(self, kernel_id: str, reconnect_timeout: float = 60.0,
+                 on_state: Callable[[str, str], None] | None = None) -> KernelChannels:
+        return KernelChannels(self, kernel_id, reconnect_timeout=reconnect_timeout, on_state=on_state)
+
+    # ------------------------------------------------------------------ telemetry and files
+
+    async def watch(self, include_devices: bool = True, all_leases: bool = False) -> AsyncIterator[pb.WatchResponse]:
+        call = self.stub.Watch(pb.WatchRequest(include_devices=include_devices, all_leases=all_leases),
+                               metadata=self._metadata)
+        try:
+            async for item in call:
+                yield item
+        except grpc.RpcError as exc:
+            raise error_from(exc) from None
+        finally:
+            call.cancel()
+
+    async def put_file(self, kernel_id: str, path: str, data: bytes, mode: int = 0) -> pb.FileInfo:
+        async def requests() -> AsyncIterator[pb.PutFileRequest]:
+            yield pb.PutFileRequest(header=pb.PutFileHeader(kernel_id=kernel_id, path=path, mode=mode))
+            for start in range(0, len(data), 1 << 20):
+                yield pb.PutFileRequest(data=data[start:start + (1 << 20)])
+
+        try:
+            return await self.stub.PutFile(requests(), metadata=self._metadata, timeout=self.timeout * 10)
+        except grpc.RpcError as exc:
+            raise error_from(exc) from None
+
+    async def get_file(self, kernel_id: str, path: str) -> bytes:
+        chunks = []
+        try:
+            async for chunk in self.stub.GetFile(pb.GetFileRequest(kernel_id=kernel_id, path=path),
+                                                 metadata=self._metadata, timeout=self.timeout * 10):
+                chunks.append(chunk.data)
+        except grpc.RpcError as exc:
+            raise error_from(exc) from None
+        return b"".join(chunks)
+
+
+RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
+             grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class KernelClosed(Exception):
+    """The kernel exited (`exit_code`) or the channels were closed."""
+
+    def __init__(self, exit_code: int | None) -> None:
+        super().__init__(f"kernel exited with code {exit_code}" if exit_code is not None else "channels closed")
+        self.exit_code = exit_code
+
+
+class KernelChannels:
+    """One kernel's multiplexed channels over a resumable Channels stream."""
+
+    def __init__(self, client: RuntimeClient, kernel_id: str, reconnect_timeout: float = 60.0,
+                 on_state: Callable[[str, str], None] | None = None, keep_unacked: int = 10_000) -> None:
+        self.client = client
+        self.kernel_id = kernel_id
+        self.reconnect_timeout = reconnect_timeout
+        self.on_state = on_state or (lambda state, detail: None)
+        self.received: dict[int, int] = {c: 0 for c in CHANNELS}
+        self.dropped: dict[int, int] = {c: 0 for c in CHANNELS}
+        self.exit_code: int | None = None
+        self.reconnects = 0
+        self._next_seq: dict[int, int] = {c: 1 for c in CHANNELS}
+        self._unacked: dict[int, deque[tuple[int, list[pb.Frame]]]] = {c: deque(maxlen=keep_unacked)
+                                                                        for c in CHANNELS}
+        self._inbox: asyncio.Queue[tuple[int, list[bytes]] | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[pb.ChannelsRequest | None] = asyncio.Queue()
+        self._opened = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._closed = False
+        self._unacked_count = 0
+        self._last_ack = 0.0
+        self.chunk_size = 1 << 20
+        self._ever_opened = False
+
+    async def open(self, timeout: float = 30.0) -> None:
+        """Connect (the first time); later reconnects happen by themselves."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run())
+        opened = asyncio.ensure_future(self._opened.wait())
+        done, _ = await asyncio.wait({opened, self._runner}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if self._runner in done:
+            opened.cancel()
+            self._runner.result()  # raises the failure
+        if opened not in done:
+            opened.cancel()
+            raise TimeoutError(f"kernel {self.kernel_id}: channels did not open within {timeout} s")
+
+    async def send(self, channel: int, parts: list[bytes]) -> None:
+        """Send one message (parts[0] = routing identity on shell/control/stdin/hb)."""
+        if self._closed:
+            raise KernelClosed(self.exit_code)
+        seq = self._next_seq[channel]
+        self._next_seq[channel] = seq + 1
+        frames = encode(channel, seq, parts, self.chunk_size)
+        self._unacked[channel].append((seq, frames))
+        for batch in batches(frames):
+            self._outbox.put_nowait(pb.ChannelsRequest(frames=batch))
+
+    async def recv(self, timeout: float | None = None) -> tuple[int, list[bytes]]:
+        """The next message from the kernel, as (channel, parts). Raises KernelClosed at the end."""
+        item = await asyncio.wait_for(self._inbox.get(), timeout)
+        if item is None:
+            self._inbox.put_nowait(None)  # keep reporting the end
+            if self._runner is not None and self._runner.done() and self._runner.exception():
+                raise self._runner.exception()  # type: ignore[misc]
+            raise KernelClosed(self.exit_code)
+        return item
+
+    async def close(self) -> None:
+        self._closed = True
+        self._outbox.put_nowait(None)
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+
+    # ------------------------------------------------------------------ internals
+
+    async def _requests(self, opening: pb.ChannelsRequest) -> AsyncIterator[pb.ChannelsRequest]:
+        yield opening
+        while True:
+            first = await self._outbox.get()
+            if first is None:
+                return
+            # Coalesce whatever else is already queued into the same gRPC message.
+            frames = list(first.frames.frames) if first.HasField("frames") else []
+            extra: list[pb.ChannelsRequest] = [] if frames else [first]
+            while not self._outbox.empty() and len(frames) < 512:
+                nxt = self._outbox.get_nowait()
+                if nxt is None:
+                    self._outbox.put_nowait(None)
+                    break
+                if nxt.HasField("frames"):
+                    frames.extend(nxt.frames.frames)
+                else:
+                    extra.append(nxt)
+            for batch in batches(frames):
+                yield pb.ChannelsRequest(frames=batch)
+            for req in extra:
+                yield req
+
+    async def _run(self) -> None:
+        down_since: float | None = None
+        while not self._closed:
+            opening = pb.ChannelsRequest(open=pb.OpenChannels(
+                kernel_id=self.kernel_id,
+                last_received=[pb.ChannelPosition(channel=c, seq=s) for c, s in self.received.items() if s]))
+            call = self.client._raw_channels(self._requests(opening), metadata=self.client._metadata)
+            try:
+                await self._consume(call)
+                if self.exit_code is not None or self._closed:
+                    break
+                raise ConnectionError("stream ended")
+            except (grpc.RpcError, ConnectionError) as exc:
+                code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
+                if code not in RESUMABLE:
+                    self._finish()
+                    raise error_from(exc) if isinstance(exc, grpc.RpcError) else exc
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    self.on_state("disconnected", f"{code.name}: {getattr(exc, 'details', lambda: exc)()}")
+                if now - down_since > self.reconnect_timeout:
+                    self._finish()
+                    raise Unavailable(code, f"kernel {self.kernel_id}: worker unreachable for "
+                                      f"{self.reconnect_timeout:.0f} s") from None
+                self._opened.clear()
+                self._drain_outbox()
+                await asyncio.sleep(0.2)
+                continue
+            finally:
+                call.cancel()
+            down_since = None
+        self._finish()
+
+    def _drain_outbox(self) -> None:
+        """Drop queued sends: after the next open, unacknowledged frames are resent in order."""
+        while not self._outbox.empty():
+            item = self._outbox.get_nowait()
+            if item is None:
+                self._outbox.put_nowait(None)
+                return
+
+    async def _consume(self, call: Any) -> None:
+        reassembler = Reassembler()
+        async for resp in call:
+            kind = resp.WhichOneof("kind")
+            if kind == "frames":
+                for frame in resp.frames.frames:
+                    whole = reassembler.feed(frame)
+                    if whole is None:
+                        continue
+                    channel, seq, parts = whole
+                    if seq <= self.received.get(channel, 0):
+                        continue  # already delivered before a reconnect
+                    self.received[channel] = seq
+                    self._inbox.put_nowait((channel, parts))
+                    self._unacked_count += 1
+                self._maybe_ack()
+            elif kind == "opened":
+                self._on_opened(resp.opened)
+            elif kind == "exited":
+                self.exit_code = resp.exited.exit_code
+                self._send_ack()
+                return
+
+    def _on_opened(self, opened: pb.ChannelsOpened) -> None:
+        if opened.chunk_size:
+            self.chunk_size = opened.chunk_size
+        if self._ever_opened:
+            self.reconnects += 1
+            self.on_state("resumed", f"kernel {self.kernel_id}: channels resumed")
+        self._ever_opened = True
+        for pos in opened.dropped:
+            self.dropped[pos.channel] += pos.seq
+            self.on_state("dropped", f"{pos.seq} message(s) on channel {pos.channel} fell out of the "
+                          "worker's replay buffer")
+        got = {p.channel: p.seq for p in opened.received}
+        resend: list[pb.Frame] = []
+        for channel, pending in self._unacked.items():
+            while pending and pending[0][0] <= got.get(channel, 0):
+                pending.popleft()
+            for _seq, frames in pending:
+                resend.extend(frames)
+        # Resent frames go before anything queued after the reconnect.
+        queued = []
+        while not self._outbox.empty():
+            queued.append(self._outbox.get_nowait())
+        for batch in batches(resend):
+            self._outbox.put_nowait(pb.ChannelsRequest(frames=batch))
+        for item in queued:
+            self._outbox.put_nowait(item)
+        self._opened.set()
+
+    def _maybe_ack(self) -> None:
+        now = time.monotonic()
+        if self._unacked_count >= 1000 or now - self._last_ack > 0.5:
+            self._send_ack()
+
+    def _send_ack(self) -> None:
+        self._unacked_count = 0
+        self._last_ack = time.monotonic()
+        self._outbox.put_nowait(pb.ChannelsRequest(ack=pb.Ack(
+            received=[pb.ChannelPosition(channel=c, seq=s) for c, s in self.received.items() if s])))
+
+    def _finish(self) -> None:
+        self._closed = True
+        self._inbox.put_nowait(None)

@@ -1,0 +1,118 @@
+"""Worker settings: one dataclass, filled from a TOML file and then from command-line flags.
+
+Every field is a flag of `tf-jupyter worker` (underscores become dashes) and a key of the config
+file (`tf-jupyter worker --config worker.toml`). Flags win over the file.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tf_remoting.quantities import QuantityError, parse_bytes
+
+ISOLATION_MODES = ("soft", "mps", "exclusive")
+BACKENDS = ("auto", "nvml", "host")
+WATCHDOG_ACTIONS = ("warn", "interrupt", "kill")
+
+
+@dataclass
+class WorkerConfig:
+    listen: str = field(default="127.0.0.1:50051", metadata={
+        "help": "Address to serve on: HOST:PORT (TCP, port 0 picks one) or unix:/path/to.sock. "
+                "Default is loopback only."})
+    token_file: str = field(default="", metadata={
+        "help": "File of tokens, one per line: 'TOKEN' (principal 'default') or 'PRINCIPAL TOKEN'. "
+                "Re-read when it changes, so tokens rotate without a restart. Default: STATE_DIR/tokens, "
+                "created with one random token (mode 0600) when it does not exist."})
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with --tls-key turns TLS on."})
+    tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert."})
+    tls_client_ca: str = field(default="", metadata={
+        "help": "PEM CA bundle; when set, clients must present a certificate it signed (mTLS)."})
+    backend: str = field(default="auto", metadata={
+        "help": "Device backend: auto (NVML when a driver answers, else the host device), nvml, host."})
+    state_dir: str = field(default="", metadata={
+        "help": "Directory for the lease ledger and kernel directories "
+                "(default: $XDG_STATE_HOME/tf-jupyter/worker or ~/.local/state/tf-jupyter/worker)."})
+    sample_interval: float = field(default=1.0, metadata={"help": "Seconds between telemetry samples."})
+    isolation: str = field(default="soft", metadata={
+        "help": "Default isolation mode for GPU slices: soft, mps or exclusive (host device: always host)."})
+    oversubscription: float = field(default=1.0, metadata={
+        "help": "Compute oversubscription ratio: a device's leasable compute is 100 % times this. "
+                "VRAM is never oversubscribed."})
+    metrics_port: int = field(default=-1, metadata={
+        "help": "Port for Prometheus /metrics on --metrics-addr; -1 turns it off, 0 picks one."})
+    metrics_addr: str = field(default="127.0.0.1", metadata={"help": "Address for /metrics."})
+    lease_ttl: int = field(default=60, metadata={
+        "help": "Default lease TTL in seconds: a lease not renewed for this long is reclaimed."})
+    watchdog_action: str = field(default="kill", metadata={
+        "help": "How far the watchdog escalates over the VRAM limit: warn, interrupt or kill."})
+    watchdog_grace: float = field(default=5.0, metadata={
+        "help": "Seconds over the limit between warning, interrupt and kill."})
+    watchdog_warn_ratio: float = field(default=0.9, metadata={
+        "help": "Fraction of the VRAM limit at which a near-limit warning is sent."})
+    host_vram: str = field(default="", metadata={
+        "help": "Host device only: how much RAM to offer as 'VRAM' (e.g. 8Gi); default all of it."})
+    shares_filesystem: bool = field(default=True, metadata={
+        "help": "Kernels start in the cwd the client asks for (the client and worker share a "
+                "filesystem). Off: each kernel starts in a per-lease directory on the worker."})
+    kernel_environments: dict[str, list[str]] = field(default_factory=dict, metadata={
+        "help": "More kernel environments, name -> argv with {connection_file} (config file only)."})
+    replay_messages: int = field(default=50_000, metadata={
+        "help": "Messages kept per channel per kernel for resuming clients."})
+    replay_bytes: str = field(default="256Mi", metadata={
+        "help": "Bytes kept per channel per kernel for resuming clients."})
+
+    def validate(self) -> None:
+        """Raise ValueError with a sentence for the first bad setting."""
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.isolation not in ISOLATION_MODES:
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATION_MODES)}, not {self.isolation!r}")
+        if self.watchdog_action not in WATCHDOG_ACTIONS:
+            raise ValueError(f"watchdog_action must be one of {', '.join(WATCHDOG_ACTIONS)}")
+        if not 0.05 <= self.sample_interval <= 60:
+            raise ValueError("sample_interval must be between 0.05 and 60 seconds")
+        if not 1.0 <= self.oversubscription <= 100:
+            raise ValueError("oversubscription must be between 1 and 100")
+        if not 1 <= self.lease_ttl <= 86400:
+            raise ValueError("lease_ttl must be between 1 and 86400 seconds")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        try:
+            if self.host_vram:
+                parse_bytes(self.host_vram)
+            parse_bytes(self.replay_bytes)
+        except QuantityError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @property
+    def state_path(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser()
+        import os
+
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "tf-jupyter" / "worker"
+
+    @property
+    def token_path(self) -> Path:
+        return Path(self.token_file).expanduser() if self.token_file else self.state_path / "tokens"
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> WorkerConfig:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        return cls.from_dict(data.get("worker", data))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(k.replace("-", "_") for k in data) - known)
+        if unknown:
+            raise ValueError(f"unknown worker setting(s): {', '.join(unknown)}")
+        return cls(**{k.replace("-", "_"): v for k, v in data.items()})

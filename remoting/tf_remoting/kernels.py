@@ -1,0 +1,159 @@
+"""Kernel processes on the worker: start them under a nanny, signal them, find them again.
+
+Each kernel gets a directory `STATE/kernels/<id>/` and a nanny process in its own session (see
+`tf_remoting.nanny`). The worker keeps no kernel state in memory that it cannot rebuild from
+those directories and the ledger, which is how it re-adopts live kernels after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+MAX_UNIX_PATH = 107
+
+
+class KernelStartError(RuntimeError):
+    """The kernel (or its nanny) did not come up; the message says where to look."""
+
+
+@dataclass(frozen=True)
+class KernelProcess:
+    """What the nanny's state file says about one kernel, checked against the live process table."""
+
+    status: str  # "starting" | "running" | "exited"
+    nanny_pid: int
+    kernel_pid: int
+    exit_code: int | None
+
+
+def default_kernel_argv() -> list[str]:
+    """The worker's own Python running ipykernel with the vGPU startup module and %vgpu."""
+    return [sys.executable, "-m", "tf_remoting.kernel", "-f", "{connection_file}"]
+
+
+class KernelSupervisor:
+    def __init__(self, state_dir: Path, environments: dict[str, list[str]] | None = None,
+                 chunk_size: int = 1 << 20, replay_messages: int = 50_000,
+                 replay_bytes: int = 256 << 20) -> None:
+        self.state_dir = state_dir
+        self.kernels_dir = state_dir / "kernels"
+        self.sockets_dir = state_dir / "s"
+        self.kernels_dir.mkdir(parents=True, exist_ok=True)
+        self.sockets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.environments = {"python3": default_kernel_argv(), **(environments or {})}
+        self.chunk_size = chunk_size
+        self.replay_messages = replay_messages
+        self.replay_bytes = replay_bytes
+        self._children: list[subprocess.Popen[bytes]] = []
+        probe = self.socket_path("0" * 16)
+        if len(str(probe)) > MAX_UNIX_PATH:
+            raise ValueError(f"state directory {state_dir} is too long for unix socket paths "
+                             f"({len(str(probe))} > {MAX_UNIX_PATH} characters); choose a shorter one")
+
+    def directory(self, kernel_id: str) -> Path:
+        return self.kernels_dir / kernel_id
+
+    def socket_path(self, kernel_id: str) -> Path:
+        return self.sockets_dir / f"{kernel_id}.sock"
+
+    def argv_for(self, environment: str, argv: list[str]) -> list[str]:
+        if argv:
+            return list(argv)
+        name = environment or "python3"
+        if name not in self.environments:
+            raise KeyError(name)
+        return list(self.environments[name])
+
+    async def start(self, kernel_id: str, argv: list[str], env: dict[str, str], cwd: str,
+                    key: bytes, signature_scheme: str, timeout: float = 20.0) -> KernelProcess:
+        directory = self.directory(kernel_id)
+        directory.mkdir(mode=0o700, parents=True)
+        spec = {
+            "kernel_id": kernel_id, "argv": argv, "env": env, "cwd": cwd,
+            "key": base64.b64encode(key).decode(), "signature_scheme": signature_scheme or "hmac-sha256",
+            "socket": str(self.socket_path(kernel_id)), "chunk_size": self.chunk_size,
+            "replay_messages": self.replay_messages, "replay_bytes": self.replay_bytes,
+        }
+        spec_path = directory / "spec.json"
+        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(spec, f)
+        with open(directory / "nanny.log", "ab") as out:
+            child = subprocess.Popen([sys.executable, "-m", "tf_remoting.nanny", str(directory)],
+                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True, close_fds=True)
+        self._children.append(child)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = self.state(kernel_id)
+            if state.status == "running" and self.socket_path(kernel_id).exists():
+                return state
+            if state.status == "exited":
+                break
+            await asyncio.sleep(0.01)
+        raise KernelStartError(f"kernel {kernel_id} did not start; see {directory}/nanny.log and kernel.log")
+
+    def reap(self) -> None:
+        """Collect nannies of this worker that have exited (adopted ones are init's children)."""
+        self._children = [c for c in self._children if c.poll() is None]
+
+    def state(self, kernel_id: str) -> KernelProcess:
+        """The kernel's state; a nanny that vanished without writing an exit code counts as killed."""
+        try:
+            data = json.loads((self.directory(kernel_id) / "state.json").read_text())
+        except (OSError, ValueError):
+            return KernelProcess("starting", 0, 0, None)
+        nanny_pid, kernel_pid = int(data["nanny_pid"]), int(data["kernel_pid"])
+        if data["status"] == "exited":
+            return KernelProcess("exited", nanny_pid, kernel_pid, data.get("exit_code"))
+        if not _is_nanny(nanny_pid, kernel_id):
+            return KernelProcess("exited", nanny_pid, kernel_pid, -signal.SIGKILL)
+        return KernelProcess("running", nanny_pid, kernel_pid, None)
+
+    def signal(self, kernel_id: str, signum: int) -> bool:
+        """Send a signal to the kernel process; False when it is not running."""
+        state = self.state(kernel_id)
+        if state.status != "running":
+            return False
+        try:
+            os.kill(state.kernel_pid, signum)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, kernel_id: str) -> None:
+        """Ask the nanny to terminate the kernel and exit (it escalates on its own)."""
+        state = self.state(kernel_id)
+        if state.status == "running":
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.nanny_pid, signal.SIGTERM)
+
+    def kill(self, kernel_id: str) -> None:
+        state = self.state(kernel_id)
+        if state.status == "running":
+            for pid in (state.kernel_pid, state.nanny_pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _is_nanny(pid: int, kernel_id: str) -> bool:
+    """True when pid is alive and is the nanny of this kernel (not a reused pid)."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return any(kernel_id in arg for arg in proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
