@@ -1,0 +1,131 @@
+"""Pytest fixtures that start a real worker process on 127.0.0.1 (host device).
+
+Use with `pytest_plugins = ["tf_remoting.pytest_plugin"]`:
+
+    async def test_something(tf_worker):
+        async with tf_worker.client() as client:
+            ...
+
+`tf_worker` has two principals, `alice` (`tf_worker.token`) and `bob` (`tf_worker.other_token`).
+Teardown stops the worker and kills every nanny and kernel it started, since those deliberately
+outlive the worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tf_remoting.client import RuntimeClient
+
+
+class WorkerProcess:
+    """A `python -m tf_remoting` subprocess with its own state directory and tokens."""
+
+    def __init__(self, extra_args: list[str] | None = None, root: Path | None = None) -> None:
+        # Short paths: unix socket paths are limited to 107 characters.
+        self.root = root or Path(tempfile.mkdtemp(prefix="tfw-", dir="/tmp"))
+        self.state_dir = self.root / "state"
+        self.token = secrets.token_urlsafe(24)
+        self.other_token = secrets.token_urlsafe(24)
+        self.token_file = self.root / "tokens"
+        self.token_file.write_text(f"alice {self.token}\nbob {self.other_token}\n")
+        self.address_file = self.root / "address"
+        self.log_path = self.root / "worker.log"
+        self.extra_args = list(extra_args or [])
+        self.listen = "127.0.0.1:0"
+        self.address = ""
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def args(self) -> list[str]:
+        return [sys.executable, "-m", "tf_remoting", "--listen", self.listen, "--token-file",
+                str(self.token_file), "--state-dir", str(self.state_dir), "--backend", "host",
+                "--sample-interval", "0.25", "--address-file", str(self.address_file), *self.extra_args]
+
+    def start(self, timeout: float = 30.0) -> WorkerProcess:
+        with contextlib.suppress(FileNotFoundError):
+            self.address_file.unlink()
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not self.address_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker did not start within {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+        self.address = self.address_file.read_text().strip()
+        # A restart listens on the same port, so clients resume where they were.
+        self.listen = self.address
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def client(self, token: str | None = None) -> RuntimeClient:
+        return RuntimeClient(self.address, token or self.token)
+
+    def kill(self) -> None:
+        """SIGKILL the worker (its kernels live on)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode if self.proc else None
+
+    def kernel_states(self) -> dict[str, dict[str, object]]:
+        out = {}
+        for path in (self.state_dir / "kernels").glob("*/state.json"):
+            with contextlib.suppress(OSError, ValueError):
+                out[path.parent.name] = json.loads(path.read_text())
+        return out
+
+    def cleanup(self) -> None:
+        self.stop()
+        for state in self.kernel_states().values():
+            for key in ("kernel_pid", "nanny_pid"):
+                with contextlib.suppress(ProcessLookupError, TypeError, ValueError):
+                    os.kill(int(state[key]), signal.SIGKILL)  # type: ignore[call-overload]
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture
+def tf_worker_factory() -> Iterator[type[WorkerProcess]]:
+    """Start more workers (or with other flags): `tf_worker_factory(["--oversubscription", "2"]).start()`."""
+    started: list[WorkerProcess] = []
+
+    class Factory(WorkerProcess):
+        def __init__(self, extra_args: list[str] | None = None, root: Path | None = None) -> None:
+            super().__init__(extra_args, root)
+            started.append(self)
+
+    yield Factory
+    for worker in started:
+        worker.cleanup()
+
+
+@pytest.fixture
+def tf_worker(tf_worker_factory: type[WorkerProcess]) -> WorkerProcess:
+    """A running worker on 127.0.0.1 with the host device, 4 GiB offered as 'VRAM'."""
+    return tf_worker_factory(["--host-vram", "4Gi"]).start()

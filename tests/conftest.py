@@ -1,0 +1,1 @@
+pytest_plugins = ["tf_remoting.pytest_plugin"]

@@ -1,0 +1,81 @@
+"""A kernel's whole life through the worker: lease, start, execute, interrupt, release."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import pytest
+
+from tf_remoting.client import ResourceExhausted
+from tf_remoting.proto import pb
+from tf_remoting.session import RemoteKernel
+
+GiB = 1 << 30
+
+
+async def start_kernel(client, vram=GiB, compute=10):
+    lease = await client.allocate(vram=vram, compute=compute)
+    key = secrets.token_hex(16).encode()
+    kernel = await client.start_kernel(lease.id, key=key)
+    remote = RemoteKernel(client, kernel.id, key)
+    await remote.connect()
+    await remote.wait_ready(timeout=60)
+    return lease, kernel, remote
+
+
+async def test_execute_interrupt_release(tf_worker):
+    async with tf_worker.client() as client:
+        lease, kernel, remote = await start_kernel(client)
+        try:
+            result = await remote.execute("1+1")
+            assert result.status == "ok"
+            assert result.data() == "2"
+
+            # A long cell, interrupted through the Signal RPC.
+            msg_id = await remote.send_execute("import time; time.sleep(60)")
+            await asyncio.sleep(1.0)
+            await client.interrupt(kernel.id)
+            reply = None
+            while reply is None:
+                msg = await asyncio.wait_for(remote.iopub.get(), 20)
+                if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "error":
+                    reply = msg
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+
+            # The kernel still works after the interrupt.
+            assert (await remote.execute("2*21")).data() == "42"
+        finally:
+            await remote.close()
+
+        inv = await client.inventory()
+        assert inv.devices[0].vram_leased == GiB
+        assert await client.release(lease.id) is True
+        assert await client.release(lease.id) is False  # idempotent
+        inv = await client.inventory()
+        assert inv.devices[0].vram_leased == 0
+        assert inv.devices[0].kind == pb.DEVICE_KIND_HOST
+        # The slice is free again: the whole device can be leased.
+        whole = await client.allocate(vram=4 * GiB, compute=100)
+        with pytest.raises(ResourceExhausted, match="largest free"):
+            await client.allocate(vram=GiB, compute=10)
+        await client.release(whole.id)
+
+
+async def test_vgpu_status_magic_inside_kernel(tf_worker):
+    async with tf_worker.client() as client:
+        lease, kernel, remote = await start_kernel(client, vram=GiB, compute=25)
+        try:
+            result = await remote.execute("%vgpu status")
+            assert result.status == "ok", result.reply
+            text = result.data()
+            assert "host device (no GPU)" in text
+            assert "1 GiB VRAM, 25 % compute" in text
+            assert lease.id in text
+            assert "<table" in result.data("text/html")
+            bad = await remote.execute("%vgpu frobnicate")
+            assert bad.status == "error"
+            assert "unknown %vgpu command" in bad.reply["content"]["evalue"]
+        finally:
+            await remote.close()
+            await client.release(lease.id)
