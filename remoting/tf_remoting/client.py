@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from tf_remoting.channels import GRPC_MAX_MESSAGE, CHANNELS, Reassembler, batches, encode
+from tf_remoting.channels import CHANNELS, GRPC_MAX_MESSAGE, Reassembler, batches, encode
 from tf_remoting.proto import pb, pb_grpc
 
 log = logging.getLogger("tf_remoting.client")
@@ -332,11 +332,12 @@ class KernelChannels:
                 code = exc.code() if isinstance(exc, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
                 if code not in RESUMABLE:
                     self._finish()
-                    raise error_from(exc) if isinstance(exc, grpc.RpcError) else exc
+                    raise (error_from(exc) if isinstance(exc, grpc.RpcError) else exc) from None
                 now = time.monotonic()
                 if down_since is None:
                     down_since = now
-                    self.on_state("disconnected", f"{code.name}: {getattr(exc, 'details', lambda: exc)()}")
+                    detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
+                    self.on_state("disconnected", f"{code.name}: {detail}")
                 if now - down_since > self.reconnect_timeout:
                     self._finish()
                     raise Unavailable(code, f"kernel {self.kernel_id}: worker unreachable for "

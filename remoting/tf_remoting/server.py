@@ -35,7 +35,7 @@ from tf_remoting.config import WorkerConfig
 from tf_remoting.devices import open_backend
 from tf_remoting.devices.base import DeviceBackend, DeviceInfo, DeviceSample, Usage
 from tf_remoting.kernels import KernelStartError, KernelSupervisor
-from tf_remoting.leases import DeviceCapacity, KernelRecord, Ledger, LeaseRecord
+from tf_remoting.leases import DeviceCapacity, KernelRecord, LeaseRecord, Ledger
 from tf_remoting.metrics import Metrics
 from tf_remoting.proto import SERVICE_NAME, pb
 from tf_remoting.quantities import format_bytes, parse_bytes
