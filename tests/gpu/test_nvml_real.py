@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
 from tf_remoting.devices import open_backend
 from tf_remoting.devices.nvml import NvmlBackend
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from tf_remoting.devices import DeviceError, HostBackend, open_backend
 from tf_remoting.devices.cgroup import CgroupSlice, cgroup_v2_memory_root
 from tf_remoting.telemetry import Sampler, process_tree

@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fakes"))
 
 from fake_pynvml import FakeNvml, GiB  # noqa: E402
+
 from tf_remoting.devices import DeviceError, open_backend  # noqa: E402
 from tf_remoting.devices.nvml import NvmlBackend  # noqa: E402
 from tf_remoting.telemetry import Sampler  # noqa: E402

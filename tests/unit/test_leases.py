@@ -10,6 +10,7 @@ import sys
 import threading
 
 import pytest
+
 from tf_remoting.leases import (
     DeviceCapacity,
     InvalidArgument,

@@ -7,6 +7,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+
 from tf_remoting.devices import DeviceInfo, DeviceSample
 from tf_remoting.metrics import METRIC_NAMES, Metrics
 

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from tf_remoting.quantities import QuantityError, format_bytes, format_percent, parse_bytes, parse_percent
 
 GiB = 2**30

@@ -3,6 +3,7 @@
 import math
 
 import pytest
+
 from tf_remoting.watchdog import Watchdog, WatchdogAction, WatchdogPolicy
 
 GiB = 2**30
