@@ -34,6 +34,7 @@ from tf_remoting.channels import GRPC_MAX_MESSAGE
 from tf_remoting.config import WorkerConfig
 from tf_remoting.devices import open_backend
 from tf_remoting.devices.base import DeviceBackend, DeviceInfo, DeviceSample, Usage
+from tf_remoting.devices.cgroup import CgroupSlice, cgroup_v2_memory_root
 from tf_remoting.kernels import KernelStartError, KernelSupervisor
 from tf_remoting.leases import DeviceCapacity, KernelRecord, LeaseRecord, Ledger
 from tf_remoting.metrics import Metrics
@@ -133,6 +134,7 @@ class Worker:
         self.watchdog = Watchdog(WatchdogPolicy(warn_ratio=config.watchdog_warn_ratio,
                                                 grace_seconds=config.watchdog_grace,
                                                 action=config.watchdog_action))
+        self.cgroup_root = cgroup_v2_memory_root() if self.backend.name == "host" else None
         self.metrics = Metrics(version=tf_remoting.__version__, backend=self.backend.name)
         self.address = ""
         self.device_samples: dict[str, DeviceSample] = {}
@@ -342,6 +344,7 @@ class Worker:
         for rec in self.ledger.kernels():
             state = self.supervisor.state(rec.id)
             if state.status == "exited" and rec.status != "exited":
+                self.remove_cgroup(rec.id)
                 with contextlib.suppress(ledger_mod.LedgerError):
                     self.ledger.update_kernel(rec.id, status="exited", exit_code=state.exit_code)
                 self.emit(pb.EVENT_KIND_KERNEL_EXITED, f"kernel {rec.id} exited with code {state.exit_code}",
@@ -410,6 +413,31 @@ class Worker:
             for k in live:
                 self.supervisor.kill(k.id)
             self.emit(pb.EVENT_KIND_WATCHDOG_KILL, message, lease.id, principal=lease.principal)
+
+    def confine_host_kernel(self, lease: LeaseRecord, kernel_id: str, pid: int) -> None:
+        """Host device with a writable cgroup v2: memory.max (and cpu.max) for the kernel's tree.
+
+        The kernel is moved in right after it starts, before user code runs; its children
+        inherit the cgroup. Where cgroups are not writable the watchdog enforces (and the
+        inventory says so).
+        """
+        device = self.device_by_uuid[lease.slices[0].device_uuid]
+        if self.cgroup_root is None or device.memory_enforcement != "cgroup":
+            return
+        group = CgroupSlice(self.cgroup_root, f"tf-vgpu-{kernel_id}")
+        try:
+            group.create()
+            group.set_memory_max(lease.slices[0].vram)
+            with contextlib.suppress(OSError):  # cpu controller may not be delegated
+                group.set_cpu_max(lease.slices[0].compute)
+            group.add_pid(pid)
+        except OSError as exc:
+            log.warning("kernel %s: cgroup limits not applied (%s); the watchdog enforces", kernel_id, exc)
+
+    def remove_cgroup(self, kernel_id: str) -> None:
+        if self.cgroup_root is not None:
+            with contextlib.suppress(OSError):
+                CgroupSlice(self.cgroup_root, f"tf-vgpu-{kernel_id}").remove()
 
     def reclaim(self, lease: LeaseRecord, kind: int, message: str) -> None:
         for k in self.ledger.kernels(lease.id):
@@ -583,6 +611,7 @@ class RuntimeServicer:
         except (KernelStartError, OSError) as exc:
             w.ledger.update_kernel(kernel_id, status="exited", exit_code=-1)
             raise RpcError(grpc.StatusCode.INTERNAL, str(exc)) from None
+        w.confine_host_kernel(lease, kernel_id, state.kernel_pid)
         (w.supervisor.directory(kernel_id) / "scope").write_text(token_digest_hex(kernel_token))
         w.tokens.add_kernel_token(kernel_token, lease.principal, lease.id)
         w.ledger.update_kernel(kernel_id, status="running", pid=state.kernel_pid, nanny_pid=state.nanny_pid)
