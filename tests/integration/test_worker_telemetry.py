@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 
 from tf_remoting.proto import pb
 from tf_remoting.session import RemoteKernel
@@ -21,9 +22,12 @@ async def started(client, vram, compute=10):
     return lease, kernel, remote
 
 
-async def lease_samples(watch, lease_id, count):
+async def lease_samples(watch, lease_id, count, after=0.0):
+    """The next `count` samples of a lease taken after the time `after`."""
     samples = []
     async for update in watch:
+        if update.time <= after:
+            continue
         samples += [s for s in update.leases if s.lease_id == lease_id]
         if len(samples) >= count:
             return samples
@@ -41,7 +45,7 @@ async def test_usage_rises_within_three_samples(tf_worker):
             assert kernel.id in before.kernel_ids
             result = await remote.execute("block = b'x' * (300 * 2**20)")
             assert result.status == "ok"
-            after = await asyncio.wait_for(lease_samples(watch, lease.id, 3), 20)
+            after = await asyncio.wait_for(lease_samples(watch, lease.id, 3, after=time.time()), 20)
             assert max(s.vram_used for s in after) >= before.vram_used + 250 * MiB, (before, after)
             inv = await client.inventory()
             assert inv.leases[0].slices[0].vram_used >= 250 * MiB
