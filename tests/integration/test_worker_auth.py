@@ -1,0 +1,374 @@
+"""Authentication against a live worker: bearer tokens, rotation, kernel tokens, health, TLS and mTLS,
+and secrets never reaching the worker's log."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from certs import CertPair, have_openssl, make_ca, make_cert
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tf_remoting.client import (
+    PermissionDenied,
+    RemotingError,
+    RuntimeClient,
+    Unauthenticated,
+    Unavailable,
+)
+from tf_remoting.proto import SERVICE_NAME, pb, pb_grpc
+from tf_remoting.pytest_plugin import WorkerProcess
+from tf_remoting.session import RemoteKernel
+
+MiB = 1 << 20
+GiB = 1 << 30
+CALL_TIMEOUT = 10.0
+CHANNELS_METHOD = "/tensorfusion.remoting.v1.Runtime/Channels"
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = WorkerProcess(["--host-vram", "4Gi"]).start()
+    try:
+        yield w
+    finally:
+        w.cleanup()
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+async def call_every_rpc(channel: grpc.aio.Channel, metadata) -> dict[str, grpc.RpcError | None]:
+    """One call of each RPC shape with this metadata; the error each gave (None: it worked)."""
+    stub = pb_grpc.RuntimeStub(channel)
+    out: dict[str, grpc.RpcError | None] = {}
+
+    async def run(name, coro):
+        try:
+            await asyncio.wait_for(coro, CALL_TIMEOUT)
+            out[name] = None
+        except grpc.RpcError as exc:
+            out[name] = exc
+
+    kw = {"metadata": metadata, "timeout": CALL_TIMEOUT}
+    await run("GetInventory", stub.GetInventory(pb.GetInventoryRequest(), **kw))
+    await run("Allocate", stub.Allocate(pb.AllocateRequest(slice=pb.SliceRequest(vram=MiB, compute=1)), **kw))
+    await run("ListLeases", stub.ListLeases(pb.ListLeasesRequest(), **kw))
+    await run("Release", stub.Release(pb.ReleaseRequest(lease_id="lease-x"), **kw))
+    await run("StartKernel", stub.StartKernel(pb.StartKernelRequest(lease_id="lease-x", key=b"k" * 16), **kw))
+    await run("KernelState", stub.KernelState(pb.KernelStateRequest(kernel_id="k" * 16), **kw))
+
+    async def first_of(call):
+        async for _ in call:
+            break
+
+    await run("Watch", first_of(stub.Watch(pb.WatchRequest(), **kw)))
+    await run("GetFile", first_of(stub.GetFile(pb.GetFileRequest(kernel_id="k" * 16, path="x"), **kw)))
+
+    async def one_put():
+        yield pb.PutFileRequest(header=pb.PutFileHeader(kernel_id="k" * 16, path="x"))
+
+    await run("PutFile", stub.PutFile(one_put(), **kw))
+
+    async def one_open():
+        yield pb.ChannelsRequest(open=pb.OpenChannels(kernel_id="k" * 16)).SerializeToString()
+        await asyncio.sleep(2)
+
+    raw = channel.stream_stream(CHANNELS_METHOD, request_serializer=_identity, response_deserializer=_identity)
+    for _ in range(3):
+        await run("Channels", first_of(raw(one_open(), **kw)))
+        # grpc.aio client race: when the worker's refusal lands while the client is still writing the
+        # first message, the client reports INTERNAL "Internal error from Core" instead of the status.
+        err = out["Channels"]
+        if err is None or err.code() != grpc.StatusCode.INTERNAL or "from Core" not in (err.details() or ""):
+            break
+    return out
+
+
+def assert_secrets_not_logged(worker: WorkerProcess, *values: str | bytes) -> None:
+    log = worker.log()
+    assert log, "the worker wrote no log at all"
+    for value in values:
+        text = value.decode() if isinstance(value, bytes) else value
+        assert text and text not in log, "a secret appeared in the worker log"
+
+
+async def start_kernel(client: RuntimeClient, ttl: int = 600):
+    lease = await client.allocate(vram=256 * MiB, compute=5, ttl_seconds=ttl)
+    key = secrets.token_hex(16).encode()
+    kernel = await client.start_kernel(lease.id, key=key)
+    remote = RemoteKernel(client, kernel.id, key, reconnect_timeout=10)
+    await remote.connect(timeout=CALL_TIMEOUT)
+    await remote.wait_ready(timeout=60)
+    return lease, kernel, key, remote
+
+
+# ---------------------------------------------------------------------------------------- bearer tokens
+
+BAD_METADATA = [
+    pytest.param((), "no token", id="no-metadata"),
+    pytest.param((("authorization", ""),), "no token", id="empty"),
+    pytest.param((("authorization", "Basic YWxpY2U6cGFzcw=="),), "malformed authorization", id="basic-auth"),
+    pytest.param((("authorization", "Bearer"),), "malformed authorization", id="bearer-no-token"),
+    pytest.param((("authorization", "Bearer "),), "malformed authorization", id="bearer-space"),
+    pytest.param((("authorization", "Token abcdefghijklmnopqrstuvwxyz"),), "malformed authorization",
+                 id="other-scheme"),
+    pytest.param((("authorization", "Bearer " + "x" * 40),), "not recognised", id="wrong-token"),
+    pytest.param((("authorization", "Bearer " + "é" * 20),), "not recognised", id="non-ascii-token"),
+]
+
+
+@pytest.mark.parametrize(("metadata", "fragment"), BAD_METADATA)
+async def test_unauthenticated_everywhere(worker, metadata, fragment):
+    if metadata and any(not v.isascii() for _, v in metadata):
+        # gRPC refuses to send non-ASCII header values itself; the worker never sees them.
+        with pytest.raises(Exception):  # noqa: B017 - whatever gRPC raises, nothing reaches the worker
+            async with grpc.aio.insecure_channel(worker.address) as channel:
+                await pb_grpc.RuntimeStub(channel).GetInventory(pb.GetInventoryRequest(), metadata=metadata,
+                                                                timeout=CALL_TIMEOUT)
+        return
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        results = await call_every_rpc(channel, metadata)
+    for name, err in results.items():
+        assert err is not None, f"{name} worked without a valid token"
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (name, err.code(), err.details())
+        assert fragment in err.details(), (name, err.details())
+
+
+async def test_wrong_token_via_client_and_principals_apart(worker):
+    async with RuntimeClient(worker.address, worker.token[:-1] + ("A" if worker.token[-1] != "A" else "B"),
+                             timeout=CALL_TIMEOUT) as wrong:
+        with pytest.raises(Unauthenticated) as exc_info:
+            await wrong.inventory()
+        assert exc_info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        assert "not recognised" in exc_info.value.message
+    # The token is compared whole: a prefix or the token with padding is not it.
+    for variant in (worker.token[:16], worker.token + "x", worker.token.upper()):
+        async with RuntimeClient(worker.address, variant, timeout=CALL_TIMEOUT) as client:
+            with pytest.raises(Unauthenticated):
+                await client.inventory()
+    async with worker.client() as alice, worker.client(worker.other_token) as bob:
+        lease = await alice.allocate(vram=64 * MiB, compute=1)
+        try:
+            assert lease.principal == "alice"
+            assert lease.id not in [le.id for le in await bob.list_leases()]
+        finally:
+            await alice.release(lease.id)
+
+
+async def test_health_answers_without_token(worker):
+    async with grpc.aio.insecure_channel(worker.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", SERVICE_NAME):
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as exc_info:
+            await stub.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=CALL_TIMEOUT)
+        assert exc_info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_kernel_token_is_scoped_and_never_logged(worker):
+    async with worker.client() as alice:
+        lease, kernel, key, remote = await start_kernel(alice)
+        try:
+            result = await remote.execute("import os; print(os.environ['TF_VGPU_TOKEN'], end='')")
+            kernel_token = result.stdout()
+            assert len(kernel_token) >= 32
+            async with RuntimeClient(worker.address, kernel_token, timeout=CALL_TIMEOUT) as scoped:
+                assert [le.id for le in await scoped.list_leases()] == [lease.id]
+                assert (await scoped.kernel_state(kernel.id)).status == pb.KERNEL_STATUS_RUNNING
+                with pytest.raises(PermissionDenied, match="kernel's own token cannot call Allocate"):
+                    await scoped.allocate(vram=MiB, compute=1)
+                with pytest.raises(PermissionDenied):
+                    await scoped.start_kernel(lease.id, key=b"k" * 16)
+                with pytest.raises(PermissionDenied):
+                    await scoped.put_file(kernel.id, "x", b"x")
+                other = await alice.allocate(vram=64 * MiB, compute=1)
+                try:
+                    with pytest.raises(PermissionDenied, match="not the lease this kernel token belongs to"):
+                        await scoped.renew(other.id)
+                finally:
+                    await alice.release(other.id)
+                await remote.close()
+                assert await alice.release(lease.id) is True
+                # Released lease: its kernel token is dead.
+                with pytest.raises(Unauthenticated):
+                    await scoped.list_leases()
+        finally:
+            await remote.close()
+            with contextlib.suppress(RemotingError):
+                await alice.release(lease.id)
+    assert_secrets_not_logged(worker, worker.token, worker.other_token, key, base64.b64encode(key),
+                              kernel_token)
+
+
+# ---------------------------------------------------------------------------------------- rotation
+
+
+async def wait_until(predicate, timeout: float) -> float:
+    """Poll an async predicate until it is true; returns the seconds it took."""
+    started = time.monotonic()
+    while True:
+        if await predicate():
+            return time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"not true within {timeout} s")
+        await asyncio.sleep(0.1)
+
+
+async def accepted(address: str, token: str) -> bool:
+    async with RuntimeClient(address, token, timeout=CALL_TIMEOUT) as client:
+        try:
+            await client.inventory()
+            return True
+        except Unauthenticated:
+            return False
+
+
+async def test_token_rotation_at_runtime(tf_worker_factory):
+    worker = tf_worker_factory(["--host-vram", "2Gi"]).start()
+    old = worker.token
+    new = secrets.token_urlsafe(24)
+    async with worker.client() as alice:
+        lease, kernel, key, remote = await start_kernel(alice)
+        try:
+            # Rotate alice: the old token goes, a new one comes; bob is untouched.
+            tmp = worker.token_file.with_suffix(".tmp")
+            tmp.write_text(f"# rotated\nalice {new}\nbob {worker.other_token}\n")
+            tmp.replace(worker.token_file)
+            # The file is re-read at most once a second: within ~2 s the old token is out, the new in.
+            await wait_until(lambda: _rotated(worker.address, old, new), timeout=3.0)
+            assert await accepted(worker.address, worker.other_token)
+            # The running kernel is untouched: its open channels still work, and the new token sees it.
+            assert (await remote.execute("21*2")).data() == "42"
+            async with RuntimeClient(worker.address, new, timeout=CALL_TIMEOUT) as rotated:
+                state = await rotated.kernel_state(kernel.id)
+                assert state.status == pb.KERNEL_STATUS_RUNNING
+                assert [le.id for le in await rotated.list_leases()] == [lease.id]
+                # A broken token file does not lock everyone out: the last good table stays.
+                worker.token_file.write_text("this line has far too many words\n")
+                await asyncio.sleep(1.3)
+                assert await accepted(worker.address, new)
+                # Removing bob's line removes bob.
+                worker.token_file.write_text(f"alice {new}\n")
+                await wait_until(lambda: _refused(worker.address, worker.other_token), timeout=3.0)
+                assert await accepted(worker.address, new)
+                assert not await accepted(worker.address, old)
+                await remote.close()
+                assert await rotated.release(lease.id) is True
+        finally:
+            await remote.close()
+    assert_secrets_not_logged(worker, old, new, worker.other_token, key, base64.b64encode(key))
+
+
+async def _rotated(address: str, old: str, new: str) -> bool:
+    return not await accepted(address, old) and await accepted(address, new)
+
+
+async def _refused(address: str, token: str) -> bool:
+    return not await accepted(address, token)
+
+
+# ---------------------------------------------------------------------------------------- TLS
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, CertPair]:
+    if not have_openssl():
+        pytest.skip("openssl is not installed")
+    d = tmp_path_factory.mktemp("pki")
+    ca, other_ca = make_ca(d, "ca"), make_ca(d, "other-ca")
+    return {
+        "ca": ca,
+        "other_ca": other_ca,
+        "server": make_cert(ca, d, "server", server=True),
+        "client": make_cert(ca, d, "client", server=False),
+        "foreign_client": make_cert(other_ca, d, "foreign-client", server=False),
+    }
+
+
+async def inventory_over(address: str, token: str, **tls) -> None:
+    async with RuntimeClient(address, token, timeout=5, **tls) as client:
+        inv = await client.inventory()
+        assert inv.devices
+
+
+async def test_tls(tf_worker_factory, pki):
+    worker = tf_worker_factory(["--host-vram", "1Gi", "--tls-cert", str(pki["server"].cert),
+                                "--tls-key", str(pki["server"].key)]).start()
+    assert "TLS" in worker.log()
+    await inventory_over(worker.address, worker.token, tls_ca=pki["ca"].cert)
+    await inventory_over(worker.address, worker.token, tls_ca=pki["ca"].cert, server_name="localhost")
+    with pytest.raises(Unauthenticated):  # TLS does not replace the token
+        await inventory_over(worker.address, "x" * 32, tls_ca=pki["ca"].cert)
+    with pytest.raises(Unavailable):  # plaintext against TLS
+        await inventory_over(worker.address, worker.token)
+    with pytest.raises(Unavailable):  # a CA that did not sign the server's certificate
+        await inventory_over(worker.address, worker.token, tls_ca=pki["other_ca"].cert)
+    with pytest.raises(Unavailable):  # a name the certificate does not cover
+        await inventory_over(worker.address, worker.token, tls_ca=pki["ca"].cert, server_name="evil.example")
+    async with grpc.aio.secure_channel(worker.address, grpc.ssl_channel_credentials(
+            pki["ca"].cert.read_bytes())) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_mtls(tf_worker_factory, pki):
+    worker = tf_worker_factory(["--host-vram", "1Gi", "--tls-cert", str(pki["server"].cert),
+                                "--tls-key", str(pki["server"].key),
+                                "--tls-client-ca", str(pki["ca"].cert)]).start()
+    assert "client certificates" in worker.log()
+    good = {"tls_ca": pki["ca"].cert, "client_cert": pki["client"].cert, "client_key": pki["client"].key}
+    await inventory_over(worker.address, worker.token, **good)
+    with pytest.raises(Unauthenticated):  # a client certificate does not replace the token
+        await inventory_over(worker.address, "y" * 32, **good)
+    with pytest.raises(Unavailable):  # no client certificate
+        await inventory_over(worker.address, worker.token, tls_ca=pki["ca"].cert)
+    with pytest.raises(Unavailable):  # a client certificate from another CA
+        await inventory_over(worker.address, worker.token, tls_ca=pki["ca"].cert,
+                             client_cert=pki["foreign_client"].cert, client_key=pki["foreign_client"].key)
+    with pytest.raises(Unavailable):  # plaintext
+        await inventory_over(worker.address, worker.token)
+
+
+@pytest.mark.parametrize("mtls", [
+    False,
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
+        "worker bug: under --tls-client-ca, Worker.slice_env gives the kernel no client certificate "
+        "(and magic._live_usage presents none), so the kernel's own calls are refused in the handshake"))),
+], ids=["tls", "mtls"])
+async def test_kernel_reaches_tls_worker(tf_worker_factory, pki, mtls):
+    """The kernel's %vgpu calls its worker back with the kernel token, over the worker's TLS."""
+    extra = ["--tls-client-ca", str(pki["ca"].cert)] if mtls else []
+    worker = tf_worker_factory(["--host-vram", "1Gi", "--tls-cert", str(pki["server"].cert),
+                                "--tls-key", str(pki["server"].key), *extra]).start()
+    tls = {"tls_ca": pki["ca"].cert}
+    if mtls:
+        tls.update(client_cert=pki["client"].cert, client_key=pki["client"].key)
+    async with RuntimeClient(worker.address, worker.token, timeout=CALL_TIMEOUT, **tls) as client:
+        lease, kernel, key, remote = await start_kernel(client)
+        try:
+            result = await remote.execute(
+                "from tf_remoting.kernel.magic import _live_usage; print(_live_usage()[0] is not None, end='')",
+                timeout=30)
+            assert result.status == "ok", result.reply
+            assert result.stdout() == "True", "the kernel could not talk to its worker over TLS"
+        finally:
+            await remote.close()
+            await client.release(lease.id)
+    assert_secrets_not_logged(worker, worker.token, worker.other_token, key)
+
+
+def test_certs_have_the_right_names(pki):
+    text = subprocess.run(["openssl", "x509", "-in", str(pki["server"].cert), "-noout", "-text"],
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+    assert "IP Address:127.0.0.1" in text and "DNS:localhost" in text
+    assert Path(pki["server"].key).read_text().startswith("-----BEGIN EC PRIVATE KEY-----")
