@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 
 import zmq
+from google.protobuf.message import DecodeError
 from jupyter_client.connect import write_connection_file
 
 from tf_remoting.channels import (
     MAX_BATCH_BYTES,
     ROUTED,
+    ChunkError,
     Deduplicator,
     Reassembler,
     ReplayBuffer,
@@ -274,7 +276,15 @@ class Nanny:
             self._drop_conn()
             return
         for record in records:
-            self._on_request(pb.ChannelsRequest.FromString(record))
+            try:
+                self._on_request(pb.ChannelsRequest.FromString(record))
+            except (DecodeError, ChunkError, ValueError) as exc:
+                # Bad input from a client must never take the kernel down: drop that stream only.
+                log.warning("dropping worker connection after a malformed message: %s", exc)
+                self.reassembler = Reassembler()
+                if self.conn is not None:
+                    self._drop_conn()
+                return
 
     def _on_request(self, req: pb.ChannelsRequest) -> None:
         kind = req.WhichOneof("kind")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -137,6 +138,7 @@ class Worker:
         self.cgroup_root = cgroup_v2_memory_root() if self.backend.name == "host" else None
         self.metrics = Metrics(version=tf_remoting.__version__, backend=self.backend.name)
         self.address = ""
+        self.kernel_address = ""
         self.device_samples: dict[str, DeviceSample] = {}
         self.usage: dict[str, Usage] = {}  # "<lease>/<device>" -> usage
         self.subscribers: list[tuple[asyncio.Queue[pb.WatchResponse], Caller, bool]] = []
@@ -259,6 +261,9 @@ class Worker:
 
     def resolve_mode(self, requested: int) -> int:
         """The isolation mode a new lease really gets; never one the devices cannot give."""
+        if requested and requested not in MODE_NAMES:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"unknown isolation mode {requested}; use soft, mps, exclusive or host")
         if self.backend.name == "host":
             if requested in (pb.ISOLATION_MODE_MPS, pb.ISOLATION_MODE_EXCLUSIVE):
                 raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -295,12 +300,10 @@ class Worker:
             "TF_VGPU_MODE": MODE_NAMES.get(lease.mode, "soft"),
             "TF_VGPU_MEMORY_ENFORCEMENT": pb.MemoryEnforcement.Name(self.enforcement(lease.mode, device))
             .removeprefix("MEMORY_ENFORCEMENT_").lower(),
-            "TF_VGPU_WORKER": self.address,
+            "TF_VGPU_WORKER": self.kernel_address or self.address,
             "TF_VGPU_TOKEN": kernel_token,
             "TF_VGPU_SHARES_FILESYSTEM": "1" if self.config.shares_filesystem else "0",
         }
-        if self.config.tls_cert:
-            env["TF_VGPU_TLS_CA"] = str(Path(self.config.tls_cert).resolve())
         if device.kind == "host":
             env["CUDA_VISIBLE_DEVICES"] = ""  # the host device is no GPU: hide any that exist
         else:
@@ -462,6 +465,20 @@ def _replace(d: DeviceInfo, **changes: Any) -> DeviceInfo:
     return dataclasses.replace(d, **changes)
 
 
+def _file_error(relative: str, exc: OSError) -> RpcError:
+    """A file-system error as a status; names the path the caller gave, never the worker's."""
+    if isinstance(exc, FileNotFoundError):
+        return RpcError(grpc.StatusCode.NOT_FOUND, f"no file {relative!r} in the kernel's directory")
+    if isinstance(exc, (NotADirectoryError, FileExistsError, IsADirectoryError)):
+        return RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{relative!r}: a part of the path is a file where a directory is needed, or the reverse")
+    if exc.errno == errno.ENOSPC:
+        return RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{relative!r}: the worker's disk is full")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ELOOP):
+        return RpcError(grpc.StatusCode.PERMISSION_DENIED, f"{relative!r}: {exc.strerror}")
+    return RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{relative!r}: {exc.strerror}")
+
+
 def _confined(root: str, relative: str) -> Path:
     """A path inside root; `..`, absolute paths and symlinks cannot leave it."""
     if not relative or len(relative) > MAX_PATH or "\x00" in relative:
@@ -469,6 +486,8 @@ def _confined(root: str, relative: str) -> Path:
     if os.path.isabs(relative):
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                        f"path {relative!r} is absolute; paths are relative to the kernel's working directory")
+    if any(len(part.encode()) > 255 for part in relative.split("/")):
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "a path component is longer than 255 bytes")
     base = Path(root).resolve()
     target = (base / relative).resolve()
     if target != base and base not in target.parents:
@@ -662,11 +681,12 @@ class RuntimeServicer:
         here, except the first message, which names the kernel and is checked for ownership."""
         w = self.worker
         try:
-            caller = w.authenticate(context, "Channels")
+            # Read the opening message first: refusing a stream mid-send can surface as INTERNAL.
             try:
                 first = await anext(aiter(request_iterator))
             except StopAsyncIteration:
                 return
+            caller = w.authenticate(context, "Channels")
             try:
                 opening = pb.ChannelsRequest.FromString(first)
             except Exception:
@@ -712,8 +732,12 @@ class RuntimeServicer:
                     header = await reader.readexactly(4)
                     payload = await reader.readexactly(struct.unpack(">I", header)[0])
                 except (asyncio.IncompleteReadError, ConnectionError):
-                    return
+                    break
                 yield payload
+            if w.supervisor.state(rec.id).status == "running":
+                # The nanny dropped this stream (malformed input) while the kernel lives on.
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    "the kernel side closed this stream after a malformed message; reopen it")
         finally:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -747,10 +771,14 @@ class RuntimeServicer:
         if first is None or first.WhichOneof("kind") != "header":
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "the first PutFile message must be the header")
         rec = w.ledger.get_kernel(caller.principal, first.header.kernel_id)
-        target = _confined(rec.cwd, first.header.path)
+        path = first.header.path
+        target = _confined(rec.cwd, path)
         if target.is_dir():
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{first.header.path!r} is a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{path!r} is a directory")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _file_error(path, exc) from None
         tmp = target.with_name(f".{target.name}.tf-upload-{uuid.uuid4().hex[:8]}")
         size = 0
         try:
@@ -766,10 +794,12 @@ class RuntimeServicer:
                                        f"file larger than {format_bytes(MAX_FILE)}")
                     f.write(msg.data)
             os.replace(tmp, target)
+        except OSError as exc:
+            raise _file_error(path, exc) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        return pb.FileInfo(path=first.header.path, size=size)
+        return pb.FileInfo(path=path, size=size)
 
     @rpc_stream
     async def GetFile(self, request: pb.GetFileRequest, context: Any, caller: Caller) -> AsyncIterator[pb.FileChunk]:
@@ -777,15 +807,15 @@ class RuntimeServicer:
         rec = w.ledger.get_kernel(caller.principal, request.kernel_id)
         target = _confined(rec.cwd, request.path)
         try:
-            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            raise RpcError(grpc.StatusCode.NOT_FOUND, f"no file {request.path!r} in the kernel's directory") from None
-        except IsADirectoryError:
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.path!r} is a directory") from None
+            # O_NONBLOCK: opening a FIFO must not block the worker's event loop.
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise _file_error(request.path, exc) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.path!r} is not a regular file")
         with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.path!r} is not a regular file")
             first = True
             while True:
                 data = f.read(1 << 20)
@@ -852,6 +882,12 @@ async def serve(config: WorkerConfig, address_file: str = "", stop: asyncio.Even
     creds = _credentials(config)
     listen = config.listen
     port = server.add_secure_port(listen, creds) if creds else server.add_insecure_port(listen)
+    # Kernels reach their own worker over a unix socket in the (0700) state directory: it works
+    # whatever TLS/mTLS the network address demands, and never leaves the host.
+    worker.kernel_address = f"unix:{worker.state_dir / 'kernels.sock'}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(worker.state_dir / "kernels.sock")
+    server.add_insecure_port(worker.kernel_address)
     if listen.startswith("unix:"):
         worker.address = listen
     else:

@@ -341,9 +341,7 @@ async def test_mtls(tf_worker_factory, pki):
 
 @pytest.mark.parametrize("mtls", [
     False,
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason=(
-        "worker bug: under --tls-client-ca, Worker.slice_env gives the kernel no client certificate "
-        "(and magic._live_usage presents none), so the kernel's own calls are refused in the handshake"))),
+    True,
 ], ids=["tls", "mtls"])
 async def test_kernel_reaches_tls_worker(tf_worker_factory, pki, mtls):
     """The kernel's %vgpu calls its worker back with the kernel token, over the worker's TLS."""

@@ -150,9 +150,7 @@ ALLOCATE_CASES = [
                  "at most 64 labels", id="labels-65"),
     pytest.param(dict(vram=GiB, compute=10, labels={"big": "x" * 5000}), INVALID, "at most 64 labels",
                  id="label-5000-chars"),
-    pytest.param(dict(vram=GiB, compute=10, mode=9), INVALID, "isolation mode", id="mode-unknown-9",
-                 marks=pytest.mark.xfail(strict=True, reason="worker bug: Worker.resolve_mode accepts unknown "
-                                         "isolation modes on the host backend and silently grants 'host'")),
+    pytest.param(dict(vram=GiB, compute=10, mode=9), INVALID, "isolation mode", id="mode-unknown-9"),
 ]
 
 
@@ -371,8 +369,6 @@ async def test_file_paths_cannot_escape(worker, kernel, tmp_path):
     await assert_serving(worker)
 
 
-@pytest.mark.xfail(strict=True, reason="worker bug: PutFile/GetFile let OSError (ENOTDIR, EEXIST, EISDIR, "
-                   "ENAMETOOLONG) escape as UNKNOWN with the worker's absolute path in the details")
 @pytest.mark.parametrize(("call", "path"), [
     ("put", "plain.txt/inner"), ("get", "plain.txt/inner"),  # a path under a regular file
     ("put", "n" * 300), ("get", "n" * 300),  # a name longer than NAME_MAX
@@ -532,9 +528,6 @@ async def test_channels_oversize_message_is_refused(worker, kernel):
     await assert_serving(worker)
 
 
-@pytest.mark.xfail(strict=True, reason="worker bug: a malformed ChannelsRequest (or bad chunk) after 'open' is "
-                   "relayed to the nanny, whose Nanny._read_conn/_on_request raise DecodeError/ChunkError "
-                   "uncaught: the nanny dies and takes the kernel with it (SIGKILL)")
 async def test_channels_garbage_after_open_keeps_kernel(worker):
     bad_chunk = pb.ChannelsRequest(frames=pb.FrameBatch(frames=[
         pb.Frame(channel=pb.CHANNEL_SHELL, seq=5, chunk=b"abc"),
@@ -615,8 +608,6 @@ async def test_worker_survived_the_fuzz(worker, kernel):
 # ---------------------------------------------------------------------------------------- last: blocks the worker
 
 
-@pytest.mark.xfail(strict=True, reason="worker bug: GetFile opens a FIFO in the kernel's directory with a "
-                   "blocking os.open on the event loop, freezing the whole worker for every principal")
 async def test_get_file_on_fifo_does_not_freeze_worker(worker, kernel):
     fifo = kernel.cwd / "pipe"
     with contextlib.suppress(FileExistsError):
