@@ -141,6 +141,23 @@ class RuntimeClient:
     async def renew(self, lease_id: str) -> pb.Lease:
         return await self._call(self.stub.Renew, pb.RenewRequest(lease_id=lease_id))
 
+    def keep_alive(self, lease_id: str, interval: float = 20.0) -> asyncio.Task[None]:
+        """Renew a lease every `interval` seconds until the task is cancelled (or the lease is gone).
+
+        A lease not renewed within its TTL (default 60 s) is reclaimed with its kernels.
+        """
+        async def renew_forever() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await self.renew(lease_id)
+                except (NotFound, PermissionDenied):
+                    return
+                except RemotingError as exc:  # worker away for a moment: try again next round
+                    log.warning("could not renew lease %s: %s", lease_id, exc)
+
+        return asyncio.create_task(renew_forever())
+
     async def release(self, lease_id: str) -> bool:
         return (await self._call(self.stub.Release, pb.ReleaseRequest(lease_id=lease_id))).released
 

@@ -2,12 +2,13 @@
 
 The worker starts `python -m tf_remoting.nanny DIR` in a new process session. The nanny starts the
 kernel as its child, connects to its ZMQ ports on 127.0.0.1 and serves one unix socket that the
-worker connects to. It numbers every message the kernel sends and keeps it in the replay buffer
-until the client acknowledges it, so a worker restart (even SIGKILL) or a network cut loses
-nothing: the buffer lives here, not in the worker. It also reaps the kernel and records its exit
-code in DIR/state.json, where a restarted worker finds it.
+worker connects to (`tf_remoting.nanny_loop`). It numbers every message the kernel sends and
+keeps it in the replay buffer until the client acknowledges it, so a worker restart (even
+SIGKILL) or a network cut loses nothing: the buffer lives here, not in the worker. It also reaps
+the kernel and records its exit code in DIR/state.json, where a restarted worker finds it.
 
 Files in DIR: spec.json (written by the worker), connection.json, state.json, kernel.log.
+This module imports only the standard library: the kernel starts before anything heavy loads.
 """
 
 from __future__ import annotations
@@ -22,41 +23,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import zmq
-from google.protobuf.message import DecodeError
-from jupyter_client.connect import write_connection_file
-
-from tf_remoting.channels import (
-    MAX_BATCH_BYTES,
-    ROUTED,
-    ChunkError,
-    Deduplicator,
-    Reassembler,
-    ReplayBuffer,
-    batches,
-    pack_record,
-    unpack_records,
-)
-from tf_remoting.proto import pb
-
-log = logging.getLogger("tf_remoting.nanny")
-
-PORT_NAMES = {
-    pb.CHANNEL_SHELL: "shell_port",
-    pb.CHANNEL_CONTROL: "control_port",
-    pb.CHANNEL_STDIN: "stdin_port",
-    pb.CHANNEL_IOPUB: "iopub_port",
-    pb.CHANNEL_HB: "hb_port",
-}
-MAX_PEERS = 128          # routed peer sockets kept per channel (least recently used go)
-DRAIN_LIMIT = 2000       # messages read from one socket per loop turn
 LINGER_AFTER_EXIT = 30.0  # seconds the nanny waits for a client to collect the last messages
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
@@ -68,273 +41,40 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class Nanny:
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        spec = json.loads((directory / "spec.json").read_text())
-        self.spec = spec
-        self.key = base64.b64decode(spec["key"])
-        self.socket_path = spec["socket"]
-        self.buffer = ReplayBuffer(max_messages=spec.get("replay_messages", 50_000),
-                                   max_bytes=spec.get("replay_bytes", 256 << 20),
-                                   chunk_size=spec.get("chunk_size", 1 << 20))
-        self.dedup = Deduplicator()
-        self.reassembler = Reassembler()
-        self.ctx = zmq.Context()
-        self.poller = zmq.Poller()
-        self.peers: dict[tuple[int, bytes], zmq.Socket] = {}
-        self.socket_owner: dict[zmq.Socket, tuple[int, bytes]] = {}
-        self.conn: socket.socket | None = None
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.exit_code: int | None = None
-        self.exited_at = 0.0
-        self.stopping = False
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held open together so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
-    # ------------------------------------------------------------------ start
 
-    def start(self) -> None:
-        conn_file = self.dir / "connection.json"
-        _, info = write_connection_file(str(conn_file), ip="127.0.0.1", key=self.key, transport="tcp",
-                                        signature_scheme=self.spec.get("signature_scheme", "hmac-sha256"))
-        self.ports = {ch: int(info[name]) for ch, name in PORT_NAMES.items()}  # type: ignore[literal-required]
-        argv = [a.replace("{connection_file}", str(conn_file)) for a in self.spec["argv"]]
-        env = dict(os.environ)
-        env.update(self.spec.get("env", {}))
-        with open(self.dir / "kernel.log", "ab") as out:
-            self.proc = subprocess.Popen(argv, env=env, cwd=self.spec.get("cwd") or None,
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
-        self.iopub = self.ctx.socket(zmq.SUB)
-        self.iopub.setsockopt(zmq.RCVHWM, 0)
-        self.iopub.setsockopt(zmq.LINGER, 0)
-        self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.iopub.connect(f"tcp://127.0.0.1:{self.ports[pb.CHANNEL_IOPUB]}")
-        self.poller.register(self.iopub, zmq.POLLIN)
-
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            self.listener.bind(self.socket_path)
-        finally:
-            os.umask(old)
-        self.listener.listen(4)
-        self.listener.setblocking(False)
-        self.poller.register(self.listener.fileno(), zmq.POLLIN)
-        self.write_state("running")
-        log.info("kernel pid %d started, nanny pid %d", self.proc.pid, os.getpid())
-
-    def write_state(self, status: str) -> None:
-        write_json_atomic(self.dir / "state.json", {
-            "status": status, "nanny_pid": os.getpid(), "kernel_pid": self.proc.pid,
-            "exit_code": self.exit_code, "socket": self.socket_path, "time": time.time(),
-        })
-
-    # ------------------------------------------------------------------ loop
-
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        while True:
-            timeout = 100 if self.exit_code is None else 20
-            try:
-                ready = self.poller.poll(timeout)
-            except zmq.ZMQError as exc:  # EINTR from a signal
-                if exc.errno != zmq.EINTR:
-                    raise
-                ready = []
-            out: list[pb.Frame] = []
-            for sock, _event in ready:
-                if sock is self.iopub:
-                    out.extend(self._drain(self.iopub, pb.CHANNEL_IOPUB, None))
-                elif isinstance(sock, zmq.Socket):
-                    channel, peer = self.socket_owner[sock]
-                    out.extend(self._drain(sock, channel, peer))
-                elif sock == self.listener.fileno():
-                    self._accept()
-                elif self.conn is not None and sock == self.conn.fileno():
-                    if _event & zmq.POLLIN:
-                        self._read_conn()
-                    if self.conn is not None and _event & zmq.POLLOUT:
-                        self._flush()
-            if out:
-                for batch in batches(out, MAX_BATCH_BYTES):
-                    self._send(pb.ChannelsResponse(frames=batch))
-            if self.exit_code is None:
-                code = self.proc.poll()
-                if code is not None:
-                    self._on_kernel_exit(code)
-            elif self._done():
-                self.write_state("exited")
-                return 0
-
-    def _on_sigterm(self, *_: object) -> None:
-        self.stopping = True
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
-
-    def _on_kernel_exit(self, code: int) -> None:
-        # Collect what the kernel published just before it went.
-        deadline = time.monotonic() + 0.2
-        while time.monotonic() < deadline:
-            frames = self._drain(self.iopub, pb.CHANNEL_IOPUB, None)
-            if frames:
-                for batch in batches(frames):
-                    self._send(pb.ChannelsResponse(frames=batch))
-            else:
-                time.sleep(0.02)
-        self.exit_code = code
-        self.exited_at = time.monotonic()
-        self.write_state("exited")
-        log.info("kernel exited with %d", code)
-        self._send(pb.ChannelsResponse(exited=pb.KernelExited(exit_code=code)))
-
-    def _done(self) -> bool:
-        if self.stopping:
-            return not self.outbuf or time.monotonic() - self.exited_at > 2
-        delivered = self.conn is not None and not self.outbuf and self.buffer.pending(pb.CHANNEL_IOPUB) == 0
-        return delivered or time.monotonic() - self.exited_at > LINGER_AFTER_EXIT
-
-    # ------------------------------------------------------------------ kernel side
-
-    def _drain(self, sock: zmq.Socket, channel: int, peer: bytes | None) -> list[pb.Frame]:
-        frames: list[pb.Frame] = []
-        for _ in range(DRAIN_LIMIT):
-            try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if peer is not None:
-                parts.insert(0, peer)
-            frames.extend(self.buffer.append(channel, parts))
-        return frames
-
-    def _peer_socket(self, channel: int, peer: bytes) -> zmq.Socket:
-        key = (channel, peer)
-        sock = self.peers.pop(key, None)
-        if sock is None:
-            if channel == pb.CHANNEL_SHELL and (pb.CHANNEL_STDIN, peer) not in self.peers:
-                # input_request goes to the shell requester's identity: be there before it is sent.
-                self._peer_socket(pb.CHANNEL_STDIN, peer)
-            sock = self.ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            # Identities starting with a zero byte are reserved by ZMQ; prefix ours.
-            sock.setsockopt(zmq.ROUTING_ID, b"tf:" + peer[:200])
-            sock.connect(f"tcp://127.0.0.1:{self.ports[channel]}")
-            self.poller.register(sock, zmq.POLLIN)
-            self.socket_owner[sock] = key
-            same_channel = [k for k in self.peers if k[0] == channel]
-            if len(same_channel) >= MAX_PEERS:
-                old = self.peers.pop(same_channel[0])
-                self.poller.unregister(old)
-                del self.socket_owner[old]
-                old.close()
-        self.peers[key] = sock  # re-insert: most recently used last
-        return sock
-
-    # ------------------------------------------------------------------ worker side
-
-    def _accept(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-        except BlockingIOError:
-            return
-        if self.conn is not None:
-            self._drop_conn()
-        conn.setblocking(False)
-        self.conn = conn
-        self.inbuf.clear()
-        self.poller.register(conn.fileno(), zmq.POLLIN)
-
-    def _drop_conn(self) -> None:
-        assert self.conn is not None
-        with contextlib.suppress(KeyError, ValueError):
-            self.poller.unregister(self.conn.fileno())
-        self.conn.close()
-        self.conn = None
-        self.outbuf.clear()
-
-    def _read_conn(self) -> None:
-        assert self.conn is not None
-        try:
-            data = self.conn.recv(1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop_conn()
-            return
-        self.inbuf += data
-        try:
-            records = unpack_records(self.inbuf)
-        except ValueError as exc:
-            log.warning("dropping worker connection: %s", exc)
-            self._drop_conn()
-            return
-        for record in records:
-            try:
-                self._on_request(pb.ChannelsRequest.FromString(record))
-            except (DecodeError, ChunkError, ValueError) as exc:
-                # Bad input from a client must never take the kernel down: drop that stream only.
-                log.warning("dropping worker connection after a malformed message: %s", exc)
-                self.reassembler = Reassembler()
-                if self.conn is not None:
-                    self._drop_conn()
-                return
-
-    def _on_request(self, req: pb.ChannelsRequest) -> None:
-        kind = req.WhichOneof("kind")
-        if kind == "open":
-            positions = {p.channel: p.seq for p in req.open.last_received}
-            frames, dropped = self.buffer.replay(positions)
-            self._send(pb.ChannelsResponse(opened=pb.ChannelsOpened(
-                kernel_id=self.spec["kernel_id"],
-                received=self.dedup.positions(),
-                dropped=[pb.ChannelPosition(channel=c, seq=n) for c, n in dropped.items()],
-                chunk_size=self.buffer.chunk_size,
-            )))
-            for batch in batches(frames):
-                self._send(pb.ChannelsResponse(frames=batch))
-            if self.exit_code is not None:
-                self._send(pb.ChannelsResponse(exited=pb.KernelExited(exit_code=self.exit_code)))
-        elif kind == "frames":
-            for frame in req.frames.frames:
-                whole = self.reassembler.feed(frame)
-                if whole is None:
-                    continue
-                channel, seq, parts = whole
-                if channel not in ROUTED or not parts or not self.dedup.accept(channel, seq):
-                    continue
-                if self.exit_code is None:
-                    self._peer_socket(channel, parts[0]).send_multipart(parts[1:])
-        elif kind == "ack":
-            for pos in req.ack.received:
-                self.buffer.ack(pos.channel, pos.seq)
-
-    def _send(self, msg: pb.ChannelsResponse) -> None:
-        if self.conn is None:
-            return
-        was_empty = not self.outbuf
-        self.outbuf += pack_record(msg.SerializeToString())
-        if was_empty:
-            self._flush()
-
-    def _flush(self) -> None:
-        assert self.conn is not None
-        try:
-            while self.outbuf:
-                n = self.conn.send(self.outbuf)
-                del self.outbuf[:n]
-        except BlockingIOError:
-            pass
-        except OSError:
-            self._drop_conn()
-            return
-        self.poller.modify(self.conn.fileno(), zmq.POLLIN | (zmq.POLLOUT if self.outbuf else 0))
+def launch_kernel(directory: Path, spec: dict[str, Any]) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Write the connection file and start the kernel process; returns it and the connection."""
+    shell, iopub, stdin, control, hb = free_ports(5)
+    connection = {
+        "shell_port": shell, "iopub_port": iopub, "stdin_port": stdin, "control_port": control,
+        "hb_port": hb, "ip": "127.0.0.1", "transport": "tcp",
+        "key": base64.b64decode(spec["key"]).decode(),
+        "signature_scheme": spec.get("signature_scheme") or "hmac-sha256", "kernel_name": "",
+    }
+    conn_file = directory / "connection.json"
+    fd = os.open(conn_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(connection, f)
+    argv = [a.replace("{connection_file}", str(conn_file)) for a in spec["argv"]]
+    env = dict(os.environ)
+    env.update(spec.get("env", {}))
+    with open(directory / "kernel.log", "ab") as out:
+        proc = subprocess.Popen(argv, env=env, cwd=spec.get("cwd") or None, stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    return proc, connection
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,8 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m tf_remoting.nanny KERNEL_DIR", file=sys.stderr)
         return 2
+    directory = Path(args[0])
+    spec = json.loads((directory / "spec.json").read_text())
+    proc, connection = launch_kernel(directory, spec)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s nanny %(levelname)s %(message)s")
-    nanny = Nanny(Path(args[0]))
+    from tf_remoting.nanny_loop import Nanny  # heavy imports, while the kernel starts
+
+    nanny = Nanny(directory, spec, proc, connection)
     nanny.start()
     try:
         return nanny.run()

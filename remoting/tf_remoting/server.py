@@ -18,7 +18,6 @@ import secrets
 import signal
 import socket
 import stat
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import tf_remoting
 from tf_remoting import leases as ledger_mod
+from tf_remoting import nanny_link
 from tf_remoting.auth import AuthError, Caller, TokenTable, ensure_token_file, token_digest_hex
 from tf_remoting.channels import GRPC_MAX_MESSAGE
 from tf_remoting.config import WorkerConfig
@@ -606,6 +606,11 @@ class RuntimeServicer:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"unknown kernel environment {request.environment!r}; this worker has: "
                            f"{', '.join(sorted(w.supervisor.environments))}") from None
+        try:
+            request.key.decode()
+        except UnicodeDecodeError:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "the HMAC key must be UTF-8 text, as in "
+                           "Jupyter connection files") from None
         if len(request.key) > 1024:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "the HMAC key is longer than 1024 bytes")
         if request.signature_scheme and request.signature_scheme not in (
@@ -698,7 +703,7 @@ class RuntimeServicer:
             if caller.lease_scope:
                 raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "a kernel token cannot open channels")
             try:
-                reader, writer = await asyncio.open_unix_connection(str(w.supervisor.socket_path(rec.id)))
+                link = await nanny_link.connect(str(w.supervisor.socket_path(rec.id)))
             except OSError:
                 state = w.supervisor.state(rec.id)
                 if state.status == "exited":
@@ -717,21 +722,19 @@ class RuntimeServicer:
             await context.abort(_status(exc.code), str(exc))
             return
 
-        writer.write(struct.pack(">I", len(first)) + first)
+        link.send(first)
 
         async def upstream() -> None:
             async for raw in request_iterator:
-                writer.write(struct.pack(">I", len(raw)) + raw)
-                if writer.transport.get_write_buffer_size() > (8 << 20):
-                    await writer.drain()
+                link.send(raw)
+                if link.backlog() > (8 << 20):
+                    await asyncio.sleep(0.01)  # let the nanny catch up
 
         pump = asyncio.create_task(upstream())
         try:
             while True:
-                try:
-                    header = await reader.readexactly(4)
-                    payload = await reader.readexactly(struct.unpack(">I", header)[0])
-                except (asyncio.IncompleteReadError, ConnectionError):
+                payload = await link.inbox.get()
+                if payload is None:
                     break
                 yield payload
             if w.supervisor.state(rec.id).status == "running":
@@ -742,7 +745,7 @@ class RuntimeServicer:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
-            writer.close()
+            link.close()
 
     # ------------------------------------------------------------------ telemetry
 

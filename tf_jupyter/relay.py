@@ -1,0 +1,110 @@
+"""The relay: a kernel's ZMQ ports on 127.0.0.1, carried over one Channels stream to the worker.
+
+It binds the ports of a Jupyter connection file exactly as a local kernel would (ROUTER for
+shell, control, stdin and heartbeat; PUB for iopub), so any Jupyter client connects to it
+unchanged. Messages are relayed opaque: never decoded, never re-signed. This is the one relay
+every path uses (the provisioner, `jupyter console`, papermill, VS Code...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from tf_remoting.client import KernelChannels, KernelClosed
+from tf_remoting.proto import pb
+
+log = logging.getLogger("tf_jupyter.relay")
+
+ROUTED_PORTS = {
+    pb.CHANNEL_SHELL: "shell_port",
+    pb.CHANNEL_CONTROL: "control_port",
+    pb.CHANNEL_STDIN: "stdin_port",
+    pb.CHANNEL_HB: "hb_port",
+}
+
+
+def _send_now(sock: zmq.Socket, parts: list[bytes]) -> None:
+    """Send without the asyncio wrapper: errors raise here instead of hiding in a future."""
+    for part in parts[:-1]:
+        zmq.Socket.send(sock, part, zmq.SNDMORE | zmq.NOBLOCK)
+    zmq.Socket.send(sock, parts[-1], zmq.NOBLOCK)
+
+
+class Relay:
+    """Bind the connection file's ports; pump frames between them and `channels`."""
+
+    def __init__(self, connection: dict[str, Any]) -> None:
+        if connection.get("transport", "tcp") != "tcp":
+            raise ValueError("only the tcp transport is supported by the vGPU kernel relay")
+        self.connection = connection
+        self.ctx = zmq.asyncio.Context()
+        self.sockets: dict[int, zmq.asyncio.Socket] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def bind(self) -> None:
+        ip = self.connection.get("ip") or "127.0.0.1"
+        for channel, port_name in ROUTED_PORTS.items():
+            sock = self.ctx.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting client keeps its identity
+            sock.bind(f"tcp://{ip}:{self.connection[port_name]}")
+            self.sockets[channel] = sock
+        pub = self.ctx.socket(zmq.PUB)
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.setsockopt(zmq.SNDHWM, 0)  # never drop output: the worker side is already bounded
+        pub.bind(f"tcp://{ip}:{self.connection['iopub_port']}")
+        self.sockets[pb.CHANNEL_IOPUB] = pub
+
+    async def run(self, channels: KernelChannels) -> int | None:
+        """Relay until the kernel exits; returns its exit code."""
+        for channel in ROUTED_PORTS:
+            self._tasks.append(asyncio.create_task(self._upstream(channel, channels)))
+        try:
+            await self._downstream(channels)
+        except KernelClosed:
+            pass
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        return channels.exit_code
+
+    async def _upstream(self, channel: int, channels: KernelChannels) -> None:
+        sock = self.sockets[channel]
+        while True:
+            parts = await sock.recv_multipart()
+            await channels.send(channel, parts)
+            # Drain what else is already queued without yielding to the loop per message.
+            while True:
+                pending = sock.recv_multipart(zmq.NOBLOCK)  # with NOBLOCK the future is already done
+                try:
+                    parts = pending.result()
+                except zmq.Again:
+                    break
+                await channels.send(channel, parts)
+
+    async def _downstream(self, channels: KernelChannels) -> None:
+        while True:
+            channel, parts = await channels.recv()
+            sock = self.sockets.get(channel)
+            if sock is None:
+                continue
+            try:
+                _send_now(sock, parts)
+            except zmq.Again:
+                log.warning("dropping a message for a peer that is not reading (channel %d)", channel)
+            except zmq.ZMQError as exc:  # e.g. unroutable identity after a client left
+                log.debug("could not deliver on channel %d: %s", channel, exc)
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+        self.ctx.term()
