@@ -1,0 +1,153 @@
+"""The jupyter_server extension: the pool, the embedded worker, the API, idle release.
+
+Installed with the wheel and enabled by `etc/jupyter/jupyter_server_config.d/tf_jupyter.json`,
+so plain `jupyter lab` loads it. Settings are `c.TfVgpu.*` (tf_jupyter.config).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+
+from tf_jupyter.config import TfVgpu
+from tf_jupyter.launcher import read_token
+from tf_jupyter.local_worker import LocalWorker, ensure_local_worker, stop_local_worker
+from tf_jupyter.pool import Pool
+from tf_jupyter.profiles import BUILTIN_PROFILES, Profile, ProfileStore, env_kernels_dir
+
+log = logging.getLogger("tf_jupyter")
+
+
+class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
+    name = "tf_jupyter"
+    description = "vGPU kernels: fractional GPUs from a pool of workers"
+    classes = [TfVgpu]
+    load_other_extensions = True
+
+    settings_obj: TfVgpu
+    pool: Pool | None = None
+    local_worker: LocalWorker | None = None
+    _local_proc: Any = None
+    _idle_task: asyncio.Task[None] | None = None
+
+    def initialize_settings(self) -> None:
+        self.settings_obj = TfVgpu(parent=self.serverapp, config=self.serverapp.config)
+        self.settings["tf_vgpu"] = self
+        self._map_kernelspecs()
+
+    def initialize_handlers(self) -> None:
+        from tf_jupyter.handlers import routes
+
+        self.handlers.extend(routes())
+
+    def profiles(self) -> list[Profile]:
+        try:
+            found = ProfileStore(env_kernels_dir()).list()
+        except (OSError, ValueError):
+            found = []
+        return found or list(BUILTIN_PROFILES.values())
+
+    def _map_kernelspecs(self) -> None:
+        """Seamless onboarding: run mapped existing kernelspecs (python3 -> small) as vGPU kernels."""
+        mapping = dict(self.settings_obj.kernelspec_profiles)
+        if not mapping:
+            return
+        ksm = self.serverapp.kernel_spec_manager
+        original = ksm.get_kernel_spec
+
+        def get_kernel_spec(kernel_name: str, *args: Any, **kwargs: Any) -> Any:
+            spec = original(kernel_name, *args, **kwargs)
+            profile_name = mapping.get(kernel_name)
+            if profile_name:
+                from tf_jupyter.launcher import find_profile
+
+                profile = find_profile(profile_name)
+                spec.argv = ["python", "-m", "tf_jupyter.launcher", "--profile", profile.name,
+                             "-f", "{connection_file}"]
+                spec.display_name = f"{spec.display_name} · vGPU {profile.slice_text}"
+                spec.metadata = {**spec.metadata, "kernel_provisioner": {
+                    "provisioner_name": "tf-vgpu", "config": {"profile": profile.name}},
+                    "tf_vgpu": profile.to_metadata()}
+                spec.interrupt_mode = "signal"
+            return spec
+
+        ksm.get_kernel_spec = get_kernel_spec
+        log.info("tf-vgpu: kernelspecs run as vGPU kernels: %s", mapping)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        s = self.settings_obj
+        addresses = list(s.workers)
+        token_file = s.token_file
+        if s.embedded_worker == "on" or (s.embedded_worker == "auto" and not addresses and not s.workers_dns):
+            self.local_worker, self._local_proc = await asyncio.to_thread(
+                ensure_local_worker, list(s.embedded_worker_args), 0.0)
+            addresses.append(self.local_worker.address)
+            token_file = token_file or self.local_worker.token_file
+            with contextlib.suppress(OSError):
+                backend_line = next((line for line in open(self.local_worker.backend_log)
+                                     if "backend " in line and "worker " in line), "")
+                self.log.info("tf-vgpu: embedded worker at %s (%s); %s", self.local_worker.address,
+                              "started" if self._local_proc else "already running", backend_line.strip())
+        if not token_file:
+            self.log.error("tf-vgpu: c.TfVgpu.token_file is not set; the workers %s cannot be reached", addresses)
+            return
+        self.pool = Pool(addresses, read_token(token_file), dns=s.workers_dns, tls_ca=s.tls_ca, tls_cert=s.tls_cert,
+                         tls_key=s.tls_key, policy=s.placement_policy, refresh_interval=s.refresh_interval,
+                         queue_timeout=s.queue_timeout, lease_ttl=s.lease_ttl)
+        Pool._current = self.pool
+        await self.pool.start()
+        for w in self.pool.workers.values():
+            if w.up and w.inventory is not None:
+                devices = ", ".join(f"{d.name} ({d.uuid})" for d in w.inventory.devices)
+                self.log.info("tf-vgpu: worker %s up, backend %s: %s", w.address, w.inventory.backend, devices)
+            else:
+                self.log.warning("tf-vgpu: worker %s is down: %s", w.address, w.error)
+        if s.idle_release > 0:
+            self._idle_task = asyncio.create_task(self._idle_loop())
+
+    async def _idle_loop(self) -> None:
+        """Warn, then shut down kernels whose slice showed no utilization for idle_release seconds."""
+        s = self.settings_obj
+        while True:
+            await asyncio.sleep(min(5.0, max(0.5, s.idle_release / 4)))
+            pool = self.pool
+            if pool is None:
+                continue
+            now = time.monotonic()
+            for k in list(pool.kernels.values()):
+                if k.qos == "critical":
+                    continue
+                idle = now - k.last_active
+                if idle > s.idle_release and not k.idle_warned:
+                    k.idle_warned = True
+                    k.warned_at = now  # type: ignore[attr-defined]
+                    pool.emit("idle_warning", f"kernel idle for {idle:.0f} s: it will be shut down in "
+                              f"{s.idle_warning:.0f} s to free its slice unless it becomes active",
+                              kernel_id=k.kernel_id)
+                elif k.idle_warned and now - getattr(k, "warned_at", now) > s.idle_warning:
+                    pool.emit("idle_release", f"kernel shut down after {idle:.0f} s without utilization; "
+                              "its slice is free", kernel_id=k.kernel_id)
+                    with contextlib.suppress(Exception):
+                        await self.serverapp.kernel_manager.shutdown_kernel(k.kernel_id)
+                    pool.forget_kernel(k.kernel_id)
+
+    async def stop_extension(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        if self.pool is not None:
+            # Extensions stop before the server shuts its kernels down: free our slices now, so
+            # no kernel is left running on a worker that this server will no longer renew.
+            for k in list(self.pool.kernels.values()):
+                await self.pool.release(k.worker, k.lease_id)
+            await self.pool.stop()
+        if self.local_worker is not None and self._local_proc is not None:
+            await asyncio.to_thread(stop_local_worker, self.local_worker, self._local_proc)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    return [{"module": "tf_jupyter", "app": TfVgpuApp}]

@@ -1,0 +1,100 @@
+"""All settings of the Jupyter side, in one traitlets Configurable: `c.TfVgpu.<name>`.
+
+Set them in any Jupyter config file (`jupyter_server_config.py` or `.json`), on the command line
+(`jupyter lab --TfVgpu.placement_policy=spread`), and list them with `jupyter lab --help-all`.
+The kernel launcher reads the same files when a client runs a vGPU kernelspec without a Jupyter
+server (jupyter console, papermill, VS Code), so every path sees the same pool.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, validate
+from traitlets.config import Config, Configurable
+from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+QOS_NAMES = ("low", "medium", "high", "critical")
+
+
+class TfVgpu(Configurable):
+    """vGPU kernels: which workers form the pool, and how kernels are placed on them."""
+
+    workers = List(Unicode(), default_value=[], config=True, help=(
+        "Worker addresses (HOST:PORT or unix:/path). Empty, with workers_dns empty too, means an "
+        "embedded worker on this machine (see embedded_worker)."))
+    workers_dns = Unicode("", config=True, help=(
+        "A DNS name and port (NAME:PORT) resolved to all its addresses, each one a worker: e.g. a "
+        "Kubernetes headless Service in front of a worker DaemonSet. Re-resolved on every refresh."))
+    token_file = Unicode("", config=True, help=(
+        "File whose first token authenticates this server to every worker (TOKEN or PRINCIPAL TOKEN "
+        "per line). Default for the embedded worker: the token file it creates."))
+    tls_ca = Unicode("", config=True, help="CA bundle that signed the workers' certificates; turns TLS on.")
+    tls_cert = Unicode("", config=True, help="Client certificate for workers that require mTLS.")
+    tls_key = Unicode("", config=True, help="Client key for tls_cert.")
+    placement_policy = Enum(["binpack", "spread"], default_value="binpack", config=True, help=(
+        "binpack: best fit, fills devices before opening new ones (fewer GPUs busy); spread: most "
+        "free device first (less contention)."))
+    queue_timeout = Float(300.0, config=True, help=(
+        "Seconds a kernel waits in the queue for a slice before its start fails with a message "
+        "saying what was asked and what the pool had."))
+    default_qos = Enum(list(QOS_NAMES), default_value="medium", config=True, help=(
+        "QoS of kernels whose profile does not say: orders the queue (critical first) and "
+        "exempts critical kernels from idle release."))
+    idle_release = Float(0.0, config=True, help=(
+        "Seconds without utilization after which a vGPU kernel is warned, then shut down and its "
+        "slice freed (0: never). QoS critical is never released this way."))
+    idle_warning = Float(60.0, config=True, help="Seconds of warning before an idle kernel is shut down.")
+    embedded_worker = Enum(["auto", "on", "off"], default_value="auto", config=True, help=(
+        "auto: start a local worker (loopback, device auto) when no workers are configured; on: "
+        "always (in addition to configured ones); off: never."))
+    embedded_worker_args = List(Unicode(), default_value=[], config=True, help=(
+        "Extra flags for the embedded worker, e.g. ['--host-vram', '8Gi'] (see tf-jupyter worker --help)."))
+    kernelspec_profiles = Dict(key_trait=Unicode(), value_trait=Unicode(), default_value={}, config=True,
+                               help=("Existing kernelspecs to run as vGPU kernels: {'python3': 'small'}. "
+                                     "Old notebooks get a slice without edits."))
+    refresh_interval = Float(5.0, config=True, help="Seconds between inventory refreshes of each worker.")
+    lease_ttl = Integer(60, config=True, help=(
+        "Lease TTL asked of workers, in seconds; the kernel launcher renews at a third of it."))
+    profiles_dir = Unicode("", config=True, help=(
+        "Kernelspec directory where `tf-jupyter profiles add` writes (default: this environment's "
+        "share/jupyter/kernels)."))
+
+    @validate("workers")
+    def _check_workers(self, proposal: dict[str, Any]) -> list[str]:
+        for address in proposal["value"]:
+            if not address.startswith("unix:") and ":" not in address:
+                raise ValueError(f"worker address {address!r} needs a port (HOST:PORT) or unix:/path")
+        return list(proposal["value"])
+
+    @validate("workers_dns")
+    def _check_dns(self, proposal: dict[str, Any]) -> str:
+        value = str(proposal["value"])
+        if value and ":" not in value:
+            raise ValueError(f"workers_dns {value!r} needs a port: NAME:PORT")
+        return value
+
+
+def load_jupyter_config() -> Config:
+    """The `jupyter_server_config` files of every Jupyter config directory, merged.
+
+    Used by the kernel launcher outside a Jupyter server, so it sees the same TfVgpu settings.
+    """
+    from jupyter_core.paths import jupyter_config_path
+
+    config = Config()
+    for directory in reversed(jupyter_config_path()):  # later (more specific) paths win
+        for loader_class, name in ((JSONFileConfigLoader, "jupyter_server_config.json"),
+                                   (PyFileConfigLoader, "jupyter_server_config.py")):
+            if (Path(directory) / name).exists():
+                config.merge(loader_class(name, path=directory).load_config())
+        confd = Path(directory) / "jupyter_server_config.d"
+        if confd.is_dir():
+            for path in sorted(confd.glob("*.json")):
+                try:
+                    config.merge(Config(json.loads(path.read_text())))
+                except ValueError:
+                    continue
+    return config

@@ -1,0 +1,171 @@
+"""REST and WebSocket API under /tf-vgpu/api/ (described in tf_jupyter/openapi.yaml).
+
+Handlers only translate HTTP to pool calls. Every one is authenticated and authorized with
+jupyter_server's decorators (resource "kernels": a user who may read kernels may read slices);
+errors are JSON `{"message": ...}` a person can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from jupyter_server.auth.decorator import authorized, ws_authenticated
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from tornado import web, websocket
+
+from tf_jupyter.pool import Pool
+from tf_remoting.client import RemotingError
+from tf_remoting.quantities import QuantityError, parse_bytes, parse_percent
+
+AUTH_RESOURCE = "kernels"
+STATUS_OF = {"NOT_FOUND": 404, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 409, "INVALID_ARGUMENT": 400,
+             "FAILED_PRECONDITION": 409, "UNAVAILABLE": 503, "UNAUTHENTICATED": 502}
+
+
+class VgpuHandler(APIHandler):  # type: ignore[misc]
+    auth_resource = AUTH_RESOURCE
+
+    @property
+    def pool(self) -> Pool:
+        app = self.settings.get("tf_vgpu")
+        pool = app.pool if app is not None else None
+        if pool is None:
+            raise web.HTTPError(503, "the vGPU pool is not available: no worker could be configured (see the "
+                                "server log)")
+        return pool
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        reason = kwargs.get("reason") or self._reason
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else reason
+        self.finish(json.dumps({"message": message, "status": status_code}))
+
+    def json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class PoolHandler(VgpuHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.json(self.pool.pool_json())
+
+
+class KernelsHandler(VgpuHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        pool = self.pool
+        self.json({"kernels": [pool.kernel_json(k) for k in list(pool.kernels)]})
+
+
+class KernelHandler(VgpuHandler):
+    def _kernel(self, kernel_id: str) -> None:
+        if kernel_id not in self.pool.kernels:
+            known = kernel_id in self.kernel_manager if self.kernel_manager is not None else False
+            raise web.HTTPError(404, f"kernel {kernel_id} " + ("has no vGPU slice" if known else "is unknown"))
+
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        self._kernel(kernel_id)
+        self.json(self.pool.kernel_json(kernel_id))
+
+    @web.authenticated
+    @authorized
+    async def patch(self, kernel_id: str) -> None:
+        """Resize a kernel's slice: {"vram": "8Gi", "compute": "50%"} (either may be left out)."""
+        self._kernel(kernel_id)
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON, e.g. {\"vram\": \"8Gi\", \"compute\": \"50%\"}") from None
+        if not isinstance(body, dict) or not body or set(body) - {"vram", "compute"}:
+            raise web.HTTPError(400, "give vram and/or compute, e.g. {\"vram\": \"8Gi\", \"compute\": \"50%\"}")
+        try:
+            vram = parse_bytes(body["vram"]) if "vram" in body else None
+            compute = parse_percent(body["compute"]) if "compute" in body else None
+        except QuantityError as exc:
+            raise web.HTTPError(400, str(exc)) from None
+        try:
+            await self.pool.resize(kernel_id, vram, compute)
+        except RemotingError as exc:
+            raise web.HTTPError(STATUS_OF.get(exc.code.name, 500), exc.message) from None
+        self.json(self.pool.kernel_json(kernel_id))
+
+
+class QueueHandler(VgpuHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.json({"queue": self.pool.queue_json()})
+
+
+class ProfilesHandler(VgpuHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        app = self.settings["tf_vgpu"]
+        self.json({"profiles": [{**p.to_metadata(), "kernelspec": p.kernelspec_name,
+                                 "display_name": p.display_name} for p in app.profiles()]})
+
+
+class EventsHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+    """Pushes samples and events from all workers as JSON messages (see openapi.yaml)."""
+
+    auth_resource = AUTH_RESOURCE
+    _queue: asyncio.Queue[dict[str, Any]] | None = None
+    _pump: asyncio.Task[None] | None = None
+
+    @ws_authenticated
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        await super().get(*args, **kwargs)
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        app = self.settings.get("tf_vgpu")
+        pool = app.pool if app is not None else None
+        if pool is None:
+            self.close(1011, "the vGPU pool is not available")
+            return
+        self._queue = pool.subscribe()
+        self.write_message(json.dumps({"type": "hello", "pool": pool.pool_json(),
+                                       "kernels": [pool.kernel_json(k) for k in list(pool.kernels)],
+                                       "queue": pool.queue_json()}))
+        self._pump = asyncio.create_task(self._forward(self._queue))
+
+    async def _forward(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            message = await queue.get()
+            try:
+                await self.write_message(json.dumps(message))
+            except websocket.WebSocketClosedError:
+                return
+
+    def on_message(self, message: str | bytes) -> None:
+        pass  # nothing to receive; pings are handled by tornado
+
+    def on_close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        app = self.settings.get("tf_vgpu")
+        if app is not None and app.pool is not None and self._queue is not None:
+            app.pool.unsubscribe(self._queue)
+
+
+_KERNEL_ID = r"(?P<kernel_id>[\w-]+)"
+
+
+def routes() -> list[tuple[str, type]]:
+    return [
+        (r"/tf-vgpu/api/pool", PoolHandler),
+        (r"/tf-vgpu/api/kernels", KernelsHandler),
+        (rf"/tf-vgpu/api/kernels/{_KERNEL_ID}", KernelHandler),
+        (r"/tf-vgpu/api/queue", QueueHandler),
+        (r"/tf-vgpu/api/profiles", ProfilesHandler),
+        (r"/tf-vgpu/api/events", EventsHandler),
+    ]

@@ -1,0 +1,209 @@
+"""The kernel launcher: the argv of every vGPU kernelspec.
+
+    python -m tf_jupyter.launcher --profile small -f CONNECTION_FILE
+
+To Jupyter it looks like a local kernel process: it binds the connection file's ports on
+127.0.0.1 and exits with the kernel's exit code. Behind that it holds a lease on a worker, asks
+the worker to start the kernel inside the slice, relays the five channels over one Channels
+stream (tf_jupyter.relay), renews the lease, and turns SIGINT/SIGTERM into Signal calls.
+
+Two ways in:
+- Started by the `tf-vgpu` provisioner inside a Jupyter server: the lease is handed over in
+  `TF_VGPU_HANDOFF` (worker, lease id; token in `TF_VGPU_CLIENT_TOKEN`). The server placed it,
+  queued it if needed and owns it: the launcher never releases it (a restart keeps the slice).
+- Started by any other client (jupyter console, papermill, nbclient, VS Code): it reads the same
+  Jupyter configuration (`c.TfVgpu.*`) to find workers, or uses the local worker (starting one
+  that stops itself after 10 idle minutes), places and allocates itself, waits in the queue
+  (position on stderr), and releases the lease when the kernel exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from tf_jupyter.placement import Request
+from tf_jupyter.profiles import BUILTIN_PROFILES, Profile, ProfileStore, env_kernels_dir
+from tf_jupyter.relay import Relay
+from tf_remoting.client import RemotingError, RuntimeClient
+from tf_remoting.proto import pb
+
+log = logging.getLogger("tf_jupyter.launcher")
+
+HANDOFF_ENV = "TF_VGPU_HANDOFF"
+TOKEN_ENV = "TF_VGPU_CLIENT_TOKEN"
+
+
+def read_token(path: str | Path) -> str:
+    for line in Path(path).read_text().splitlines():
+        words = line.split()
+        if words and not words[0].startswith("#"):
+            return words[-1]
+    raise ValueError(f"no token in {path}")
+
+
+def find_profile(name: str) -> Profile:
+    try:
+        return ProfileStore(env_kernels_dir()).get(name)
+    except (ValueError, OSError, KeyError):
+        if name in BUILTIN_PROFILES:
+            return BUILTIN_PROFILES[name]
+        raise SystemExit(f"tf-vgpu: unknown profile {name!r}; known: {', '.join(sorted(BUILTIN_PROFILES))} "
+                         "(see tf-jupyter profiles list)") from None
+
+
+class Launcher:
+    def __init__(self, connection_file: str, profile: Profile) -> None:
+        self.connection = json.loads(Path(connection_file).read_text())
+        self.profile = profile
+        self.client: RuntimeClient | None = None
+        self.lease_id = ""
+        self.kernel_id = ""
+        self.owns_lease = False
+        self.pool: Any = None
+        self.stopping = False
+
+    async def _acquire(self) -> None:
+        handoff = os.environ.get(HANDOFF_ENV)
+        if handoff:
+            info = json.loads(handoff)
+            self.client = RuntimeClient(info["worker"], os.environ[TOKEN_ENV], tls_ca=info.get("tls_ca") or None,
+                                        client_cert=info.get("tls_cert") or None,
+                                        client_key=info.get("tls_key") or None)
+            self.lease_id = info["lease_id"]
+            self.kernel_id = info.get("kernel_id", "")
+            return
+        self.pool, self.client, self.lease_id = await standalone_lease(self.profile)
+        self.owns_lease = True
+
+    async def run(self) -> int:
+        relay = Relay(self.connection)
+        relay.bind()  # bind first: the client may connect and queue requests meanwhile
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(self._interrupt()))
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(self._terminate()))
+        renewer: asyncio.Task[None] | None = None
+        try:
+            await self._acquire()
+            assert self.client is not None
+            if not self.kernel_id or not await self._still_running(self.kernel_id):
+                kernel = await self.client.start_kernel(
+                    self.lease_id, key=self.connection["key"].encode(),
+                    signature_scheme=self.connection.get("signature_scheme", "hmac-sha256"),
+                    cwd=os.getcwd(), env=_passthrough_env(),
+                    labels={"launcher_pid": str(os.getpid())})
+                self.kernel_id = kernel.id
+            print(f"tf-vgpu: kernel {self.kernel_id} in lease {self.lease_id} on {self.client.address}",
+                  file=sys.stderr, flush=True)
+            if self.owns_lease:
+                renewer = self.client.keep_alive(self.lease_id, interval=20.0)
+            channels = self.client.channels(self.kernel_id, reconnect_timeout=120.0)
+            await channels.open()
+            code = await relay.run(channels)
+            await channels.close()
+            return int(code or 0)
+        finally:
+            if renewer is not None:
+                renewer.cancel()
+            relay.close()
+            if self.owns_lease and self.client is not None and self.lease_id:
+                with contextlib.suppress(RemotingError):
+                    await self.client.release(self.lease_id)
+            if self.pool is not None:
+                await self.pool.stop()
+            elif self.client is not None:
+                await self.client.close()
+
+    async def _still_running(self, kernel_id: str) -> bool:
+        assert self.client is not None
+        try:
+            return (await self.client.kernel_state(kernel_id)).status == pb.KERNEL_STATUS_RUNNING
+        except RemotingError:
+            return False
+
+    async def _interrupt(self) -> None:
+        if self.client is not None and self.kernel_id:
+            with contextlib.suppress(RemotingError):
+                await self.client.interrupt(self.kernel_id)
+
+    async def _terminate(self) -> None:
+        """SIGTERM: ask the kernel to stop; escalate to a kill if it lingers."""
+        if self.stopping or self.client is None or not self.kernel_id:
+            if not self.kernel_id:
+                os._exit(143)  # nothing started yet
+            return
+        self.stopping = True
+        with contextlib.suppress(RemotingError):
+            await self.client.signal(self.kernel_id, pb.SIGNAL_TERMINATE)
+        await asyncio.sleep(5)
+        with contextlib.suppress(RemotingError):
+            await self.client.signal(self.kernel_id, pb.SIGNAL_KILL)
+
+
+def _passthrough_env() -> dict[str, str]:
+    """Variables a Jupyter server sets for kernels that still make sense on the worker."""
+    keep = ("JPY_SESSION_NAME", "JPY_PARENT_PID", "PYDEVD_DISABLE_FILE_VALIDATION", "MPLBACKEND", "LANG", "LC_ALL")
+    return {k: os.environ[k] for k in keep if k in os.environ}
+
+
+async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:
+    """Place and allocate without a Jupyter server, from the same configuration it would use."""
+    from tf_jupyter.config import TfVgpu, load_jupyter_config
+    from tf_jupyter.local_worker import ensure_local_worker
+    from tf_jupyter.pool import Pool, QueueTimeout
+
+    settings = TfVgpu(config=load_jupyter_config())
+    addresses = list(settings.workers)
+    token_file = settings.token_file
+    if settings.embedded_worker == "on" or (settings.embedded_worker == "auto" and not addresses
+                                            and not settings.workers_dns):
+        worker, _ = ensure_local_worker(list(settings.embedded_worker_args))
+        addresses.append(worker.address)
+        token_file = token_file or worker.token_file
+    if not token_file:
+        raise SystemExit("tf-vgpu: c.TfVgpu.token_file is not set; it is needed to reach the configured workers")
+    pool = Pool(addresses, read_token(token_file), dns=settings.workers_dns, tls_ca=settings.tls_ca,
+                tls_cert=settings.tls_cert, tls_key=settings.tls_key, policy=settings.placement_policy,
+                queue_timeout=settings.queue_timeout, lease_ttl=settings.lease_ttl)
+    await pool.start(watch=True)
+
+    def queued(position: int) -> None:
+        print(f"tf-vgpu: waiting for a slice ({profile.slice_text}); position {position} in the queue",
+              file=sys.stderr, flush=True)
+
+    try:
+        placed = await pool.allocate(Request(vram=profile.vram, compute=profile.compute, count=profile.count,
+                                             whole_device=profile.whole_device),
+                                     qos=profile.qos, profile=profile.name, on_queued=queued,
+                                     labels={"client": "launcher", "launcher_pid": str(os.getpid())})
+    except QueueTimeout as exc:
+        await pool.stop()
+        raise SystemExit(f"tf-vgpu: {exc}") from None
+    return pool, pool.workers[placed.worker].client, placed.lease.id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tf_jupyter.launcher",
+                                     description="Run a Jupyter kernel in a vGPU slice (the argv of vgpu-* kernelspecs).")
+    parser.add_argument("--profile", default="small", help="profile name (see tf-jupyter profiles list)")
+    parser.add_argument("-f", "--connection-file", required=True, help="Jupyter connection file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="tf-vgpu %(levelname)s %(message)s")
+    launcher = Launcher(args.connection_file, find_profile(args.profile))
+    try:
+        return asyncio.run(launcher.run())
+    except RemotingError as exc:
+        print(f"tf-vgpu: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
