@@ -1,7 +1,9 @@
 """`%vgpu`: the slice this kernel runs in, from inside the notebook.
 
-Loaded by the kernel entry point (`--ext tf_remoting.kernel.magic`). It asks the worker, with the
-kernel's own lease-scoped token, for live usage.
+Loaded by the kernel entry point (`--ext tf_remoting.kernel.magic`). It talks to the worker over
+`TF_VGPU_WORKER` (a local unix socket) with the kernel's own lease-scoped `TF_VGPU_TOKEN`, using
+the synchronous gRPC API (the kernel runs its own event loop). grpc is imported on first use, so
+loading the extension keeps kernel start fast.
 """
 
 from __future__ import annotations
@@ -9,25 +11,152 @@ from __future__ import annotations
 import html
 import os
 import shlex
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from tf_remoting.quantities import format_bytes
+from IPython.core.error import UsageError
+
+from tf_remoting.quantities import QuantityError, format_bytes, parse_bytes, parse_percent
 
 HELP = """%vgpu — this kernel's vGPU slice
 
-  %vgpu                 same as %vgpu status
-  %vgpu status          device, slice, isolation mode, VRAM used / limit, utilization
-  %vgpu help            this text
+  %vgpu                          same as %vgpu status
+  %vgpu status                   device, slice, isolation mode, VRAM used / limit, utilization
+  %vgpu watch [SECONDS]          live VRAM and utilization in one output, updated every sample
+                                 (default 10 s, at most 3600 s; interrupt the kernel to stop early)
+  %vgpu resize [--vram SIZE] [--compute PERCENT]
+                                 ask the worker for a bigger or smaller slice on the same device,
+                                 e.g. --vram 8Gi --compute 50; on success the in-kernel caps
+                                 (PyTorch, CuPy) follow. A flag left out keeps its current value.
+  %vgpu push LOCAL [REMOTE]      notebook directory -> kernel directory
+  %vgpu pull REMOTE [LOCAL]      kernel directory -> notebook directory
+                                 When the kernel shares the notebook's filesystem there is nothing
+                                 to move. Otherwise moving files needs the Jupyter side: a kernel
+                                 cannot reach the notebook host (use tf-jupyter's API, or
+                                 RuntimeClient.put_file / get_file from the notebook host).
+  %vgpu help                     this text
 
-Not built yet (they arrive with the Jupyter-side work): watch, resize, push, pull.
+Sizes: 4Gi, 512Mi, 1.5Gi (binary) or 4G (decimal). Percentages: 50 or 50%.
 """
 
-NOT_BUILT = {"watch", "resize", "push", "pull"}
+COMMANDS = ("status", "watch", "resize", "push", "pull", "help")
+WATCH_DEFAULT = 10.0
+WATCH_MAX = 3600.0
+RPC_TIMEOUT = 5.0
 
 
-class VgpuUsageError(ValueError):
-    """Bad %vgpu arguments."""
+def _fail(message: str) -> UsageError:
+    # IPython shows a UsageError as one short line, without a traceback.
+    return UsageError(message)
+
+
+# ---------------------------------------------------------------------------- worker access
+
+
+def _lease_id() -> str:
+    lease_id = os.environ.get("TF_VGPU_LEASE_ID")
+    if not lease_id:
+        raise _fail("%vgpu: this kernel is not running in a vGPU slice (no TF_VGPU_LEASE_ID in its environment)")
+    return lease_id
+
+
+@contextmanager
+def _stub() -> Iterator[tuple[Any, tuple[tuple[str, str], ...]]]:
+    """(RuntimeStub, call metadata) for this kernel's worker; the channel closes afterwards."""
+    address, token = os.environ.get("TF_VGPU_WORKER"), os.environ.get("TF_VGPU_TOKEN")
+    if not address or not token:
+        raise _fail("%vgpu: this kernel does not know its worker (TF_VGPU_WORKER / TF_VGPU_TOKEN are not set)")
+    import grpc
+
+    from tf_remoting.proto import pb_grpc
+
+    channel = grpc.insecure_channel(address)  # the worker's local unix socket for kernels
+    try:
+        yield pb_grpc.RuntimeStub(channel), (("authorization", f"Bearer {token}"),)
+    finally:
+        channel.close()
+
+
+def _rpc_failure(what: str, exc: Any) -> UsageError:
+    """A readable error from a grpc.RpcError: the worker's own sentence, and its status."""
+    import grpc
+
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return _fail(f"%vgpu {what}: the worker at {os.environ.get('TF_VGPU_WORKER')} is not reachable ({details})")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return _fail(f"%vgpu {what}: the worker has no room: {details}")
+    return _fail(f"%vgpu {what}: the worker refused ({code.name}): {details}")
+
+
+def _live_lease() -> Any | None:
+    """This kernel's lease as the worker sees it now, or None when the worker is not reachable."""
+    import grpc
+
+    from tf_remoting.proto import pb
+
+    lease_id = os.environ.get("TF_VGPU_LEASE_ID")
+    try:
+        with _stub() as (stub, metadata):
+            leases = stub.ListLeases(pb.ListLeasesRequest(), metadata=metadata, timeout=RPC_TIMEOUT).leases
+    except (grpc.RpcError, UsageError):
+        return None
+    return next((lease for lease in leases if lease.id == lease_id), None)
+
+
+def _live_usage() -> tuple[int | None, float | None]:
+    """(VRAM used, utilization) of this kernel's lease from the worker, or (None, None)."""
+    lease = _live_lease()
+    if lease is None:
+        return None, None
+    return sum(s.vram_used for s in lease.slices), max((s.utilization for s in lease.slices), default=0.0)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def _percent_of(used: int, limit: int) -> int:
+    return round(100 * used / limit) if limit > 0 else 0
+
+
+def vram_text(used: int | None, limit: int) -> str:
+    """'512 MiB of 4 GiB (12 %)'."""
+    if used is None:
+        return f"unknown (worker not reachable) of {format_bytes(limit)}"
+    return f"{format_bytes(used)} of {format_bytes(limit)} ({_percent_of(used, limit)} %)"
+
+
+def text_bar(used: int | None, limit: int, width: int = 20) -> str:
+    """'[####----------------]': the VRAM bar in plain characters."""
+    if used is None or limit <= 0:
+        return "[" + "?" * width + "]"
+    filled = min(width, round(width * used / limit))
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def _meter_html(used: int | None, limit: int) -> str:
+    """An HTML meter with the same words next to it: nothing is said by colour alone."""
+    words = html.escape(vram_text(used, limit))
+    if used is None or limit <= 0:
+        return words
+    value = min(used, limit)
+    return (f"<meter min='0' max='{limit}' value='{value}' high='{int(limit * 0.9)}' "
+            f"aria-label='VRAM used: {words}'>{words}</meter> {words}")
+
+
+def _table_html(caption: str, rows: list[tuple[str, str]], css_class: str,
+                raw: dict[str, str] | None = None) -> str:
+    """An accessible table: caption, row headers, text in every cell."""
+    cells = []
+    for key, value in rows:
+        content = (raw or {}).get(key, html.escape(value))
+        cells.append(f"<tr><th scope='row' style='text-align:left'>{html.escape(key)}</th>"
+                     f"<td style='text-align:left'>{content}</td></tr>")
+    return (f"<table class='{css_class}'><caption style='text-align:left'>{html.escape(caption)}</caption>"
+            f"<tbody>{''.join(cells)}</tbody></table>")
 
 
 @dataclass
@@ -43,86 +172,312 @@ class SliceStatus:
     utilization: float | None
     shares_filesystem: bool
     cwd: str
+    note: str = ""
 
     def rows(self) -> list[tuple[str, str]]:
-        used = "unknown (worker not reachable)" if self.vram_used is None else format_bytes(self.vram_used)
-        util = "unknown" if self.utilization is None else f"{self.utilization:.0f} %"
+        util = "unknown" if self.utilization is None else f"{self.utilization:.0f} % of the device"
         kind = "host device (no GPU)" if self.device_kind == "host" else "GPU"
         files = ("shared with the notebook" if self.shares_filesystem
-                 else "on the worker (move files with %vgpu push / pull)")
-        return [
+                 else "on the worker, not the notebook's host")
+        rows = [
             ("device", f"{self.device} [{kind}]"),
             ("slice", f"{format_bytes(self.vram_limit)} VRAM, {self.compute} % compute"),
             ("isolation", f"{self.mode} (memory enforced by {self.enforcement})"),
-            ("VRAM used", f"{used} of {format_bytes(self.vram_limit)}"),
+            ("VRAM used", f"{text_bar(self.vram_used, self.vram_limit)} "
+                          f"{vram_text(self.vram_used, self.vram_limit)}"),
             ("utilization", util),
             ("lease", self.lease_id),
             ("files", f"{files}: {self.cwd}"),
         ]
+        if self.note:
+            rows.append(("note", self.note))
+        return rows
 
     def __repr__(self) -> str:
         width = max(len(k) for k, _ in self.rows())
         return "\n".join(f"{k.ljust(width)}  {v}" for k, v in self.rows())
 
     def _repr_html_(self) -> str:
-        cells = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
-                        f"{html.escape(v)}</td></tr>" for k, v in self.rows())
-        return f"<table class='tf-vgpu-status' aria-label='vGPU slice status'>{cells}</table>"
+        return _table_html("vGPU slice of this kernel", self.rows(), "tf-vgpu-status",
+                           {"VRAM used": _meter_html(self.vram_used, self.vram_limit)})
 
 
-def _live_usage() -> tuple[int | None, float | None]:
-    """(VRAM used, utilization) of this kernel's lease from the worker, or (None, None)."""
-    address, token = os.environ.get("TF_VGPU_WORKER"), os.environ.get("TF_VGPU_TOKEN")
-    if not address or not token:
-        return None, None
-    import grpc
+def _sync_limits(vram: int, compute: int) -> list[str]:
+    """Put new limits into this process's environment and make the frameworks follow."""
+    from tf_remoting.kernel.caps import reapply_caps
 
-    from tf_remoting.proto import pb, pb_grpc
-
-    channel = grpc.insecure_channel(address)  # the worker's local unix socket for kernels
-    try:
-        leases = pb_grpc.RuntimeStub(channel).ListLeases(
-            pb.ListLeasesRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=5).leases
-    except grpc.RpcError:
-        return None, None
-    finally:
-        channel.close()
-    for lease in leases:
-        if lease.id == os.environ.get("TF_VGPU_LEASE_ID"):
-            return sum(s.vram_used for s in lease.slices), max((s.utilization for s in lease.slices), default=0.0)
-    return None, None
+    os.environ["TF_VGPU_VRAM_LIMIT"] = str(vram)
+    os.environ["TF_VGPU_COMPUTE_LIMIT"] = str(compute)
+    return reapply_caps()
 
 
 def status() -> SliceStatus:
     env = os.environ
-    if "TF_VGPU_LEASE_ID" not in env:
-        raise VgpuUsageError("this kernel is not running in a vGPU slice (no TF_VGPU_LEASE_ID)")
-    used, util = _live_usage()
+    lease_id = _lease_id()
+    vram_limit, compute = int(env.get("TF_VGPU_VRAM_LIMIT", "0")), int(env.get("TF_VGPU_COMPUTE_LIMIT", "0"))
+    used: int | None = None
+    util: float | None = None
+    note = ""
+    lease = _live_lease()
+    if lease is not None and lease.slices:
+        used = sum(s.vram_used for s in lease.slices)
+        util = max(s.utilization for s in lease.slices)
+        live_vram, live_compute = lease.slices[0].vram, lease.slices[0].compute
+        if (live_vram, live_compute) != (vram_limit, compute):
+            # Resized from outside the kernel (e.g. the Jupyter API): the worker is the truth.
+            _sync_limits(live_vram, live_compute)
+            note = (f"the slice was resized outside this kernel (was {format_bytes(vram_limit)} / {compute} %); "
+                    "the in-kernel caps now follow")
+            vram_limit, compute = live_vram, live_compute
     return SliceStatus(
         device=env.get("TF_VGPU_DEVICE_NAME", "?"), device_kind=env.get("TF_VGPU_DEVICE_KIND", "?"),
-        lease_id=env["TF_VGPU_LEASE_ID"], mode=env.get("TF_VGPU_MODE", "?"),
+        lease_id=lease_id, mode=env.get("TF_VGPU_MODE", "?"),
         enforcement=env.get("TF_VGPU_MEMORY_ENFORCEMENT", "?"),
-        vram_limit=int(env.get("TF_VGPU_VRAM_LIMIT", "0")), compute=int(env.get("TF_VGPU_COMPUTE_LIMIT", "0")),
+        vram_limit=vram_limit, compute=compute,
         vram_used=used, utilization=util, shares_filesystem=env.get("TF_VGPU_SHARES_FILESYSTEM") == "1",
-        cwd=os.getcwd())
+        cwd=os.getcwd(), note=note)
+
+
+# ---------------------------------------------------------------------------- watch
+
+
+@dataclass
+class WatchView:
+    """What `%vgpu watch` shows; re-rendered on every sample through one display id."""
+
+    lease_id: str
+    seconds: float
+    started: float = field(default_factory=time.monotonic)
+    samples: int = 0
+    vram_used: int | None = None
+    vram_limit: int = 0
+    utilization: float | None = None
+    peak_vram: int = 0
+    compute: int = 0
+    events: list[str] = field(default_factory=list)
+    state: str = "watching"  # then "finished", "stopped" or an error sentence
+
+    def add(self, samples: list[Any]) -> None:
+        self.samples += 1
+        self.vram_used = sum(s.vram_used for s in samples)
+        self.vram_limit = samples[0].vram_limit
+        self.compute = samples[0].compute_limit
+        self.utilization = max(s.utilization for s in samples)
+        self.peak_vram = max(self.peak_vram, self.vram_used)
+
+    def rows(self) -> list[tuple[str, str]]:
+        elapsed = time.monotonic() - self.started
+        if self.state == "watching":
+            state = f"watching: {elapsed:.0f} s of {self.seconds:g} s"
+        elif self.state == "finished":
+            state = f"finished after {self.seconds:g} s"
+        elif self.state == "stopped":
+            state = f"stopped after {elapsed:.0f} s"
+        else:
+            state = self.state
+        util = "no sample yet" if self.utilization is None else f"{self.utilization:.0f} % of the device"
+        rows = [
+            ("VRAM used", "no sample yet" if self.vram_used is None else
+             f"{text_bar(self.vram_used, self.vram_limit)} {vram_text(self.vram_used, self.vram_limit)}"),
+            ("peak VRAM", "no sample yet" if self.vram_used is None else format_bytes(self.peak_vram)),
+            ("utilization", util),
+            ("compute limit", f"{self.compute} %" if self.vram_used is not None else "no sample yet"),
+            ("samples", str(self.samples)),
+            ("watch", state),
+        ]
+        if self.events:
+            rows.append(("last event", self.events[-1]))
+        return rows
+
+    def __repr__(self) -> str:
+        width = max(len(k) for k, _ in self.rows())
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in self.rows())
+
+    def _repr_html_(self) -> str:
+        raw = {}
+        if self.vram_used is not None:
+            raw["VRAM used"] = _meter_html(self.vram_used, self.vram_limit)
+        return _table_html(f"vGPU watch of lease {self.lease_id}", self.rows(), "tf-vgpu-watch", raw)
+
+
+def watch(seconds: float) -> None:
+    import grpc
+    from IPython.display import display
+
+    from tf_remoting.proto import pb
+
+    lease_id = _lease_id()
+    view = WatchView(lease_id=lease_id, seconds=seconds)
+    error: UsageError | None = None
+    handle: Any = None
+    try:
+        with _stub() as (stub, metadata):
+            handle = display(view, display_id=True)
+            # The deadline ends the stream after SECONDS; the kernel token only sees its own lease.
+            call = stub.Watch(pb.WatchRequest(), metadata=metadata, timeout=seconds)
+            try:
+                for response in call:
+                    samples = [s for s in response.leases if s.lease_id == lease_id]
+                    events = [e for e in response.events if e.lease_id in ("", lease_id)]
+                    if samples:
+                        view.add(samples)
+                    view.events.extend(e.message for e in events)
+                    if samples or events:
+                        handle.update(view)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    view.state = "finished"
+                else:
+                    error = _rpc_failure("watch", exc)
+                    view.state = f"ended: {error}"
+            except KeyboardInterrupt:
+                call.cancel()
+                view.state = "stopped"
+            else:
+                view.state = "finished"
+    except KeyboardInterrupt:  # between samples, outside the stream
+        view.state = "stopped"
+    if handle is not None:
+        handle.update(view)
+    if error is not None:
+        raise error
+
+
+# ---------------------------------------------------------------------------- resize
+
+
+def _parse_resize(args: list[str]) -> tuple[int | None, int | None]:
+    values: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition("=")
+        if name not in ("--vram", "--compute"):
+            raise _fail(f"%vgpu resize: unknown argument {arg!r}; use --vram SIZE and/or --compute PERCENT")
+        if name in values:
+            raise _fail(f"%vgpu resize: {name} given twice")
+        if not eq:
+            if i + 1 >= len(args):
+                raise _fail(f"%vgpu resize: {name} needs a value, e.g. "
+                            + ("--vram 8Gi" if name == "--vram" else "--compute 50"))
+            i += 1
+            value = args[i]
+        values[name] = value
+        i += 1
+    if not values:
+        raise _fail("%vgpu resize: say what to change: --vram SIZE (e.g. 8Gi) and/or --compute PERCENT (e.g. 50)")
+    vram = compute = None
+    try:
+        if "--vram" in values:
+            vram = parse_bytes(values["--vram"])
+            if vram <= 0:
+                raise QuantityError(f"invalid memory quantity {values['--vram']!r}: it must be more than 0")
+        if "--compute" in values:
+            compute = parse_percent(values["--compute"])
+    except QuantityError as exc:
+        raise _fail(f"%vgpu resize: {exc}") from None
+    return vram, compute
+
+
+def resize(args: list[str]) -> None:
+    import grpc
+
+    from tf_remoting.proto import pb
+
+    vram, compute = _parse_resize(args)
+    lease_id = _lease_id()
+    old_vram = int(os.environ.get("TF_VGPU_VRAM_LIMIT", "0"))
+    old_compute = int(os.environ.get("TF_VGPU_COMPUTE_LIMIT", "0"))
+    live = _live_lease()
+    if live is not None and live.slices:  # a flag left out keeps the worker's current value
+        old_vram, old_compute = live.slices[0].vram, live.slices[0].compute
+    new_vram = old_vram if vram is None else vram
+    new_compute = old_compute if compute is None else compute
+    try:
+        with _stub() as (stub, metadata):
+            lease = stub.Resize(pb.ResizeRequest(lease_id=lease_id, slice=pb.SliceRequest(
+                vram=new_vram, compute=new_compute)), metadata=metadata, timeout=RPC_TIMEOUT)
+    except grpc.RpcError as exc:
+        raise _rpc_failure("resize", exc) from None
+    got_vram, got_compute = lease.slices[0].vram, lease.slices[0].compute
+    notes = _sync_limits(got_vram, got_compute)
+    changes = []
+    if got_vram != old_vram:
+        changes.append(f"VRAM {format_bytes(old_vram)} -> {format_bytes(got_vram)}")
+    if got_compute != old_compute:
+        changes.append(f"compute {old_compute} % -> {got_compute} %")
+    if changes:
+        print(f"Resized lease {lease_id}: {', '.join(changes)}.")
+    else:
+        print(f"Lease {lease_id} already has {format_bytes(got_vram)} VRAM, {got_compute} % compute; nothing changed.")
+    for note in notes:
+        print(f"  {note}")
+
+
+# ---------------------------------------------------------------------------- push / pull
+
+
+def transfer(command: str, args: list[str]) -> None:
+    source, target = ("LOCAL", "REMOTE") if command == "push" else ("REMOTE", "LOCAL")
+    if not 1 <= len(args) <= 2:
+        raise _fail(f"%vgpu {command} takes {source} [{target}]; see %vgpu help")
+    cwd = os.getcwd()
+    if os.environ.get("TF_VGPU_SHARES_FILESYSTEM") == "1":
+        where = os.path.join(cwd, args[0])
+        state = "it is there" if os.path.exists(where) else "it is not there"
+        print(f"Nothing to move: this kernel shares the notebook's filesystem and runs in {cwd}, so "
+              f"{args[0]!r} is the same file on both sides ({state}).")
+        return
+    raise _fail(
+        f"%vgpu {command}: this kernel runs on a remote worker (its files are in {cwd} there) and cannot "
+        "reach the notebook's directory on the Jupyter host. Moving files needs the Jupyter-side relay, "
+        "which is not built yet. From the notebook host, use tf-jupyter's API or "
+        "tf_remoting.client.RuntimeClient.put_file / get_file with this kernel's id "
+        f"({os.environ.get('TF_VGPU_KERNEL_ID', '?')})."
+    )
+
+
+# ---------------------------------------------------------------------------- the magic
+
+
+def _watch_seconds(args: list[str]) -> float:
+    if len(args) > 1:
+        raise _fail("%vgpu watch takes at most one argument: SECONDS")
+    if not args:
+        return WATCH_DEFAULT
+    text = args[0].removesuffix("s")
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise _fail(f"%vgpu watch: {args[0]!r} is not a number of seconds, e.g. %vgpu watch 30") from None
+    if not 0 < seconds <= WATCH_MAX:
+        raise _fail(f"%vgpu watch: SECONDS must be more than 0 and at most {WATCH_MAX:g}, not {args[0]}")
+    return seconds
 
 
 def vgpu(line: str) -> Any:
     try:
         args = shlex.split(line)
     except ValueError as exc:
-        raise VgpuUsageError(f"%vgpu: {exc}") from None
-    command = args[0] if args else "status"
-    if command == "help":
+        raise _fail(f"%vgpu: {exc}") from None
+    command, rest = (args[0], args[1:]) if args else ("status", [])
+    if command in ("help", "--help", "-h"):
         print(HELP)
         return None
     if command == "status":
-        if len(args) > 1:
-            raise VgpuUsageError("%vgpu status takes no arguments")
+        if rest:
+            raise _fail("%vgpu status takes no arguments")
         return status()
-    if command in NOT_BUILT:
-        raise NotImplementedError(f"%vgpu {command} is not built yet; see %vgpu help")
-    raise VgpuUsageError(f"unknown %vgpu command {command!r}; see %vgpu help")
+    if command == "watch":
+        watch(_watch_seconds(rest))
+        return None
+    if command == "resize":
+        resize(rest)
+        return None
+    if command in ("push", "pull"):
+        transfer(command, rest)
+        return None
+    raise _fail(f"unknown %vgpu command {command!r}; the commands are {', '.join(COMMANDS)} (see %vgpu help)")
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -1,0 +1,198 @@
+"""`%vgpu` inside a real kernel started by a real worker: status, watch, resize, push/pull, help."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from tf_remoting.session import RemoteKernel
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+
+async def start_kernel(client, vram=GiB, compute=10):
+    lease = await client.allocate(vram=vram, compute=compute)
+    key = secrets.token_hex(16).encode()
+    kernel = await client.start_kernel(lease.id, key=key)
+    remote = RemoteKernel(client, kernel.id, key)
+    await remote.connect()
+    await remote.wait_ready(timeout=60)
+    return lease, kernel, remote
+
+
+def stderr(result) -> str:
+    return "".join(m["content"]["text"] for m in result.outputs
+                   if m["msg_type"] == "stream" and m["content"]["name"] == "stderr")
+
+
+def usage_error(result) -> str:
+    """The one-line message of a UsageError (no traceback), from the reply and the cell's stderr."""
+    assert result.status == "error", result.reply
+    assert result.reply["content"]["ename"] == "UsageError", result.reply
+    message = result.reply["content"]["evalue"]
+    assert f"UsageError: {message}" in stderr(result)
+    return message
+
+
+async def test_status_help_and_bad_arguments(tf_worker):
+    async with tf_worker.client() as client:
+        lease, kernel, remote = await start_kernel(client, vram=GiB, compute=25)
+        try:
+            for line in ("%vgpu", "%vgpu status"):
+                result = await remote.execute(line)
+                assert result.status == "ok", result.reply
+                text = result.data()
+                assert "host device (no GPU)" in text
+                assert "1 GiB VRAM, 25 % compute" in text
+                assert " of 1 GiB (" in text and "[" in text  # the VRAM bar, in words and characters
+                assert lease.id in text
+                page = result.data("text/html")
+                assert "<table" in page and "<caption" in page and "vGPU slice of this kernel" in page
+                assert "<th scope='row'" in page
+                assert "<meter" in page and "aria-label='VRAM used:" in page
+                assert " of 1 GiB (" in page  # the meter's value is also written out
+
+            result = await remote.execute("%vgpu help")
+            assert result.status == "ok"
+            for word in ("%vgpu status", "%vgpu watch", "%vgpu resize", "--vram", "%vgpu push", "%vgpu pull"):
+                assert word in result.stdout()
+            assert "Not built yet" not in result.stdout()
+
+            assert "unknown %vgpu command 'frobnicate'" in usage_error(await remote.execute("%vgpu frobnicate"))
+            assert "takes no arguments" in usage_error(await remote.execute("%vgpu status now"))
+            assert "not a number of seconds" in usage_error(await remote.execute("%vgpu watch soon"))
+            assert "at most 3600" in usage_error(await remote.execute("%vgpu watch 7200"))
+            assert "at most one argument" in usage_error(await remote.execute("%vgpu watch 1 2"))
+            assert "No closing quotation" in usage_error(await remote.execute("%vgpu resize --vram '4Gi"))
+        finally:
+            await remote.close()
+            await client.release(lease.id)
+
+
+async def test_watch_updates_one_display(tf_worker):
+    async with tf_worker.client() as client:
+        lease, kernel, remote = await start_kernel(client, vram=GiB, compute=20)
+        try:
+            result = await remote.execute("%vgpu watch 2", timeout=60)
+            assert result.status == "ok", result.reply
+            outputs = [m for m in result.outputs if m["msg_type"] != "execute_input"]
+            kinds = [m["msg_type"] for m in outputs]
+            assert kinds.count("display_data") == 1, kinds
+            assert kinds[0] == "display_data"
+            display_id = outputs[0]["content"]["transient"]["display_id"]
+            updates = [m for m in result.outputs if m["msg_type"] == "update_display_data"]
+            assert len(updates) >= 3, kinds  # samples every 0.25 s for 2 s, then the final state
+            assert all(m["content"]["transient"]["display_id"] == display_id for m in updates)
+            last = updates[-1]["content"]["data"]
+            assert "finished after 2 s" in last["text/plain"]
+            assert " of 1 GiB (" in last["text/plain"]
+            assert "compute limit  20 %" in last["text/plain"]
+            samples = int(last["text/plain"].split("samples")[1].split()[0])
+            assert samples >= 2
+            assert "<caption" in last["text/html"] and lease.id in last["text/html"]
+
+            # Interrupting the kernel stops a watch cleanly: no error, the output says so.
+            msg_id = await remote.send_execute("%vgpu watch 60")
+            await asyncio.sleep(2.0)
+            await client.interrupt(kernel.id)
+            reply = None
+            final = None
+            while reply is None:
+                msg = await asyncio.wait_for(remote.iopub.get(), 20)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "update_display_data":
+                    final = msg["content"]["data"]["text/plain"]
+                if msg["msg_type"] == "error":
+                    raise AssertionError(msg["content"])
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    reply = msg
+            assert final is not None and "stopped after" in final
+            assert (await remote.execute("6*7")).data() == "42"
+        finally:
+            await remote.close()
+            await client.release(lease.id)
+
+
+async def test_resize_up_down_and_refusals(tf_worker):
+    async with tf_worker.client() as client:
+        lease, kernel, remote = await start_kernel(client, vram=GiB, compute=10)
+        try:
+            up = await remote.execute("%vgpu resize --vram 2Gi --compute 50")
+            assert up.status == "ok", up.reply
+            assert f"Resized lease {lease.id}: VRAM 1 GiB -> 2 GiB, compute 10 % -> 50 %" in up.stdout()
+            assert "host device" in up.stdout()  # what happened to the in-kernel caps
+            assert "2 GiB VRAM, 50 % compute" in (await remote.execute("%vgpu status")).data()
+            env = await remote.execute(
+                "import os; os.environ['TF_VGPU_VRAM_LIMIT'], os.environ['TF_VGPU_COMPUTE_LIMIT']")
+            assert env.data() == f"('{2 * GiB}', '50')"
+            [mine] = [x for x in await client.list_leases() if x.id == lease.id]
+            assert (mine.slices[0].vram, mine.slices[0].compute) == (2 * GiB, 50)
+
+            # Down, one flag only: the other keeps its value.
+            down = await remote.execute("%vgpu resize --vram=512Mi")
+            assert down.status == "ok", down.reply
+            assert "VRAM 2 GiB -> 512 MiB" in down.stdout() and "compute" not in down.stdout().split("\n")[0]
+            assert "512 MiB VRAM, 50 % compute" in (await remote.execute("%vgpu status")).data()
+            [mine] = [x for x in await client.list_leases() if x.id == lease.id]
+            assert (mine.slices[0].vram, mine.slices[0].compute) == (512 * MiB, 50)
+            down = await remote.execute("%vgpu resize --compute 25%")
+            assert "compute 50 % -> 25 %" in down.stdout()
+
+            # Too big: another lease holds 3 GiB of the 4 GiB device; the worker's sentence shows.
+            other = await client.allocate(vram=3 * GiB, compute=10)
+            try:
+                message = usage_error(await remote.execute("%vgpu resize --vram 2Gi"))
+                assert "no room" in message
+                assert f"cannot resize lease {lease.id} to 2 GiB" in message
+                assert "Ask for less" in message
+            finally:
+                await client.release(other.id)
+            # Nothing changed after the refusal.
+            assert "512 MiB VRAM, 25 % compute" in (await remote.execute("%vgpu status")).data()
+
+            message = usage_error(await remote.execute("%vgpu resize --vram 4Gx"))
+            assert "'4Gx'" in message and "invalid memory quantity" in message
+            assert "'150'" in usage_error(await remote.execute("%vgpu resize --compute 150"))
+            assert "must be more than 0" in usage_error(await remote.execute("%vgpu resize --vram 0"))
+            assert "say what to change" in usage_error(await remote.execute("%vgpu resize"))
+            assert "unknown argument '--cpu'" in usage_error(await remote.execute("%vgpu resize --cpu 3"))
+            assert "needs a value" in usage_error(await remote.execute("%vgpu resize --vram"))
+            assert "given twice" in usage_error(await remote.execute("%vgpu resize --vram 1Gi --vram 2Gi"))
+        finally:
+            await remote.close()
+            await client.release(lease.id)
+
+
+async def test_push_pull_on_a_shared_filesystem(tf_worker):
+    async with tf_worker.client() as client:
+        lease, kernel, remote = await start_kernel(client)
+        try:
+            await remote.execute("open('data.csv', 'w').write('a,b\\n')")
+            for line in ("%vgpu push data.csv", "%vgpu pull data.csv out.csv"):
+                result = await remote.execute(line)
+                assert result.status == "ok", result.reply
+                assert "Nothing to move" in result.stdout() and "it is there" in result.stdout()
+            assert "takes LOCAL [REMOTE]" in usage_error(await remote.execute("%vgpu push"))
+            assert "takes REMOTE [LOCAL]" in usage_error(await remote.execute("%vgpu pull a b c"))
+        finally:
+            await remote.close()
+            await client.release(lease.id)
+
+
+async def test_push_pull_on_a_remote_worker_say_what_is_needed(tf_worker_factory):
+    worker = tf_worker_factory(["--host-vram", "4Gi", "--no-shares-filesystem"]).start()
+    async with worker.client() as client:
+        lease, kernel, remote = await start_kernel(client)
+        try:
+            for line in ("%vgpu push data.csv", "%vgpu pull results/model.pt"):
+                message = usage_error(await remote.execute(line))
+                assert "Jupyter-side relay" in message
+                assert "put_file / get_file" in message
+                assert kernel.id in message
+            # The magic's other commands work there as well.
+            assert "files" in (await remote.execute("%vgpu status")).data()
+        finally:
+            await remote.close()
+            await client.release(lease.id)
