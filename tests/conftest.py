@@ -1,1 +1,1 @@
-pytest_plugins = ["tf_remoting.pytest_plugin"]
+pytest_plugins = ["tf_remoting.pytest_plugin", "tf_jupyter.pytest_plugin"]

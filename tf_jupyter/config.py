@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Dict, Enum, Float, Integer, List, Unicode, validate
+from traitlets import Dict, Enum, Float, Integer, List, Unicode, validate
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 

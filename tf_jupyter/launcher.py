@@ -192,7 +192,8 @@ async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tf_jupyter.launcher",
-                                     description="Run a Jupyter kernel in a vGPU slice (the argv of vgpu-* kernelspecs).")
+                                     description="Run a Jupyter kernel in a vGPU slice "
+                                     "(the argv of vgpu-* kernelspecs).")
     parser.add_argument("--profile", default="small", help="profile name (see tf-jupyter profiles list)")
     parser.add_argument("-f", "--connection-file", required=True, help="Jupyter connection file")
     args = parser.parse_args(argv)

@@ -72,7 +72,8 @@ def find_local_worker() -> LocalWorker | None:
 
 
 def start_local_worker(extra_args: list[str] | None = None, idle_exit: float = 0.0,
-                       state_dir: Path | None = None, timeout: float = 60.0) -> tuple[LocalWorker, subprocess.Popen[bytes]]:
+                       state_dir: Path | None = None, timeout: float = 60.0
+                       ) -> tuple[LocalWorker, subprocess.Popen[bytes]]:
     """Start a local worker process (its own session, so it outlives a launcher that started it)."""
     state = state_dir or default_state_dir()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -279,7 +279,8 @@ class Pool:
             self._broadcast({"type": "queue", "queue": self.queue_json()})
             self._wake_queue()
 
-    async def _try_place(self, request: Request, qos: str, profile: str, labels: dict[str, str] | None) -> Placed | None:
+    async def _try_place(self, request: Request, qos: str, profile: str,
+                         labels: dict[str, str] | None) -> Placed | None:
         for candidate in place(request, [v for v in self.device_views() if v.up], self.policy):
             w = self.workers[candidate.worker]
             vram, compute, mode = self._wire_request(request, w)

@@ -60,6 +60,9 @@ class WorkerConfig:
                 "filesystem). Off: each kernel starts in a per-lease directory on the worker."})
     kernel_environments: dict[str, list[str]] = field(default_factory=dict, metadata={
         "help": "More kernel environments, name -> argv with {connection_file} (config file only)."})
+    idle_exit: float = field(default=0.0, metadata={
+        "help": "Stop the worker after this many seconds without leases (0: never). Used by the "
+                "local worker that a kernel launcher starts on demand."})
     replay_messages: int = field(default=50_000, metadata={
         "help": "Messages kept per channel per kernel for resuming clients."})
     replay_bytes: str = field(default="256Mi", metadata={

@@ -144,6 +144,8 @@ class Worker:
         self.subscribers: list[tuple[asyncio.Queue[pb.WatchResponse], Caller, bool]] = []
         self.pending_events: list[pb.Event] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.stop_event = asyncio.Event()
+        self._idle_since = time.monotonic()
 
     # ------------------------------------------------------------------ setup
 
@@ -358,6 +360,11 @@ class Worker:
                          f"{lease.ttl_seconds} s): slice reclaimed and its kernels stopped")
 
         active = self.ledger.leases()
+        if active:
+            self._idle_since = time.monotonic()
+        elif self.config.idle_exit and time.monotonic() - self._idle_since > self.config.idle_exit:
+            log.info("no leases for %.0f s: stopping (idle_exit)", self.config.idle_exit)
+            self.stop_event.set()
         kernels_by_lease: dict[str, list[KernelRecord]] = {}
         for k in self.ledger.kernels():
             kernels_by_lease.setdefault(k.lease_id, []).append(k)
@@ -921,7 +928,8 @@ async def serve(config: WorkerConfig, address_file: str = "", stop: asyncio.Even
         Path(tmp).write_text(worker.address)
         os.replace(tmp, address_file)
 
-    stop = stop or asyncio.Event()
+    stop = stop or worker.stop_event
+    worker.stop_event = stop
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
