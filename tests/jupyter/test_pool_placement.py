@@ -1,0 +1,113 @@
+"""Placement over a pool of real workers through a real Jupyter server: queue, binpack/spread, down workers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tf_jupyter.pytest_plugin import KernelWebSocket, text_of
+
+SMALL = {"path": "a.ipynb", "type": "notebook", "name": "a.ipynb", "kernel": {"name": "vgpu-small"}}
+
+
+def session(name: str) -> dict:
+    return {**SMALL, "path": name, "name": name}
+
+
+async def wait_for(predicate, timeout=30.0, interval=0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def same_tokens(workers):
+    """Several workers that accept the same token file (one principal across the pool)."""
+    for w in workers[1:]:
+        w.token, w.other_token = workers[0].token, workers[0].other_token
+        w.token_file.write_text(workers[0].token_file.read_text())
+    return [w.start() for w in workers]
+
+
+async def test_full_pool_queues_then_starts_when_freed(tf_worker, jupyter_server_factory):
+    server = jupyter_server_factory(workers=[tf_worker]).start()
+    status, first = await server.request("POST", "/api/sessions", session("first.ipynb"))
+    assert status == 201, server.log()
+
+    second = asyncio.create_task(server.request("POST", "/api/sessions", session("second.ipynb")))
+
+    async def queued():
+        _, body = await server.request("GET", "/tf-vgpu/api/queue")
+        return body["queue"]
+
+    [entry] = await wait_for(queued, 20)
+    assert entry["position"] == 1 and entry["profile"] == "small"
+    assert "4 GiB" in entry["description"]
+    assert not second.done()
+
+    status, _ = await server.request("DELETE", f"/api/sessions/{first['id']}")
+    assert status == 204
+    status, started = await asyncio.wait_for(second, 60)
+    assert status == 201, started
+    ws = await KernelWebSocket.connect(server, started["kernel"]["id"])
+    try:
+        assert text_of(await ws.execute("6*7")) == "42"
+    finally:
+        ws.close()
+    assert (await queued()) == []
+
+
+async def test_queue_timeout_is_a_clear_error(tf_worker, jupyter_server_factory):
+    server = jupyter_server_factory(workers=[tf_worker], settings={"queue_timeout": 2.0}).start()
+    status, _ = await server.request("POST", "/api/sessions", session("first.ipynb"))
+    assert status == 201
+    status, body = await server.request("POST", "/api/sessions", session("second.ipynb"))
+    assert status >= 500
+    message = body["message"] if isinstance(body, dict) else body
+    assert "no slice became free within 2 s" in message
+    assert "4 GiB" in message  # what was asked, and what the pool had
+
+
+async def test_binpack_spread_and_a_dead_worker(tf_worker_factory, jupyter_server_factory):
+    one, two = same_tokens([tf_worker_factory(["--host-vram", "8Gi"]), tf_worker_factory(["--host-vram", "8Gi"])])
+
+    async def place_two(server):
+        workers, sessions = [], []
+        for name in ("a.ipynb", "b.ipynb"):
+            status, s = await server.request("POST", "/api/sessions", session(name))
+            assert status == 201, server.log()
+            _, k = await server.request("GET", f"/tf-vgpu/api/kernels/{s['kernel']['id']}")
+            workers.append(k["worker"])
+            sessions.append(s)
+        for s in sessions:
+            await server.request("DELETE", f"/api/sessions/{s['id']}")
+        return workers
+
+    # binpack: the second kernel goes where the first one is (it still fits there).
+    server = jupyter_server_factory(workers=[one, two]).start()
+    first, second = await place_two(server)
+    assert first == second
+    server.stop()
+
+    # spread: the second kernel goes to the emptier worker.
+    server = jupyter_server_factory(workers=[one, two], settings={"placement_policy": "spread"}).start()
+    first, second = await place_two(server)
+    assert first != second
+
+    # A worker dies: it is marked down and placement goes to the other one.
+    two.kill()
+
+    async def down():
+        _, pool = await server.request("GET", "/tf-vgpu/api/pool")
+        return [w for w in pool["workers"] if w["address"] == two.address and not w["up"]]
+
+    [dead] = await wait_for(down, 20)
+    assert dead["error"]
+    for name in ("c.ipynb", "d.ipynb"):
+        status, s = await server.request("POST", "/api/sessions", session(name))
+        assert status == 201, server.log()
+        _, k = await server.request("GET", f"/tf-vgpu/api/kernels/{s['kernel']['id']}")
+        assert k["worker"] == one.address
