@@ -54,19 +54,23 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
 
     def _map_kernelspecs(self) -> None:
         """Seamless onboarding: run mapped existing kernelspecs (python3 -> small) as vGPU kernels."""
-        mapping = dict(self.settings_obj.kernelspec_profiles)
+        from tf_jupyter.launcher import UnknownProfile, find_profile
+
+        mapping: dict[str, Profile] = {}
+        for kernel_name, profile_name in self.settings_obj.kernelspec_profiles.items():
+            try:
+                mapping[kernel_name] = find_profile(profile_name)
+            except UnknownProfile as exc:
+                self.log.error("tf-vgpu: kernelspec_profiles[%r]: %s; that kernelspec stays as it is", kernel_name, exc)
         if not mapping:
             return
         ksm = self.serverapp.kernel_spec_manager
-        original = ksm.get_kernel_spec
+        original = ksm._get_kernel_spec_by_name  # what both get_kernel_spec and get_all_specs call
 
-        def get_kernel_spec(kernel_name: str, *args: Any, **kwargs: Any) -> Any:
-            spec = original(kernel_name, *args, **kwargs)
-            profile_name = mapping.get(kernel_name)
-            if profile_name:
-                from tf_jupyter.launcher import find_profile
-
-                profile = find_profile(profile_name)
+        def get_kernel_spec_by_name(kernel_name: str, resource_dir: str) -> Any:
+            spec = original(kernel_name, resource_dir)
+            profile = mapping.get(kernel_name)
+            if profile is not None:
                 spec.argv = ["python", "-m", "tf_jupyter.launcher", "--profile", profile.name,
                              "-f", "{connection_file}"]
                 spec.display_name = f"{spec.display_name} · vGPU {profile.slice_text}"
@@ -76,8 +80,8 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
                 spec.interrupt_mode = "signal"
             return spec
 
-        ksm.get_kernel_spec = get_kernel_spec
-        log.info("tf-vgpu: kernelspecs run as vGPU kernels: %s", mapping)
+        ksm._get_kernel_spec_by_name = get_kernel_spec_by_name
+        log.info("tf-vgpu: kernelspecs run as vGPU kernels: %s", {k: p.name for k, p in mapping.items()})
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         s = self.settings_obj
@@ -130,11 +134,11 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
                               f"{s.idle_warning:.0f} s to free its slice unless it becomes active",
                               kernel_id=k.kernel_id)
                 elif k.idle_warned and now - getattr(k, "warned_at", now) > s.idle_warning:
-                    pool.emit("idle_release", f"kernel shut down after {idle:.0f} s without utilization; "
-                              "its slice is free", kernel_id=k.kernel_id)
                     with contextlib.suppress(Exception):
                         await self.serverapp.kernel_manager.shutdown_kernel(k.kernel_id)
                     pool.forget_kernel(k.kernel_id)
+                    pool.emit("idle_release", f"kernel shut down after {idle:.0f} s without utilization; "
+                              "its slice is free", kernel_id=k.kernel_id)
 
     async def stop_extension(self) -> None:
         if self._idle_task is not None:

@@ -40,7 +40,12 @@ class VgpuHandler(APIHandler):  # type: ignore[misc]
         self.set_header("Content-Type", "application/json")
         reason = kwargs.get("reason") or self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = exc.log_message if isinstance(exc, web.HTTPError) and exc.log_message else reason
+        message = reason
+        if isinstance(exc, web.HTTPError) and exc.log_message:
+            message = exc.log_message % exc.args  # tornado stores "%" as "%%" when there are no args
+        if status_code == 403 and (message == reason or "_xsrf" in message):  # not authenticated
+            message = ("not authenticated: send this Jupyter server's token as the header 'Authorization: token "
+                       "<token>' (a logged-in browser session also needs its _xsrf token)")
         self.finish(json.dumps({"message": message, "status": status_code}))
 
     def json(self, data: Any, status: int = 200) -> None:

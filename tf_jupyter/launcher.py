@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tf_jupyter.placement import Request
-from tf_jupyter.profiles import BUILTIN_PROFILES, Profile, ProfileStore, env_kernels_dir
+from tf_jupyter.profiles import BUILTIN_PROFILES, Profile
 from tf_jupyter.relay import Relay
 from tf_remoting.client import RemotingError, RuntimeClient
 from tf_remoting.proto import pb
@@ -50,14 +50,24 @@ def read_token(path: str | Path) -> str:
     raise ValueError(f"no token in {path}")
 
 
+class UnknownProfile(LookupError):
+    """No vgpu-<name> kernelspec and no built-in profile of that name."""
+
+
 def find_profile(name: str) -> Profile:
+    """The profile behind kernelspec vgpu-<name>, wherever Jupyter finds it; else a built-in one."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
     try:
-        return ProfileStore(env_kernels_dir()).get(name)
-    except (ValueError, OSError, KeyError):
-        if name in BUILTIN_PROFILES:
-            return BUILTIN_PROFILES[name]
-        raise SystemExit(f"tf-vgpu: unknown profile {name!r}; known: {', '.join(sorted(BUILTIN_PROFILES))} "
-                         "(see tf-jupyter profiles list)") from None
+        spec = KernelSpecManager().get_kernel_spec(f"vgpu-{name}")
+        if "tf_vgpu" in spec.metadata:
+            return Profile.from_metadata(spec.metadata["tf_vgpu"])
+    except (NoSuchKernel, ValueError, OSError):
+        pass
+    if name in BUILTIN_PROFILES:
+        return BUILTIN_PROFILES[name]
+    raise UnknownProfile(f"unknown vGPU profile {name!r}: no kernelspec vgpu-{name}, and the built-in ones are "
+                         f"{', '.join(sorted(BUILTIN_PROFILES))} (see tf-jupyter profiles list)")
 
 
 class Launcher:
@@ -198,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--connection-file", required=True, help="Jupyter connection file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="tf-vgpu %(levelname)s %(message)s")
-    launcher = Launcher(args.connection_file, find_profile(args.profile))
+    try:
+        launcher = Launcher(args.connection_file, find_profile(args.profile))
+    except UnknownProfile as exc:
+        print(f"tf-vgpu: {exc}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(launcher.run())
     except RemotingError as exc:

@@ -24,6 +24,7 @@ from traitlets import Unicode
 from tf_jupyter.launcher import HANDOFF_ENV, TOKEN_ENV, find_profile
 from tf_jupyter.placement import Request
 from tf_jupyter.pool import KernelSlice, Pool
+from tf_jupyter.profiles import Profile
 from tf_remoting.client import RemotingError
 from tf_remoting.proto import pb
 
@@ -39,7 +40,9 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         pool = Pool.current()
         if pool is not None:
-            profile = find_profile(self.profile)
+            metadata = getattr(self.kernel_spec, "metadata", {}) or {}
+            profile = (Profile.from_metadata(metadata["tf_vgpu"]) if "tf_vgpu" in metadata
+                       else find_profile(self.profile))
             if not self.lease_id or pool.lease(self.worker, self.lease_id) is None:
                 pool.emit("kernel_placing", f"placing a {profile.slice_text} kernel", kernel_id=self.kernel_id)
 
