@@ -179,7 +179,18 @@ def cmd_profiles_add(args: argparse.Namespace) -> int:
         return 1
     print(f"added profile {profile.name!r}: kernelspec {profile.kernelspec_name} "
           f"\"{profile.display_name}\" ({path})")
+    _warn_if_not_on_kernel_path(path.parent.parent)
     return 0
+
+
+def _warn_if_not_on_kernel_path(directory: Path) -> None:
+    from jupyter_core.paths import jupyter_path
+
+    searched = {Path(p).resolve() for p in jupyter_path("kernels")}
+    if directory.resolve() not in searched:
+        print(f"note: Jupyter does not look for kernelspecs in {directory}, so this profile will not show in the "
+              "kernel picker; use a directory on `jupyter kernelspec list`'s path (e.g. JUPYTER_DATA_DIR/kernels)",
+              file=sys.stderr)
 
 
 def cmd_profiles_remove(args: argparse.Namespace) -> int:

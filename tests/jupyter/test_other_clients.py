@@ -1,0 +1,158 @@
+"""vGPU kernels in clients that launch kernelspecs themselves: jupyter console, papermill, nbclient.
+
+No Jupyter server is involved. The worker is configured the way a user would do it, in a
+`jupyter_server_config.json` in their Jupyter config directory; the kernel launcher (the argv of
+every vgpu-* kernelspec) reads it, places the kernel, and releases its own lease when the kernel
+exits, so the worker has no lease left after each client is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def user_env(tmp_path, tf_worker) -> dict[str, str]:
+    """Jupyter directories of a user whose config names tf_worker (and no embedded worker)."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps({"TfVgpu": {
+        "workers": [tf_worker.address], "token_file": str(tf_worker.token_file), "embedded_worker": "off"}}))
+    env = {"JUPYTER_CONFIG_DIR": str(config), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+           "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_PLATFORM_DIRS": "1"}
+    (tmp_path / "work").mkdir()
+    return env
+
+
+def subprocess_env(user_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "TF_VGPU_HANDOFF" and not k.startswith("JUPYTER_")}
+    env.update(user_env)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+async def _leases(worker) -> list:
+    async with worker.client() as client:
+        return list((await client.inventory()).leases)
+
+
+def leases(worker) -> list:
+    return asyncio.run(_leases(worker))
+
+
+def assert_no_leases_left(worker, timeout: float = 15.0) -> None:
+    """The launcher releases its lease as the kernel exits; give it a bounded moment."""
+    deadline = time.monotonic() + timeout
+    while (left := leases(worker)) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not left, f"leases left on the worker: {[(x.id, x.profile) for x in left]}\n{worker.log()[-3000:]}"
+
+
+def notebook(*sources: str, parameters: str | None = None) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "vgpu-small", "display_name": "Python 3 · vGPU 4 GiB · 10 %",
+                                 "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    if parameters is not None:
+        cell = new_code_cell(parameters)
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nb.cells.extend(new_code_cell(s) for s in sources)
+    return nb
+
+
+def outputs_text(cell: nbformat.NotebookNode) -> str:
+    out = []
+    for o in cell.get("outputs", []):
+        if o["output_type"] == "stream":
+            out.append(o["text"])
+        elif o["output_type"] in ("execute_result", "display_data"):
+            out.append(o["data"].get("text/plain", ""))
+        elif o["output_type"] == "error":
+            out.append(f"{o['ename']}: {o['evalue']}")
+    return "".join(out)
+
+
+def test_jupyter_console(tf_worker, user_env, tmp_path):
+    script = "print(6*7)\nimport os; print('lease', os.environ['TF_VGPU_LEASE_ID'])\nexit\n"
+    result = subprocess.run([str(BIN / "jupyter"), "console", "--kernel", "vgpu-small", "--simple-prompt"],
+                            input=script, capture_output=True, text=True, timeout=120,
+                            env=subprocess_env(user_env), cwd=tmp_path / "work")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    lines = result.stdout.splitlines()
+    assert any(line.rstrip().endswith(": 42") or line.strip() == "42" for line in lines), result.stdout
+    lease_line = next(line for line in lines if "lease lease-" in line)
+    lease_id = lease_line.split("lease ", 1)[1].strip()
+    assert f"in lease {lease_id} on {tf_worker.address}" in result.stderr, result.stderr
+    assert_no_leases_left(tf_worker)
+
+
+def test_papermill(tf_worker, user_env, tmp_path):
+    source, target = tmp_path / "work" / "report.ipynb", tmp_path / "work" / "report.out.ipynb"
+    nbformat.write(notebook("import os\nprint(x * 6, os.environ['TF_VGPU_LEASE_ID'])", parameters="x = 1"), source)
+    result = subprocess.run([str(BIN / "papermill"), "-k", "vgpu-small", "-p", "x", "7", str(source), str(target)],
+                            capture_output=True, text=True, timeout=150, env=subprocess_env(user_env),
+                            cwd=tmp_path / "work")
+    assert result.returncode == 0, result.stderr
+    out = nbformat.read(target, as_version=4)
+    assert out.metadata["papermill"]["parameters"] == {"x": 7}
+    assert out.metadata["kernelspec"]["name"] == "vgpu-small"
+    value, lease_id = outputs_text(out.cells[-1]).split()
+    assert value == "42"
+    assert lease_id.startswith("lease-")
+    assert f"in lease {lease_id} on {tf_worker.address}" in result.stderr
+    assert_no_leases_left(tf_worker)
+
+
+def test_nbclient_in_process(tf_worker, user_env, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    for key, value in user_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TF_VGPU_HANDOFF", raising=False)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    nb = notebook(
+        "import os\nlease = os.environ['TF_VGPU_LEASE_ID']\nprint(lease, os.getcwd())",
+        "squares = [i * i for i in range(10)]\nsum(squares)",
+        "%vgpu status",
+        "import IPython\nstatus = IPython.get_ipython().run_line_magic('vgpu', 'status')\nprint('ok')",
+    )
+    seen: list = []
+
+    def on_cell_executed(cell, cell_index, execute_reply):
+        # While the kernel runs, its lease is on the worker, under the configured token's principal.
+        if cell_index == 0:
+            with ThreadPoolExecutor(1) as pool:  # nbclient's loop is running in this thread
+                seen.extend(pool.submit(leases, tf_worker).result(timeout=30))
+
+    client = NotebookClient(nb, kernel_name="vgpu-small", timeout=60, startup_timeout=90,
+                            resources={"metadata": {"path": str(tmp_path / "work")}},
+                            on_cell_executed=on_cell_executed)
+    client.execute()
+    assert [(x.principal, x.profile) for x in seen] == [("alice", "small")]
+    assert [k.status for k in seen[0].kernels]
+
+    lease_id, cwd = outputs_text(nb.cells[0]).split()
+    assert lease_id == seen[0].id
+    assert cwd == str(tmp_path / "work")  # kernels start next to the notebook
+    assert outputs_text(nb.cells[1]) == "285"
+    status = outputs_text(nb.cells[2])
+    assert "4 GiB VRAM, 10 % compute" in status and lease_id in status, status
+    html = next(o for o in nb.cells[2].outputs if o["output_type"] == "execute_result")["data"]["text/html"]
+    assert "tf-vgpu-status" in html
+    assert outputs_text(nb.cells[3]).strip() == "ok"
+    assert all(o["output_type"] != "error" for c in nb.cells for o in c.outputs)
+    assert_no_leases_left(tf_worker)
