@@ -18,7 +18,7 @@ from tf_jupyter.config import TfVgpu
 from tf_jupyter.launcher import read_token
 from tf_jupyter.local_worker import LocalWorker, ensure_local_worker, stop_local_worker
 from tf_jupyter.pool import Pool
-from tf_jupyter.profiles import BUILTIN_PROFILES, Profile, ProfileStore, env_kernels_dir
+from tf_jupyter.profiles import BUILTIN_PROFILES, Profile
 
 log = logging.getLogger("tf_jupyter")
 
@@ -46,11 +46,17 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
         self.handlers.extend(routes())
 
     def profiles(self) -> list[Profile]:
-        try:
-            found = ProfileStore(env_kernels_dir()).list()
-        except (OSError, ValueError):
-            found = []
-        return found or list(BUILTIN_PROFILES.values())
+        """Every vGPU profile Jupyter can see: vgpu-* kernelspecs in any kernel directory."""
+        found = []
+        for spec in self.serverapp.kernel_spec_manager.get_all_specs().values():
+            metadata = spec.get("spec", {}).get("metadata", {})
+            if "tf_vgpu" in metadata and metadata.get("kernel_provisioner", {}).get("provisioner_name") == "tf-vgpu":
+                try:
+                    found.append(Profile.from_metadata(metadata["tf_vgpu"]))
+                except ValueError:
+                    continue
+        unique = {p.name: p for p in found}
+        return sorted(unique.values(), key=lambda p: (p.vram, p.name)) or list(BUILTIN_PROFILES.values())
 
     def _map_kernelspecs(self) -> None:
         """Seamless onboarding: run mapped existing kernelspecs (python3 -> small) as vGPU kernels."""

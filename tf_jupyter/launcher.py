@@ -40,6 +40,7 @@ log = logging.getLogger("tf_jupyter.launcher")
 
 HANDOFF_ENV = "TF_VGPU_HANDOFF"
 TOKEN_ENV = "TF_VGPU_CLIENT_TOKEN"
+PARENT_ENV = "TF_VGPU_PARENT_PID"
 
 
 def read_token(path: str | Path) -> str:
@@ -80,6 +81,9 @@ class Launcher:
         self.owns_lease = False
         self.pool: Any = None
         self.stopping = False
+        self.ttl = 60.0
+        # The process that started us: a server says who it is (it may be gone before we look).
+        self.parent_pid = int(os.environ.get(PARENT_ENV) or os.getppid())
 
     async def _acquire(self) -> None:
         handoff = os.environ.get(HANDOFF_ENV)
@@ -90,8 +94,10 @@ class Launcher:
                                         client_key=info.get("tls_key") or None)
             self.lease_id = info["lease_id"]
             self.kernel_id = info.get("kernel_id", "")
+            self.ttl = float(info.get("ttl") or 60)
             return
         self.pool, self.client, self.lease_id = await standalone_lease(self.profile)
+        self.ttl = float(self.pool.lease_ttl)
         self.owns_lease = True
 
     async def run(self) -> int:
@@ -113,11 +119,27 @@ class Launcher:
                 self.kernel_id = kernel.id
             print(f"tf-vgpu: kernel {self.kernel_id} in lease {self.lease_id} on {self.client.address}",
                   file=sys.stderr, flush=True)
-            if self.owns_lease:
-                renewer = self.client.keep_alive(self.lease_id, interval=20.0)
+            # The launcher lives exactly as long as the kernel is in use, so it is the heartbeat,
+            # whoever owns the lease.
+            renewer = self.client.keep_alive(self.lease_id, interval=max(0.5, self.ttl / 3))
             channels = self.client.channels(self.kernel_id, reconnect_timeout=120.0)
             await channels.open()
-            code = await relay.run(channels)
+            relaying = asyncio.create_task(relay.run(channels))
+            orphaned = asyncio.create_task(_parent_gone(self.parent_pid))
+            done, _ = await asyncio.wait({relaying, orphaned}, return_when=asyncio.FIRST_COMPLETED)
+            if orphaned in done:
+                # The Jupyter server (or other client) that started us died: nobody can reach this
+                # kernel any more, and jupyter_server cannot re-attach it. Free the slice now.
+                print("tf-vgpu: the process that started this kernel is gone; stopping it and freeing its slice",
+                      file=sys.stderr, flush=True)
+                relaying.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await relaying
+                self.owns_lease = True
+                await channels.close()
+                return 1
+            orphaned.cancel()
+            code = relaying.result()
             await channels.close()
             return int(code or 0)
         finally:
@@ -156,6 +178,12 @@ class Launcher:
         await asyncio.sleep(5)
         with contextlib.suppress(RemotingError):
             await self.client.signal(self.kernel_id, pb.SIGNAL_KILL)
+
+
+async def _parent_gone(parent: int, interval: float = 1.0) -> None:
+    """Returns when `parent`, the process that started the launcher, has exited (we get re-parented)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(interval)
 
 
 def _passthrough_env() -> dict[str, str]:

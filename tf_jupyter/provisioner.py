@@ -21,7 +21,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
-from tf_jupyter.launcher import HANDOFF_ENV, TOKEN_ENV, find_profile
+from tf_jupyter.launcher import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, find_profile
 from tf_jupyter.placement import Request
 from tf_jupyter.pool import KernelSlice, Pool
 from tf_jupyter.profiles import Profile
@@ -59,10 +59,11 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
             pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, profile.qos))
             env = dict(kwargs.get("env") or os.environ)
             tls = pool.tls
-            env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id,
+            env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "ttl": pool.lease_ttl,
                                            "tls_ca": tls["tls_ca"] or "", "tls_cert": tls["client_cert"] or "",
                                            "tls_key": tls["client_key"] or ""})
             env[TOKEN_ENV] = pool.token
+            env[PARENT_ENV] = str(os.getpid())
             kwargs["env"] = env
         return await super().pre_launch(**kwargs)
 

@@ -145,6 +145,13 @@ class JupyterServerProcess:
 
     def cleanup(self) -> None:
         self.stop()
+        # Kernel launchers of this server that outlived it (they exit by themselves; be sure).
+        import psutil
+
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(str(self.root) in arg for arg in proc.info["cmdline"] or []):
+                    proc.kill()
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -27,6 +27,7 @@ def build_parser(prog: str = "tf-jupyter worker") -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
         help_text = f.metadata.get("help", "") + (f" [default: {default}]" if default not in (None, "") else "")
+        help_text = help_text.replace("%", "%%")  # argparse formats help with %
         if f.type in ("bool", bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                                 help=help_text)

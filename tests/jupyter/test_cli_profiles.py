@@ -48,7 +48,6 @@ def test_help_lists_every_command():
     assert "usage: tf-jupyter worker" in result.stderr and "--host-vram" in result.stderr
 
 
-@pytest.mark.xfail(reason="tf_remoting.cli: a '%' in a WorkerConfig help text is not escaped for argparse")
 def test_worker_help():
     result = cli("worker", "--help")
     assert result.returncode == 0, result.stderr

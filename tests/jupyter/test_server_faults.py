@@ -1,0 +1,42 @@
+"""The lease heartbeat follows the kernel's life; a vanished Jupyter server leaks no slice."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from tf_jupyter.pytest_plugin import KernelWebSocket, text_of
+
+
+async def leased(worker) -> int:
+    async with worker.client() as client:
+        return (await client.inventory()).devices[0].vram_leased
+
+
+async def test_lease_is_renewed_while_the_kernel_lives(tf_worker, jupyter_server_factory):
+    server = jupyter_server_factory(workers=[tf_worker], settings={"lease_ttl": 2}).start()
+    status, s = await server.request("POST", "/api/sessions", {
+        "path": "r.ipynb", "type": "notebook", "name": "r.ipynb", "kernel": {"name": "vgpu-small"}})
+    assert status == 201, server.log()
+    await asyncio.sleep(6)  # three TTLs
+    ws = await KernelWebSocket.connect(server, s["kernel"]["id"])
+    try:
+        assert text_of(await ws.execute("1+1")) == "2"
+    finally:
+        ws.close()
+    assert await leased(tf_worker) == 4 << 30
+
+
+async def test_server_killed_frees_the_slice(tf_worker, jupyter_server_factory):
+    server = jupyter_server_factory(workers=[tf_worker]).start()
+    status, s = await server.request("POST", "/api/sessions", {
+        "path": "k.ipynb", "type": "notebook", "name": "k.ipynb", "kernel": {"name": "vgpu-small"}})
+    assert status == 201
+    assert await leased(tf_worker) == 4 << 30
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    for _ in range(80):  # the launcher notices its parent is gone within about a second
+        if await leased(tf_worker) == 0:
+            break
+        await asyncio.sleep(0.25)
+    assert await leased(tf_worker) == 0
