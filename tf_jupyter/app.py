@@ -109,6 +109,7 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
         self.pool = Pool(addresses, read_token(token_file), dns=s.workers_dns, tls_ca=s.tls_ca, tls_cert=s.tls_cert,
                          tls_key=s.tls_key, policy=s.placement_policy, refresh_interval=s.refresh_interval,
                          queue_timeout=s.queue_timeout, lease_ttl=s.lease_ttl)
+        self.pool.default_qos = s.default_qos
         Pool._current = self.pool
         await self.pool.start()
         for w in self.pool.workers.values():

@@ -211,8 +211,15 @@ def cmd_profiles_remove(args: argparse.Namespace) -> int:
 # --- lab --------------------------------------------------------------------------------------
 
 def lab_argv(rest: list[str]) -> list[str]:
-    """`python -m jupyterlab` with the tf_jupyter extension enabled whatever the install's config says."""
-    return [sys.executable, "-m", "jupyterlab", "--ServerApp.jpserver_extensions=tf_jupyter=True", *rest]
+    """`python -m jupyterlab` with the tf_jupyter extension enabled whatever the install's config says.
+
+    As root (containers, CI machines) JupyterLab refuses to start without --allow-root; add it and say so.
+    """
+    extra = []
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and "--allow-root" not in rest:
+        print("tf-jupyter lab: running as root, so passing --allow-root to JupyterLab", file=sys.stderr)
+        extra.append("--allow-root")
+    return [sys.executable, "-m", "jupyterlab", "--ServerApp.jpserver_extensions=tf_jupyter=True", *extra, *rest]
 
 
 def cmd_lab(rest: list[str]) -> int:

@@ -41,8 +41,8 @@ class TfVgpu(Configurable):
         "Seconds a kernel waits in the queue for a slice before its start fails with a message "
         "saying what was asked and what the pool had."))
     default_qos = Enum(list(QOS_NAMES), default_value="medium", config=True, help=(
-        "QoS of kernels whose profile does not say: orders the queue (critical first) and "
-        "exempts critical kernels from idle release."))
+        "QoS of kernels whose profile leaves it at 'medium' (the profile default): orders the queue "
+        "(critical first) and exempts critical kernels from idle release."))
     idle_release = Float(0.0, config=True, help=(
         "Seconds without utilization after which a vGPU kernel is warned, then shut down and its "
         "slice freed (0: never). QoS critical is never released this way."))

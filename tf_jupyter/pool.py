@@ -89,6 +89,7 @@ class Pool:
         self.dns = dns
         self.tls = {"tls_ca": tls_ca or None, "client_cert": tls_cert or None, "client_key": tls_key or None}
         self.policy = policy
+        self.default_qos = "medium"  # for profiles that leave QoS at its default (TfVgpu.default_qos)
         self.refresh_interval = refresh_interval
         self.queue_timeout = queue_timeout
         self.lease_ttl = lease_ttl

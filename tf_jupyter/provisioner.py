@@ -53,7 +53,8 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
                 placed = await pool.allocate(
                     Request(vram=profile.vram, compute=profile.compute, count=profile.count,
                             whole_device=profile.whole_device),
-                    qos=profile.qos, profile=profile.name, on_queued=queued,
+                    qos=profile.qos if profile.qos != "medium" else pool.default_qos, profile=profile.name,
+                    on_queued=queued,
                     labels={"jupyter_kernel_id": self.kernel_id, "client": "jupyter_server"})
                 self.worker, self.lease_id = placed.worker, placed.lease.id
             pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, profile.qos))
