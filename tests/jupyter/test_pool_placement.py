@@ -111,3 +111,12 @@ async def test_binpack_spread_and_a_dead_worker(tf_worker_factory, jupyter_serve
         assert status == 201, server.log()
         _, k = await server.request("GET", f"/tf-vgpu/api/kernels/{s['kernel']['id']}")
         assert k["worker"] == one.address
+
+    # It comes back by itself (same address), without a server restart.
+    two.start()
+
+    async def up_again():
+        _, pool = await server.request("GET", "/tf-vgpu/api/pool")
+        return [w for w in pool["workers"] if w["address"] == two.address and w["up"]]
+
+    await wait_for(up_again, 40)
