@@ -1,0 +1,167 @@
+/**
+ * tf-jupyter's JupyterLab extension: the "vGPU" sidebar, the status bar item and notifications.
+ * Wires the model (model.ts), the connection (server.ts) and the views (components/).
+ */
+import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
+import { Notification } from '@jupyterlab/apputils';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { IStatusBar } from '@jupyterlab/statusbar';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { Signal } from '@lumino/signaling';
+
+import { VgpuPanel } from './components/Sidebar';
+import { VgpuStatusItem } from './components/StatusItem';
+import { DEFAULT_SETTINGS, IAlert, ISettings, statusText, VgpuModel } from './model';
+import { EventsConnection, fetchKernels } from './server';
+
+export const PLUGIN_ID = 'tf-jupyter-vgpu:plugin';
+export const PANEL_ID = 'tf-vgpu-panel';
+const OPEN_COMMAND = 'tf-vgpu:open-panel';
+
+const vgpuIcon = new LabIcon({
+  name: 'tf-jupyter-vgpu:chip',
+  svgstr:
+    '<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">' +
+    '<g class="jp-icon3" fill="#616161"><path d="M7 7h10v10H7z" fill-opacity=".35"/>' +
+    '<path d="M9 2h2v3H9zM13 2h2v3h-2zM9 19h2v3H9zM13 19h2v3h-2zM2 9h3v2H2zM2 13h3v2H2zM19 9h3v2h-3zM19 13h3v2h-3z"/>' +
+    '<path d="M5 5h14v14H5zm2 2v10h10V7z"/></g></svg>'
+});
+
+function readSettings(settings: ISettingRegistry.ISettings | null): ISettings {
+  if (!settings) {
+    return DEFAULT_SETTINGS;
+  }
+  const c = settings.composite as Partial<ISettings>;
+  return { ...DEFAULT_SETTINGS, ...c };
+}
+
+function notify(alert: IAlert): void {
+  const options = { autoClose: alert.level === 'error' ? (false as const) : 10_000 };
+  const text = alert.message.length > 140 ? alert.message.slice(0, 137) + '…' : alert.message;
+  Notification[alert.level](text, options);
+}
+
+const plugin: JupyterFrontEndPlugin<void> = {
+  id: PLUGIN_ID,
+  description: 'Live vGPU pool, kernels and queue of tf-jupyter.',
+  autoStart: true,
+  optional: [ISettingRegistry, IStatusBar, INotebookTracker],
+  activate: async (
+    app: JupyterFrontEnd,
+    registry: ISettingRegistry | null,
+    statusBar: IStatusBar | null,
+    notebooks: INotebookTracker | null
+  ) => {
+    const model = new VgpuModel();
+    let settings: ISettingRegistry.ISettings | null = null;
+    if (registry) {
+      try {
+        settings = await registry.load(PLUGIN_ID);
+        model.settings = readSettings(settings);
+        settings.changed.connect(() => {
+          model.settings = readSettings(settings);
+          restartRefresh();
+        });
+      } catch (err) {
+        console.warn('tf-jupyter-vgpu: settings not loaded, using defaults', err);
+      }
+    }
+
+    const panel = new VgpuPanel(model);
+    panel.id = PANEL_ID;
+    panel.title.icon = vgpuIcon;
+    panel.title.caption = 'vGPU: pool, my kernels, queue';
+    app.shell.add(panel, 'left', { rank: 600 });
+
+    app.commands.addCommand(OPEN_COMMAND, {
+      label: 'Show the vGPU panel',
+      execute: () => app.shell.activateById(PANEL_ID)
+    });
+
+    // Notebook names for kernel ids, from the session manager.
+    const sessions = app.serviceManager.sessions;
+    const updateNames = () => {
+      const names: { [id: string]: string } = {};
+      for (const s of sessions.running()) {
+        if (s.kernel) {
+          names[s.kernel.id] = s.path || s.name;
+        }
+      }
+      model.names = names;
+    };
+    sessions.runningChanged.connect(updateNames);
+    updateNames();
+
+    const refresh = async () => {
+      try {
+        model.setKernels(await fetchKernels());
+      } catch (err) {
+        console.debug('tf-jupyter-vgpu: GET kernels failed', err);
+      }
+      void sessions.refreshRunning().catch(() => undefined);
+    };
+    let refreshTimer: ReturnType<typeof setInterval> | undefined;
+    const restartRefresh = () => {
+      if (refreshTimer !== undefined) {
+        clearInterval(refreshTimer);
+      }
+      refreshTimer = setInterval(refresh, Math.max(1, model.settings.refreshSeconds) * 1000);
+    };
+    restartRefresh();
+    // Staleness depends on time, not on messages: re-evaluate every second.
+    setInterval(() => model.tick(), 1000);
+
+    let refetchPending = false;
+    model.refetchRequested.connect(() => {
+      if (!refetchPending) {
+        refetchPending = true;
+        setTimeout(() => {
+          refetchPending = false;
+          void refresh();
+        }, 300);
+      }
+    });
+
+    model.alerted.connect((_, alert) => {
+      if (model.settings.notifications) {
+        notify(alert);
+      }
+    });
+
+    const connection = new EventsConnection(model);
+    connection.start();
+
+    if (statusBar) {
+      const activeKernel = (): string | null => {
+        const widget = notebooks?.currentWidget;
+        return widget?.sessionContext.session?.kernel?.id ?? null;
+      };
+      const item = new VgpuStatusItem(model, activeKernel, () => app.shell.activateById(PANEL_ID));
+      const activeChanged = new Signal<unknown, void>(model);
+      let wasActive = false;
+      const isActive = () => statusText(model.state.kernels[activeKernel() ?? '']) !== null;
+      const check = () => {
+        const now = isActive();
+        if (now !== wasActive) {
+          wasActive = now;
+          activeChanged.emit();
+        }
+      };
+      model.changed.connect(check);
+      notebooks?.currentChanged.connect(() => {
+        check();
+        item.update();
+      });
+      statusBar.registerStatusItem(PLUGIN_ID, {
+        item,
+        align: 'left',
+        rank: 4,
+        isActive,
+        activeStateChanged: activeChanged
+      });
+    }
+  }
+};
+
+export default plugin;

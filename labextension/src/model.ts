@@ -1,0 +1,528 @@
+/**
+ * The state of the vGPU pool as this browser sees it, and how messages of the events
+ * WebSocket change it (`reduce`). Pure data here; `VgpuModel` adds signals and timers.
+ *
+ * Shapes follow `tf_jupyter/openapi.yaml`.
+ */
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { formatBytes, formatPercent } from './format';
+
+export type Mode = 'soft' | 'mps' | 'exclusive' | 'host' | 'unknown' | '?';
+
+export interface IDevice {
+  uuid: string;
+  name: string;
+  index: number;
+  kind: 'host' | 'gpu';
+  vram_total: number;
+  vram_leased: number;
+  vram_used: number;
+  compute_capacity: number;
+  compute_leased: number;
+  utilization: number;
+  modes: Mode[];
+  memory_enforcement: string;
+}
+
+export interface IWorker {
+  address: string;
+  up: boolean;
+  error: string;
+  worker_id: string;
+  version: string;
+  backend: string;
+  devices: IDevice[];
+  leases: number;
+}
+
+export interface IPool {
+  workers: IWorker[];
+  policy: string;
+  queue_length: number;
+}
+
+export interface IKernel {
+  kernel_id: string;
+  worker: string;
+  lease_id: string;
+  profile: string;
+  qos: string;
+  started: number;
+  worker_up: boolean;
+  device?: { uuid: string; name: string; kind: 'host' | 'gpu' };
+  slice?: { vram: number; compute: number; count: number };
+  mode?: Mode;
+  memory_enforcement?: string;
+  usage?: { vram_used: number; utilization: number };
+  shares_filesystem?: boolean;
+}
+
+export interface IQueueEntry {
+  id: string;
+  position: number;
+  qos: string;
+  profile: string;
+  since: number;
+  labels: { [key: string]: string };
+  request: { vram: number; compute: number; count: number; whole_device: boolean };
+  description: string;
+}
+
+export interface IDeviceSample {
+  uuid: string;
+  vram_used: number;
+  vram_total: number;
+  vram_leased: number;
+  compute_leased: number;
+  utilization: number;
+}
+
+export interface ILeaseSample {
+  lease_id: string;
+  kernel_id: string;
+  device_uuid: string;
+  vram_used: number;
+  vram_limit: number;
+  utilization: number;
+  compute_limit: number;
+  mode: Mode;
+}
+
+export type EventsMessage =
+  | { type: 'hello'; pool: IPool; kernels: IKernel[]; queue: IQueueEntry[] }
+  | {
+      type: 'sample';
+      time: number;
+      worker: string;
+      devices: IDeviceSample[];
+      leases: ILeaseSample[];
+    }
+  | {
+      type: 'event';
+      kind: string;
+      message: string;
+      kernel_id: string;
+      time: number;
+      source: 'worker' | 'server';
+      lease_id?: string;
+      worker?: string;
+      position?: number;
+    }
+  | { type: 'worker'; worker: string; up: boolean; error?: string }
+  | { type: 'queue'; queue: IQueueEntry[] };
+
+/** One point of a kernel's recent history (for the sparkline). */
+export interface IHistoryPoint {
+  /** Milliseconds (browser clock). */
+  t: number;
+  vramUsed: number;
+  vramLimit: number;
+  utilization: number;
+}
+
+export type Connection = 'connecting' | 'connected' | 'disconnected';
+
+export interface IVgpuState {
+  pool: IPool | null;
+  kernels: { [kernelId: string]: IKernel };
+  queue: IQueueEntry[];
+  history: { [kernelId: string]: IHistoryPoint[] };
+  /** Kernels whose VRAM is at or above the warning threshold now. */
+  nearLimit: { [kernelId: string]: boolean };
+  /** Kernels that waited in the queue and have not been seen started yet. */
+  queued: { [kernelId: string]: boolean };
+  connection: Connection;
+  /** Browser time (ms) of the last message; 0 before the first. */
+  lastMessage: number;
+  /** Why the connection is down, for the banner. */
+  error: string;
+}
+
+export type AlertLevel = 'info' | 'success' | 'warning' | 'error';
+
+/** Something worth a notification, produced at most once per event. */
+export interface IAlert {
+  level: AlertLevel;
+  kernelId: string;
+  kind: string;
+  message: string;
+}
+
+/** How long the sparkline looks back. */
+export const HISTORY_MS = 60_000;
+
+export function emptyState(): IVgpuState {
+  return {
+    pool: null,
+    kernels: {},
+    queue: [],
+    history: {},
+    nearLimit: {},
+    queued: {},
+    connection: 'connecting',
+    lastMessage: 0,
+    error: ''
+  };
+}
+
+/** The near-limit rule: used at or above `threshold` (0-1) of a non-zero limit. */
+export function isNearLimit(used: number, limit: number, threshold: number): boolean {
+  return limit > 0 && used >= threshold * limit;
+}
+
+/** Fraction of the limit in use, 0 when there is no limit. */
+export function usedFraction(used: number, limit: number): number {
+  return limit > 0 ? used / limit : 0;
+}
+
+export interface IReduceOptions {
+  /** Warning threshold, 0-1 of the VRAM limit. */
+  threshold: number;
+  /** Browser time in ms. */
+  now: number;
+}
+
+export interface IReduced {
+  state: IVgpuState;
+  alerts: IAlert[];
+  /** The kernel list may have changed: fetch `GET kernels` again. */
+  refetchKernels: boolean;
+}
+
+const REFETCH_KINDS = new Set([
+  'lease_created',
+  'lease_released',
+  'lease_expired',
+  'lease_resized',
+  'kernel_started',
+  'kernel_exited',
+  'idle_release'
+]);
+
+function kernelLabel(state: IVgpuState, kernelId: string): string {
+  const k = state.kernels[kernelId];
+  return k && k.profile ? `kernel ${kernelId.slice(0, 8)} (${k.profile})` : `kernel ${kernelId.slice(0, 8)}`;
+}
+
+function vramAlert(state: IVgpuState, kernelId: string, used: number, limit: number, message: string): IAlert {
+  return {
+    level: 'warning',
+    kernelId,
+    kind: 'near_limit',
+    message:
+      message ||
+      `${kernelLabel(state, kernelId)} uses ${formatBytes(used)} of its ${formatBytes(limit)} VRAM ` +
+        `(${formatPercent(Math.round(usedFraction(used, limit) * 100))}): near the limit`
+  };
+}
+
+/** Apply one events message; returns the new state and what to notify. Never mutates `state`. */
+export function reduce(state: IVgpuState, msg: EventsMessage, options: IReduceOptions): IReduced {
+  const alerts: IAlert[] = [];
+  let refetchKernels = false;
+  let next: IVgpuState = { ...state, lastMessage: options.now, connection: 'connected', error: '' };
+
+  switch (msg.type) {
+    case 'hello': {
+      const kernels: { [id: string]: IKernel } = {};
+      for (const k of msg.kernels) {
+        kernels[k.kernel_id] = k;
+      }
+      next = { ...next, pool: msg.pool, kernels, queue: msg.queue };
+      break;
+    }
+    case 'sample': {
+      if (next.pool) {
+        const workers = next.pool.workers.map(w => {
+          if (w.address !== msg.worker) {
+            return w;
+          }
+          const byUuid = new Map(msg.devices.map(d => [d.uuid, d]));
+          return {
+            ...w,
+            up: true,
+            error: '',
+            devices: w.devices.map(d => {
+              const s = byUuid.get(d.uuid);
+              return s
+                ? {
+                    ...d,
+                    vram_used: s.vram_used,
+                    vram_total: s.vram_total || d.vram_total,
+                    vram_leased: s.vram_leased,
+                    compute_leased: s.compute_leased,
+                    utilization: s.utilization
+                  }
+                : d;
+            })
+          };
+        });
+        next = { ...next, pool: { ...next.pool, workers } };
+      }
+      const kernels = { ...next.kernels };
+      const history = { ...next.history };
+      const nearLimit = { ...next.nearLimit };
+      for (const s of msg.leases) {
+        if (!s.kernel_id) {
+          continue;
+        }
+        const k = kernels[s.kernel_id];
+        if (!k) {
+          refetchKernels = true;
+          continue;
+        }
+        kernels[s.kernel_id] = {
+          ...k,
+          worker_up: true,
+          usage: { vram_used: s.vram_used, utilization: s.utilization },
+          slice: {
+            vram: s.vram_limit,
+            compute: s.compute_limit,
+            count: k.slice ? k.slice.count : 1
+          },
+          mode: s.mode
+        };
+        const cutoff = options.now - HISTORY_MS;
+        history[s.kernel_id] = [
+          ...(history[s.kernel_id] || []).filter(p => p.t >= cutoff),
+          { t: options.now, vramUsed: s.vram_used, vramLimit: s.vram_limit, utilization: s.utilization }
+        ];
+        const near = isNearLimit(s.vram_used, s.vram_limit, options.threshold);
+        if (near && !nearLimit[s.kernel_id]) {
+          alerts.push(vramAlert(next, s.kernel_id, s.vram_used, s.vram_limit, ''));
+        }
+        nearLimit[s.kernel_id] = near;
+      }
+      next = { ...next, kernels, history, nearLimit };
+      break;
+    }
+    case 'event': {
+      if (REFETCH_KINDS.has(msg.kind)) {
+        refetchKernels = true;
+      }
+      const id = msg.kernel_id;
+      if (msg.kind === 'limit_warning' && id) {
+        // The worker's warning and our own near-limit rule are one episode: notify once.
+        if (!next.nearLimit[id]) {
+          const k = next.kernels[id];
+          alerts.push(vramAlert(next, id, k?.usage?.vram_used ?? 0, k?.slice?.vram ?? 0, msg.message));
+          next = { ...next, nearLimit: { ...next.nearLimit, [id]: true } };
+        }
+      } else if (msg.kind === 'watchdog_interrupt' && id) {
+        alerts.push({
+          level: 'error',
+          kernelId: id,
+          kind: msg.kind,
+          message: `${kernelLabel(next, id)} was interrupted by the watchdog: ${msg.message}`
+        });
+      } else if (msg.kind === 'watchdog_kill' && id) {
+        alerts.push({
+          level: 'error',
+          kernelId: id,
+          kind: msg.kind,
+          message: `${kernelLabel(next, id)} was killed by the watchdog: ${msg.message}`
+        });
+      } else if (msg.kind === 'kernel_queued' && id) {
+        if (!next.queued[id]) {
+          alerts.push({ level: 'info', kernelId: id, kind: msg.kind, message: `Kernel queued: ${msg.message}` });
+        }
+        next = { ...next, queued: { ...next.queued, [id]: true } };
+      } else if (msg.kind === 'idle_warning' && id) {
+        alerts.push({ level: 'warning', kernelId: id, kind: msg.kind, message: msg.message });
+      }
+      break;
+    }
+    case 'worker': {
+      if (next.pool) {
+        const workers = next.pool.workers.map(w =>
+          w.address === msg.worker ? { ...w, up: msg.up, error: msg.up ? '' : msg.error || '' } : w
+        );
+        next = { ...next, pool: { ...next.pool, workers } };
+      }
+      const kernels: { [id: string]: IKernel } = {};
+      for (const [id, k] of Object.entries(next.kernels)) {
+        kernels[id] = k.worker === msg.worker ? { ...k, worker_up: msg.up } : k;
+      }
+      next = { ...next, kernels };
+      break;
+    }
+    case 'queue': {
+      next = {
+        ...next,
+        queue: msg.queue,
+        pool: next.pool ? { ...next.pool, queue_length: msg.queue.length } : next.pool
+      };
+      break;
+    }
+  }
+  return { state: next, alerts, refetchKernels };
+}
+
+/**
+ * Replace the kernel list with a fresh `GET kernels`, keeping history; a kernel that waited in
+ * the queue and is now listed gives a "started" alert.
+ */
+export function withKernels(state: IVgpuState, list: IKernel[]): IReduced {
+  const alerts: IAlert[] = [];
+  const kernels: { [id: string]: IKernel } = {};
+  const queued = { ...state.queued };
+  for (const k of list) {
+    kernels[k.kernel_id] = k;
+    if (queued[k.kernel_id]) {
+      delete queued[k.kernel_id];
+      alerts.push({
+        level: 'success',
+        kernelId: k.kernel_id,
+        kind: 'kernel_started',
+        message: `Queued kernel started: ${k.profile || 'vGPU'} slice on ${k.worker}`
+      });
+    }
+  }
+  const history: { [id: string]: IHistoryPoint[] } = {};
+  for (const id of Object.keys(kernels)) {
+    if (state.history[id]) {
+      history[id] = state.history[id];
+    }
+  }
+  return { state: { ...state, kernels, queued, history }, alerts, refetchKernels: false };
+}
+
+/** Whether the data is older than `staleSeconds` while the socket claims to be connected. */
+export function isStale(state: IVgpuState, now: number, staleSeconds: number): boolean {
+  if (state.connection !== 'connected' || !state.lastMessage) {
+    return false;
+  }
+  // Samples only flow from workers that are up; with none up, silence is expected.
+  const anyUp = !!state.pool && state.pool.workers.some(w => w.up);
+  return anyUp && now - state.lastMessage > staleSeconds * 1000;
+}
+
+/** The status bar text for a kernel: "vGPU 3.1 / 8.0 GiB · 42 %", or null without a slice. */
+export function statusText(kernel: IKernel | undefined): string | null {
+  if (!kernel || !kernel.slice) {
+    return null;
+  }
+  const used = kernel.usage ? kernel.usage.vram_used : 0;
+  const util = kernel.usage ? Math.round(kernel.usage.utilization) : 0;
+  return `vGPU ${formatBytesPairGiB(used, kernel.slice.vram)} · ${util} %`;
+}
+
+function formatBytesPairGiB(used: number, limit: number): string {
+  const gib = 1024 ** 3;
+  return `${(used / gib).toFixed(1)} / ${(limit / gib).toFixed(1)} GiB`;
+}
+
+/** Settings of the extension (see schema/plugin.json). */
+export interface ISettings {
+  refreshSeconds: number;
+  staleSeconds: number;
+  showPool: boolean;
+  showKernels: boolean;
+  showQueue: boolean;
+  warningThreshold: number;
+  notifications: boolean;
+}
+
+export const DEFAULT_SETTINGS: ISettings = {
+  refreshSeconds: 5,
+  staleSeconds: 10,
+  showPool: true,
+  showKernels: true,
+  showQueue: true,
+  warningThreshold: 0.9,
+  notifications: true
+};
+
+/**
+ * The live model: holds `IVgpuState`, applies messages, says when it changed and what to alert.
+ * The connection (`server.ts`) feeds it; components read it.
+ */
+export class VgpuModel {
+  constructor(settings: ISettings = DEFAULT_SETTINGS, now: () => number = Date.now) {
+    this._settings = settings;
+    this._now = now;
+  }
+
+  get state(): IVgpuState {
+    return this._state;
+  }
+
+  get settings(): ISettings {
+    return this._settings;
+  }
+
+  set settings(value: ISettings) {
+    this._settings = value;
+    this._changed.emit();
+  }
+
+  /** Session names by kernel id (notebook paths), from the session manager. */
+  get names(): { [kernelId: string]: string } {
+    return this._names;
+  }
+
+  set names(value: { [kernelId: string]: string }) {
+    this._names = value;
+    this._changed.emit();
+  }
+
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  get alerted(): ISignal<this, IAlert> {
+    return this._alerted;
+  }
+
+  /** Asked to fetch `GET kernels` again (new kernel seen in a sample, lease events). */
+  get refetchRequested(): ISignal<this, void> {
+    return this._refetch;
+  }
+
+  stale(): boolean {
+    return isStale(this._state, this._now(), this._settings.staleSeconds);
+  }
+
+  /** A message of the events WebSocket. */
+  apply(msg: EventsMessage): void {
+    this._take(reduce(this._state, msg, { threshold: this._settings.warningThreshold, now: this._now() }));
+  }
+
+  /** A fresh kernel list from `GET kernels`. */
+  setKernels(list: IKernel[]): void {
+    this._take(withKernels(this._state, list));
+  }
+
+  setConnection(connection: Connection, error = ''): void {
+    if (connection === this._state.connection && error === this._state.error) {
+      return;
+    }
+    this._state = { ...this._state, connection, error };
+    this._changed.emit();
+  }
+
+  /** Re-evaluate time-based things (staleness) and redraw. */
+  tick(): void {
+    this._changed.emit();
+  }
+
+  private _take(result: IReduced): void {
+    this._state = result.state;
+    this._changed.emit();
+    for (const alert of result.alerts) {
+      this._alerted.emit(alert);
+    }
+    if (result.refetchKernels) {
+      this._refetch.emit();
+    }
+  }
+
+  private _state: IVgpuState = emptyState();
+  private _settings: ISettings;
+  private _names: { [kernelId: string]: string } = {};
+  private _now: () => number;
+  private _changed = new Signal<this, void>(this);
+  private _alerted = new Signal<this, IAlert>(this);
+  private _refetch = new Signal<this, void>(this);
+}
