@@ -47,6 +47,8 @@ def machine() -> dict[str, Any]:
 class Row:
     """One figure: `direct` and `through` in `unit`; ratio = through / direct.
 
+    `launcher`, when given, is a second path measured against the same `direct` baseline
+    (launcher_ratio = launcher / direct) and held to the same target.
     `better` says which way is good ("lower" for times, "higher" for rates); `target` is the bound
     on the ratio (≤ for "lower", ≥ for "higher"), or None for a figure shown for information.
     """
@@ -59,16 +61,30 @@ class Row:
     target: float | None = None
     samples: dict[str, list[float]] = field(default_factory=dict)
     note: str = ""
+    launcher: float | None = None
 
     @property
     def ratio(self) -> float:
         return self.through / self.direct if self.direct else float("nan")
 
     @property
-    def met(self) -> bool | None:
-        if self.target is None:
+    def launcher_ratio(self) -> float | None:
+        if self.launcher is None:
             return None
-        return self.ratio <= self.target if self.better == "lower" else self.ratio >= self.target
+        return self.launcher / self.direct if self.direct else float("nan")
+
+    def _meets(self, ratio: float | None) -> bool | None:
+        if self.target is None or ratio is None:
+            return None
+        return ratio <= self.target if self.better == "lower" else ratio >= self.target
+
+    @property
+    def met(self) -> bool | None:
+        return self._meets(self.ratio)
+
+    @property
+    def launcher_met(self) -> bool | None:
+        return self._meets(self.launcher_ratio)
 
     def target_text(self) -> str:
         if self.target is None:
@@ -89,12 +105,25 @@ def fmt(value: float) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    header = ["figure", "direct", "through worker", "ratio", "target", "met?"]
+    """Markdown table; with a `launcher` figure on any row, its value and ratio get two more columns
+    and "met?" reads "worker / launcher"."""
+    words = {None: "", True: "yes", False: "NO"}
+    with_launcher = any(r.launcher is not None for r in rows)
+    header = ["figure", "direct", "through worker", "ratio"]
+    if with_launcher:
+        header += ["through launcher", "ratio"]
+    header += ["target", "met? (worker / launcher)" if with_launcher else "met?"]
     body = []
     for r in rows:
-        met = {None: "", True: "yes", False: "NO"}[r.met]
-        body.append([r.figure, f"{fmt(r.direct)} {r.unit}", f"{fmt(r.through)} {r.unit}",
-                     f"{r.ratio:.3f}", r.target_text(), met])
+        cells = [r.figure, f"{fmt(r.direct)} {r.unit}", f"{fmt(r.through)} {r.unit}", f"{r.ratio:.3f}"]
+        met = words[r.met]
+        if with_launcher:
+            lr = r.launcher_ratio
+            cells += ["–" if r.launcher is None else f"{fmt(r.launcher)} {r.unit}",
+                      "–" if lr is None else f"{lr:.3f}"]
+            if r.target is not None:
+                met = f"{words[r.met]} / {words[r.launcher_met] or '–'}"
+        body.append([*cells, r.target_text(), met])
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
@@ -108,7 +137,8 @@ def table(rows: list[Row]) -> str:
 def write_json(path: str | Path, rows: list[Row], **extra: Any) -> None:
     data = {
         **extra,
-        "figures": [{**asdict(r), "ratio": r.ratio, "met": r.met} for r in rows],
+        "figures": [{**asdict(r), "ratio": r.ratio, "met": r.met, "launcher_ratio": r.launcher_ratio,
+                     "launcher_met": r.launcher_met} for r in rows],
         "argv": sys.argv,
     }
     Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
