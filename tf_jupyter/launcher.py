@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tf_jupyter.placement import Request
 from tf_jupyter.profiles import BUILTIN_PROFILES, Profile
 from tf_jupyter.relay import Relay
 from tf_remoting.client import RemotingError, RuntimeClient
@@ -72,9 +71,9 @@ def find_profile(name: str) -> Profile:
 
 
 class Launcher:
-    def __init__(self, connection_file: str, profile: Profile) -> None:
+    def __init__(self, connection_file: str, profile_name: str) -> None:
         self.connection = json.loads(Path(connection_file).read_text())
-        self.profile = profile
+        self.profile_name = profile_name  # resolved only when we place the kernel ourselves
         self.client: RuntimeClient | None = None
         self.lease_id = ""
         self.kernel_id = ""
@@ -96,7 +95,7 @@ class Launcher:
             self.kernel_id = info.get("kernel_id", "")
             self.ttl = float(info.get("ttl") or 60)
             return
-        self.pool, self.client, self.lease_id = await standalone_lease(self.profile)
+        self.pool, self.client, self.lease_id = await standalone_lease(find_profile(self.profile_name))
         self.ttl = float(self.pool.lease_ttl)
         self.owns_lease = True
 
@@ -196,6 +195,7 @@ async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:
     """Place and allocate without a Jupyter server, from the same configuration it would use."""
     from tf_jupyter.config import TfVgpu, load_jupyter_config
     from tf_jupyter.local_worker import ensure_local_worker
+    from tf_jupyter.placement import Request
     from tf_jupyter.pool import Pool, QueueTimeout
 
     settings = TfVgpu(config=load_jupyter_config())
@@ -236,13 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-f", "--connection-file", required=True, help="Jupyter connection file")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="tf-vgpu %(levelname)s %(message)s")
+    launcher = Launcher(args.connection_file, args.profile)
     try:
-        launcher = Launcher(args.connection_file, find_profile(args.profile))
+        return asyncio.run(launcher.run())
     except UnknownProfile as exc:
         print(f"tf-vgpu: {exc}", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(launcher.run())
     except RemotingError as exc:
         print(f"tf-vgpu: {exc.message}", file=sys.stderr)
         return 1
