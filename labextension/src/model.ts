@@ -181,6 +181,8 @@ export interface IReduceOptions {
   threshold: number;
   /** Browser time in ms. */
   now: number;
+  /** Notebook names by kernel id, for messages. */
+  names?: { [kernelId: string]: string };
 }
 
 export interface IReduced {
@@ -200,25 +202,36 @@ const REFETCH_KINDS = new Set([
   'idle_release'
 ]);
 
-function kernelLabel(state: IVgpuState, kernelId: string): string {
+type Names = { [kernelId: string]: string };
+
+function kernelLabel(state: IVgpuState, kernelId: string, names: Names): string {
   const k = state.kernels[kernelId];
-  return k && k.profile ? `kernel ${kernelId.slice(0, 8)} (${k.profile})` : `kernel ${kernelId.slice(0, 8)}`;
+  const name = names[kernelId] || `kernel ${kernelId.slice(0, 8)}`;
+  return k && k.profile ? `${name} (${k.profile})` : name;
 }
 
-function vramAlert(state: IVgpuState, kernelId: string, used: number, limit: number, message: string): IAlert {
+function vramAlert(
+  state: IVgpuState,
+  names: Names,
+  kernelId: string,
+  used: number,
+  limit: number,
+  detail: string
+): IAlert {
+  const amount = limit
+    ? `${formatBytes(used)} of ${formatBytes(limit)} (${formatPercent(Math.round(usedFraction(used, limit) * 100))})`
+    : '';
   return {
     level: 'warning',
     kernelId,
     kind: 'near_limit',
-    message:
-      message ||
-      `${kernelLabel(state, kernelId)} uses ${formatBytes(used)} of its ${formatBytes(limit)} VRAM ` +
-        `(${formatPercent(Math.round(usedFraction(used, limit) * 100))}): near the limit`
+    message: `${kernelLabel(state, kernelId, names)}: VRAM near the limit${amount ? ', ' + amount : ''}${detail ? ' — ' + detail : ''}`
   };
 }
 
 /** Apply one events message; returns the new state and what to notify. Never mutates `state`. */
 export function reduce(state: IVgpuState, msg: EventsMessage, options: IReduceOptions): IReduced {
+  const names = options.names || {};
   const alerts: IAlert[] = [];
   let refetchKernels = false;
   let next: IVgpuState = { ...state, lastMessage: options.now, connection: 'connected', error: '' };
@@ -290,7 +303,7 @@ export function reduce(state: IVgpuState, msg: EventsMessage, options: IReduceOp
         ];
         const near = isNearLimit(s.vram_used, s.vram_limit, options.threshold);
         if (near && !nearLimit[s.kernel_id]) {
-          alerts.push(vramAlert(next, s.kernel_id, s.vram_used, s.vram_limit, ''));
+          alerts.push(vramAlert(next, names, s.kernel_id, s.vram_used, s.vram_limit, ''));
         }
         nearLimit[s.kernel_id] = near;
       }
@@ -306,7 +319,7 @@ export function reduce(state: IVgpuState, msg: EventsMessage, options: IReduceOp
         // The worker's warning and our own near-limit rule are one episode: notify once.
         if (!next.nearLimit[id]) {
           const k = next.kernels[id];
-          alerts.push(vramAlert(next, id, k?.usage?.vram_used ?? 0, k?.slice?.vram ?? 0, msg.message));
+          alerts.push(vramAlert(next, names, id, k?.usage?.vram_used ?? 0, k?.slice?.vram ?? 0, msg.message));
           next = { ...next, nearLimit: { ...next.nearLimit, [id]: true } };
         }
       } else if (msg.kind === 'watchdog_interrupt' && id) {
@@ -314,14 +327,14 @@ export function reduce(state: IVgpuState, msg: EventsMessage, options: IReduceOp
           level: 'error',
           kernelId: id,
           kind: msg.kind,
-          message: `${kernelLabel(next, id)} was interrupted by the watchdog: ${msg.message}`
+          message: `${kernelLabel(next, id, names)} was interrupted by the watchdog: ${msg.message}`
         });
       } else if (msg.kind === 'watchdog_kill' && id) {
         alerts.push({
           level: 'error',
           kernelId: id,
           kind: msg.kind,
-          message: `${kernelLabel(next, id)} was killed by the watchdog: ${msg.message}`
+          message: `${kernelLabel(next, id, names)} was killed by the watchdog: ${msg.message}`
         });
       } else if (msg.kind === 'kernel_queued' && id) {
         if (!next.queued[id]) {
@@ -486,7 +499,9 @@ export class VgpuModel {
 
   /** A message of the events WebSocket. */
   apply(msg: EventsMessage): void {
-    this._take(reduce(this._state, msg, { threshold: this._settings.warningThreshold, now: this._now() }));
+    this._take(
+      reduce(this._state, msg, { threshold: this._settings.warningThreshold, now: this._now(), names: this._names })
+    );
   }
 
   /** A fresh kernel list from `GET kernels`. */

@@ -37,13 +37,13 @@ function DeviceRow(props: { device: IDevice }): JSX.Element {
         label={`VRAM leased ${formatBytes(d.vram_leased)} of ${formatBytes(d.vram_total)}`}
       />
       <dl className="tf-vgpu-facts">
-        <dt>VRAM leased / used / total</dt>
+        <dt>VRAM</dt>
         <dd>
-          {formatBytes(d.vram_leased)} / {formatBytes(d.vram_used)} / {formatBytes(d.vram_total)}
+          {formatBytes(d.vram_leased)} leased · {formatBytes(d.vram_used)} used · {formatBytes(d.vram_total)} total
         </dd>
-        <dt>Compute leased</dt>
+        <dt>Compute</dt>
         <dd>
-          {formatPercent(d.compute_leased)} of {formatPercent(d.compute_capacity)}
+          {formatPercent(d.compute_leased)} leased of {formatPercent(d.compute_capacity)}
         </dd>
         <dt>Utilization</dt>
         <dd>{formatPercent(Math.round(d.utilization))}</dd>
@@ -92,6 +92,8 @@ function KernelRow(props: { model: VgpuModel; kernel: IKernel; now: number }): J
     <li
       className={`tf-vgpu-kernel${near ? ' tf-vgpu-near' : ''}`}
       data-kernel-id={k.kernel_id}
+      data-vram-used={used}
+      data-vram-limit={limit}
       aria-label={`kernel of ${name}`}
     >
       <div className="tf-vgpu-kernel-head">

@@ -1,0 +1,170 @@
+"""The JupyterLab extension in a real browser: Debian's Chromium driven by Playwright.
+
+A real `jupyter lab` with a real worker (host device): open a notebook on vgpu-small from the
+launcher, allocate ~200 MB, see the sidebar row and the status bar rise; then bring a small slice
+near its limit and see the notification. Screenshots go to docs/images/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tf_jupyter.pytest_plugin import JupyterServerProcess
+
+CHROMIUM = Path("/usr/bin/chromium")
+IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
+MiB = 1 << 20
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium; "
+                                       "scripts/test.sh installs it when run as root)")
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def quiet_lab(server: JupyterServerProcess) -> None:
+    """No news or update checks (no network, and no stray notifications)."""
+    settings = server.root / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+
+
+def add_profile(server: JupyterServerProcess, name: str, vram: int) -> str:
+    from tf_jupyter.profiles import Profile, kernelspec
+
+    profile = Profile(name, vram=vram, compute=10)
+    spec_dir = server.root / "data" / "kernels" / profile.kernelspec_name
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps(kernelspec(profile)))
+    return profile.kernelspec_name
+
+
+def kernel_of(server: JupyterServerProcess, path_suffix: str) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for s in server.get_sync("/api/sessions"):
+            if s["path"].endswith(path_suffix) and s.get("kernel"):
+                return str(s["kernel"]["id"])
+        time.sleep(0.2)
+    raise AssertionError(f"no session for {path_suffix}: {server.get_sync('/api/sessions')}")
+
+
+def row_bytes(page: Any, kernel_id: str) -> tuple[int, int]:
+    row = page.locator(f'.tf-vgpu-kernel[data-kernel-id="{kernel_id}"]')
+    return int(row.get_attribute("data-vram-used") or 0), int(row.get_attribute("data-vram-limit") or 0)
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.1)
+
+
+def run_cell(page: Any, code: str, expect: str) -> None:
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    cell = notebook.locator(".jp-Cell .cm-content").last
+    cell.wait_for(timeout=60_000)
+    # The page may still be restoring the notebook: type until the text is really in the cell.
+    deadline = time.monotonic() + 30
+    while code not in cell.inner_text():
+        assert time.monotonic() < deadline, f"could not type into the cell: {cell.inner_text()!r}"
+        cell.click()
+        page.keyboard.press("Control+a")
+        page.keyboard.press("Delete")
+        page.keyboard.type(code)
+        time.sleep(0.3)
+    page.keyboard.press("Shift+Enter")
+    notebook.locator(".jp-OutputArea-output", has_text=expect).wait_for(timeout=90_000)
+
+
+def test_sidebar_status_bar_and_notification(tf_worker_factory, jupyter_server_factory):
+    from playwright.sync_api import sync_playwright
+
+    worker = tf_worker_factory(["--host-vram", "5Gi", "--watchdog-action", "warn"]).start()
+    server = jupyter_server_factory(workers=[worker], app="jupyterlab")
+    quiet_lab(server)
+    tiny = add_profile(server, "tiny", 640 * MiB)
+    server.start()
+    lab = f"{server.url}/lab?token={server.token}"
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(lab)
+            # The launcher shows the vGPU kernels by their slice.
+            card = page.locator('.jp-LauncherCard[data-category="Notebook"]', has_text="vGPU 4 GiB").first
+            card.wait_for(timeout=60_000)
+            card.click()
+            kernel_id = kernel_of(server, ".ipynb")
+
+            page.locator('.jp-SideBar [data-id="tf-vgpu-panel"]').click()
+            panel = page.locator("#tf-vgpu-panel")
+            panel.locator(".tf-vgpu-banner", has_text="Live").wait_for(timeout=30_000)
+            row = panel.locator(f'.tf-vgpu-kernel[data-kernel-id="{kernel_id}"]')
+            row.wait_for(timeout=30_000)
+            wait_for(lambda: row_bytes(page, kernel_id)[0] > 0, 30, "the kernel's VRAM used is sampled")
+            before, limit = row_bytes(page, kernel_id)
+            assert limit == 4 << 30
+            status = page.locator(".tf-vgpu-status-text")
+            status.wait_for(timeout=30_000)
+            assert re.fullmatch(r"vGPU \d+\.\d / 4\.0 GiB · \d+ %", status.inner_text()), status.inner_text()
+            status_before = float(status.inner_text().split()[1])
+
+            run_cell(page, "x = b'x' * (200 * 2**20); print('allocated')", "allocated")
+            started = time.monotonic()
+            wait_for(lambda: row_bytes(page, kernel_id)[0] >= before + 180 * MiB, 5,
+                     f"sidebar shows +200 MB (before {before})")
+            wait_for(lambda: float(status.inner_text().split()[1]) >= status_before + 0.15, 5,
+                     f"status bar shows the rise: {status.inner_text()}")
+            rise_seconds = time.monotonic() - started
+            assert rise_seconds < 5
+            assert "GiB" in row.locator(".tf-vgpu-vram").inner_text()
+            assert panel.locator(".tf-vgpu-device", has_text="host device (no GPU)").count() == 1
+
+            # A small slice brought near its limit: text and colour in the row, and a notification.
+            nb = {"cells": [], "metadata": {"kernelspec": {"name": tiny, "display_name": "tiny", "language": "python"}},
+                  "nbformat": 4, "nbformat_minor": 5}
+            status_code, _ = server._open("PUT", "/api/contents/tiny.ipynb", {"type": "notebook", "content": nb})
+            assert status_code in (200, 201)
+            status_code, session = server._open("POST", "/api/sessions", {
+                "path": "tiny.ipynb", "type": "notebook", "name": "tiny.ipynb", "kernel": {"name": tiny}})
+            assert status_code == 201, server.log()
+            tiny_id = session["kernel"]["id"]
+            page.goto(f"{server.url}/lab/tree/tiny.ipynb?token={server.token}")
+            page.locator('.jp-SideBar [data-id="tf-vgpu-panel"]').wait_for(timeout=60_000)
+            if not page.locator("#tf-vgpu-panel").is_visible():
+                page.locator('.jp-SideBar [data-id="tf-vgpu-panel"]').click()
+            tiny_row = page.locator(f'.tf-vgpu-kernel[data-kernel-id="{tiny_id}"]')
+            tiny_row.wait_for(timeout=30_000)
+            wait_for(lambda: row_bytes(page, tiny_id)[0] > 0, 30, "the tiny kernel is sampled")
+            used, tiny_limit = row_bytes(page, tiny_id)
+            assert tiny_limit == 640 * MiB
+            extra = int(tiny_limit * 0.97) - used
+            assert extra > 0, f"the kernel already uses {used} of {tiny_limit}"
+            run_cell(page, f"y = b'y' * {extra}; print('filled')", "filled")
+            toast = page.locator(".Toastify__toast", has_text="near the limit")
+            toast.first.wait_for(timeout=15_000)
+            tiny_row.locator(".tf-vgpu-vram", has_text="near the limit").wait_for(timeout=5_000)
+            # Once per episode: the worker's warning and our own rule do not both notify.
+            time.sleep(2)
+            assert toast.count() == 1, [t.inner_text() for t in toast.all()]
+
+            IMAGES.mkdir(parents=True, exist_ok=True)
+            page.locator("#tf-vgpu-panel").screenshot(path=str(IMAGES / "sidebar.png"))
+            page.locator("#jp-main-statusbar").screenshot(path=str(IMAGES / "statusbar.png"))
+        except Exception:
+            page.screenshot(path=str(server.root.parent / "tf-ui-failure.png"))
+            raise
+        finally:
+            browser.close()
