@@ -1,11 +1,25 @@
 #!/usr/bin/env bash
-# Install everything the tests need into .venv and run them (lint, unit, integration).
+# Install everything the tests need into .venv and run them (lint, unit, integration, browser).
 # The same script runs in CI (.ci/run). GPU tests (marked `gpu`) skip where no NVIDIA driver answers.
+# Needs Node >= 20 and npm (the JupyterLab extension is built by `pip install`); the browser tests
+# use Debian's Chromium, installed here when missing and run as root (they skip without it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing Debian's chromium for the browser tests (tests/ui)"
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
+# Builds labextension/ into tf_jupyter/labextension (npm) and installs it for JupyterLab.
 .venv/bin/python -m pip install -q -e '.[test]'
+if ! .venv/bin/jupyter labextension list 2>&1 | grep -q 'tf-jupyter-vgpu.*enabled.*OK'; then
+    echo "the tf-jupyter-vgpu JupyterLab extension is not installed:" >&2
+    .venv/bin/jupyter labextension list >&2
+    exit 1
+fi
 .venv/bin/ruff check .
+# TypeScript: type check, eslint and unit tests (vitest) of the extension.
+(cd labextension && { [ -d node_modules ] || npm install --no-audit --no-fund; } && npm run -s lint && npm test -s)
 exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,319 @@
+import { describe, expect, it } from 'vitest';
+
+import { formatBytes, formatBytesPair, formatDuration, formatPercent } from '../format';
+import {
+  emptyState,
+  EventsMessage,
+  IKernel,
+  IPool,
+  isNearLimit,
+  isStale,
+  IVgpuState,
+  reduce,
+  statusText,
+  VgpuModel,
+  withKernels
+} from '../model';
+import { backoffDelay } from '../server';
+
+const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
+
+const pool: IPool = {
+  policy: 'binpack',
+  queue_length: 0,
+  workers: [
+    {
+      address: '127.0.0.1:5000',
+      up: true,
+      error: '',
+      worker_id: 'w1',
+      version: '0.1.0',
+      backend: 'host',
+      leases: 1,
+      devices: [
+        {
+          uuid: 'host-0',
+          name: 'host device',
+          index: 0,
+          kind: 'host',
+          vram_total: 8 * GiB,
+          vram_leased: 4 * GiB,
+          vram_used: GiB,
+          compute_capacity: 100,
+          compute_leased: 10,
+          utilization: 3,
+          modes: ['host'],
+          memory_enforcement: 'watchdog'
+        }
+      ]
+    }
+  ]
+};
+
+const kernel: IKernel = {
+  kernel_id: 'k1',
+  worker: '127.0.0.1:5000',
+  lease_id: 'lease-1',
+  profile: 'small',
+  qos: 'medium',
+  started: 1000,
+  worker_up: true,
+  device: { uuid: 'host-0', name: 'host device', kind: 'host' },
+  slice: { vram: 8 * GiB, compute: 10, count: 1 },
+  mode: 'host',
+  usage: { vram_used: 0, utilization: 0 }
+};
+
+const hello: EventsMessage = { type: 'hello', pool, kernels: [kernel], queue: [] };
+
+function sample(vramUsed: number, utilization = 42, kernelId = 'k1'): EventsMessage {
+  return {
+    type: 'sample',
+    time: 1,
+    worker: '127.0.0.1:5000',
+    devices: [
+      {
+        uuid: 'host-0',
+        vram_used: 2 * GiB,
+        vram_total: 8 * GiB,
+        vram_leased: 4 * GiB,
+        compute_leased: 10,
+        utilization: 50
+      }
+    ],
+    leases: [
+      {
+        lease_id: 'lease-1',
+        kernel_id: kernelId,
+        device_uuid: 'host-0',
+        vram_used: vramUsed,
+        vram_limit: 8 * GiB,
+        utilization,
+        compute_limit: 10,
+        mode: 'host'
+      }
+    ]
+  };
+}
+
+const opts = (now: number) => ({ threshold: 0.9, now });
+
+function run(messages: EventsMessage[], start: IVgpuState = emptyState()) {
+  let state = start;
+  const alerts = [];
+  let refetch = false;
+  let now = 1_000_000;
+  for (const m of messages) {
+    now += 1000;
+    const r = reduce(state, m, opts(now));
+    state = r.state;
+    alerts.push(...r.alerts);
+    refetch = refetch || r.refetchKernels;
+  }
+  return { state, alerts, refetch, now };
+}
+
+describe('formatting', () => {
+  it('prints bytes like the Python side', () => {
+    expect(formatBytes(0)).toBe('0 B');
+    expect(formatBytes(1023)).toBe('1023 B');
+    expect(formatBytes(1024)).toBe('1 KiB');
+    expect(formatBytes(5905580032)).toBe('5.5 GiB');
+    expect(formatBytes(4 * GiB)).toBe('4 GiB');
+    expect(formatBytes(640 * MiB)).toBe('640 MiB');
+    expect(formatBytes(1024 * 1024 - 1)).toBe('1 MiB');
+    expect(formatBytes(-2048)).toBe('-2 KiB');
+  });
+
+  it('prints a used/limit pair in one unit', () => {
+    expect(formatBytesPair(3.1 * GiB, 8 * GiB)).toBe('3.1 / 8.0 GiB');
+    expect(formatBytesPair(200 * MiB, 640 * MiB)).toBe('200.0 / 640.0 MiB');
+  });
+
+  it('prints percentages and durations', () => {
+    expect(formatPercent(25)).toBe('25 %');
+    expect(formatPercent(12.34)).toBe('12.3 %');
+    expect(formatDuration(12)).toBe('12 s');
+    expect(formatDuration(180)).toBe('3 min');
+    expect(formatDuration(7500)).toBe('2 h 5 min');
+  });
+
+  it('writes the status bar text', () => {
+    expect(statusText({ ...kernel, usage: { vram_used: 3.1 * GiB, utilization: 42.4 } })).toBe(
+      'vGPU 3.1 / 8.0 GiB · 42 %'
+    );
+    expect(statusText({ ...kernel, slice: undefined })).toBeNull();
+    expect(statusText(undefined)).toBeNull();
+  });
+});
+
+describe('near-limit rule', () => {
+  it('is at or above the threshold of a non-zero limit', () => {
+    expect(isNearLimit(89, 100, 0.9)).toBe(false);
+    expect(isNearLimit(90, 100, 0.9)).toBe(true);
+    expect(isNearLimit(120, 100, 0.9)).toBe(true);
+    expect(isNearLimit(5, 0, 0.9)).toBe(false);
+  });
+});
+
+describe('reduce', () => {
+  it('takes the pool, kernels and queue from hello', () => {
+    const { state } = run([hello]);
+    expect(state.connection).toBe('connected');
+    expect(state.pool?.workers[0].devices[0].kind).toBe('host');
+    expect(Object.keys(state.kernels)).toEqual(['k1']);
+  });
+
+  it('updates devices and kernel usage from samples and keeps 60 s of history', () => {
+    const messages: EventsMessage[] = [hello];
+    for (let i = 0; i < 70; i++) {
+      messages.push(sample(i * MiB));
+    }
+    const { state, now } = run(messages);
+    expect(state.pool?.workers[0].devices[0].vram_used).toBe(2 * GiB);
+    expect(state.pool?.workers[0].devices[0].utilization).toBe(50);
+    expect(state.kernels.k1.usage).toEqual({ vram_used: 69 * MiB, utilization: 42 });
+    const history = state.history.k1;
+    expect(history.length).toBe(61);
+    expect(history[0].t).toBeGreaterThanOrEqual(now - 60_000);
+  });
+
+  it('asks for the kernel list when a sample names an unknown kernel', () => {
+    const { refetch, state } = run([hello, sample(MiB, 1, 'k-new')]);
+    expect(refetch).toBe(true);
+    expect(state.kernels['k-new']).toBeUndefined();
+  });
+
+  it('notifies near the limit once per episode, the worker warning included', () => {
+    const { alerts } = run([
+      hello,
+      sample(GiB),
+      sample(7.5 * GiB),
+      sample(7.6 * GiB),
+      {
+        type: 'event',
+        kind: 'limit_warning',
+        message: 'over 90 %',
+        kernel_id: 'k1',
+        time: 1,
+        source: 'worker'
+      },
+      sample(GiB),
+      sample(7.8 * GiB)
+    ]);
+    const near = alerts.filter(a => a.kind === 'near_limit');
+    expect(near.length).toBe(2);
+    expect(near[0].message).toContain('VRAM near the limit');
+    expect(near[0].message).toContain('7.5 GiB of 8 GiB (94 %)');
+  });
+
+  it('uses the notebook name in alerts', () => {
+    let state = reduce(emptyState(), hello, opts(1)).state;
+    const r = reduce(state, sample(7.9 * GiB), { ...opts(2), names: { k1: 'train.ipynb' } });
+    state = r.state;
+    expect(r.alerts[0].message.startsWith('train.ipynb (small): VRAM near the limit')).toBe(true);
+  });
+
+  it('notifies watchdog interrupts, kills and idle warnings as they come', () => {
+    const event = (kind: string): EventsMessage => ({
+      type: 'event',
+      kind,
+      message: 'because',
+      kernel_id: 'k1',
+      time: 1,
+      source: kind === 'idle_warning' ? 'server' : 'worker'
+    });
+    const { alerts } = run([
+      hello,
+      event('watchdog_interrupt'),
+      event('watchdog_kill'),
+      event('idle_warning'),
+      event('lease_created')
+    ]);
+    expect(alerts.map(a => [a.kind, a.level])).toEqual([
+      ['watchdog_interrupt', 'error'],
+      ['watchdog_kill', 'error'],
+      ['idle_warning', 'warning']
+    ]);
+  });
+
+  it('says queued once, then started when the kernel shows up', () => {
+    const queued: EventsMessage = {
+      type: 'event',
+      kind: 'kernel_queued',
+      message: 'waiting for a slice (vGPU 4 GiB · 10 %): position 1',
+      kernel_id: 'k2',
+      time: 1,
+      source: 'server',
+      position: 1
+    };
+    const { state, alerts } = run([hello, queued, queued]);
+    expect(alerts.map(a => a.kind)).toEqual(['kernel_queued']);
+    const started = withKernels(state, [kernel, { ...kernel, kernel_id: 'k2', lease_id: 'lease-2' }]);
+    expect(started.alerts.map(a => a.kind)).toEqual(['kernel_started']);
+    expect(withKernels(started.state, [kernel]).alerts).toEqual([]);
+  });
+
+  it('marks workers up and down, and their kernels', () => {
+    const { state } = run([hello, { type: 'worker', worker: '127.0.0.1:5000', up: false, error: 'unreachable' }]);
+    expect(state.pool?.workers[0].up).toBe(false);
+    expect(state.pool?.workers[0].error).toBe('unreachable');
+    expect(state.kernels.k1.worker_up).toBe(false);
+  });
+
+  it('replaces the queue', () => {
+    const entry = {
+      id: 'q1',
+      position: 1,
+      qos: 'medium',
+      profile: 'large',
+      since: 1,
+      labels: {},
+      request: { vram: 16 * GiB, compute: 50, count: 1, whole_device: false },
+      description: '16 GiB · 50 %'
+    };
+    const { state } = run([hello, { type: 'queue', queue: [entry] }]);
+    expect(state.queue).toEqual([entry]);
+    expect(state.pool?.queue_length).toBe(1);
+  });
+
+  it('does not mutate the state it is given', () => {
+    const start = run([hello]).state;
+    const frozen = JSON.stringify(start);
+    reduce(start, sample(7.9 * GiB), opts(5));
+    expect(JSON.stringify(start)).toBe(frozen);
+  });
+});
+
+describe('staleness and connection', () => {
+  it('is stale only when connected, with a worker up, and silent too long', () => {
+    const { state, now } = run([hello]);
+    expect(isStale(state, now + 5_000, 10)).toBe(false);
+    expect(isStale(state, now + 11_000, 10)).toBe(true);
+    expect(isStale({ ...state, connection: 'disconnected' }, now + 11_000, 10)).toBe(false);
+    const down = run([hello, { type: 'worker', worker: '127.0.0.1:5000', up: false }]);
+    expect(isStale(down.state, down.now + 60_000, 10)).toBe(false);
+  });
+
+  it('backs off 1, 2, 4 ... 30 s', () => {
+    expect([0, 1, 2, 3, 4, 5, 10].map(backoffDelay)).toEqual([1000, 2000, 4000, 8000, 16000, 30000, 30000]);
+  });
+
+  it('VgpuModel emits changes, alerts and refetch requests', () => {
+    let t = 0;
+    const model = new VgpuModel(undefined, () => t);
+    const seen: string[] = [];
+    model.changed.connect(() => seen.push('changed'));
+    model.alerted.connect((_, a) => seen.push(a.kind));
+    model.refetchRequested.connect(() => seen.push('refetch'));
+    model.apply(hello);
+    t = 1000;
+    model.apply(sample(7.9 * GiB));
+    model.apply(sample(MiB, 1, 'other'));
+    expect(seen).toEqual(['changed', 'changed', 'near_limit', 'changed', 'refetch']);
+    model.setConnection('disconnected', 'closed');
+    expect(model.state.connection).toBe('disconnected');
+    expect(model.state.error).toBe('closed');
+  });
+});
