@@ -13,7 +13,7 @@ import { Signal } from '@lumino/signaling';
 import { VgpuPanel } from './components/Sidebar';
 import { VgpuStatusItem } from './components/StatusItem';
 import { DEFAULT_SETTINGS, IAlert, ISettings, statusText, VgpuModel } from './model';
-import { EventsConnection, fetchKernels } from './server';
+import { EventsConnection, fetchKernels, fetchProfiles } from './server';
 
 export const PLUGIN_ID = 'tf-jupyter-vgpu:plugin';
 export const PANEL_ID = 'tf-vgpu-panel';
@@ -68,7 +68,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     }
 
-    const panel = new VgpuPanel(model);
+    const panel = new VgpuPanel(model, kernelspec => {
+      void app.commands.execute('notebook:create-new', { kernelName: kernelspec });
+    });
+    fetchProfiles()
+      .then(profiles => (model.profiles = profiles))
+      .catch(err => console.warn('tf-jupyter-vgpu: GET profiles failed', err));
     panel.id = PANEL_ID;
     panel.title.icon = vgpuIcon;
     panel.title.caption = 'vGPU: pool, my kernels, queue';

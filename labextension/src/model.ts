@@ -426,6 +426,45 @@ function formatBytesPairGiB(used: number, limit: number): string {
   return `${(used / gib).toFixed(1)} / ${(limit / gib).toFixed(1)} GiB`;
 }
 
+/** A vGPU profile as from `GET profiles`. */
+export interface IProfile {
+  name: string;
+  vram: number;
+  compute: number;
+  count: number;
+  qos: string;
+  whole_device: boolean;
+  description: string;
+  kernelspec: string;
+  display_name: string;
+}
+
+/**
+ * Whether a profile's slice fits now on one up worker (as the Jupyter side's cache sees it),
+ * in words for the panel: "fits now" or "would wait: 2 in the queue".
+ */
+export function availability(profile: IProfile, pool: IPool | null): { fits: boolean; text: string } {
+  if (!pool) {
+    return { fits: false, text: 'pool unknown' };
+  }
+  const fits = pool.workers.some(w => {
+    if (!w.up) {
+      return false;
+    }
+    const free = w.devices.filter(d =>
+      profile.whole_device
+        ? d.vram_leased === 0 && d.compute_leased === 0
+        : d.vram_total - d.vram_leased >= profile.vram && d.compute_capacity - d.compute_leased >= profile.compute
+    );
+    return free.length >= profile.count;
+  });
+  if (fits && pool.queue_length === 0) {
+    return { fits: true, text: 'fits now' };
+  }
+  const waiting = pool.queue_length ? `${pool.queue_length} in the queue` : 'no free slice now';
+  return { fits: false, text: `would wait: ${waiting}` };
+}
+
 /** Settings of the extension (see schema/plugin.json). */
 export interface ISettings {
   refreshSeconds: number;
@@ -433,6 +472,7 @@ export interface ISettings {
   showPool: boolean;
   showKernels: boolean;
   showQueue: boolean;
+  showProfiles: boolean;
   warningThreshold: number;
   notifications: boolean;
 }
@@ -443,6 +483,7 @@ export const DEFAULT_SETTINGS: ISettings = {
   showPool: true,
   showKernels: true,
   showQueue: true,
+  showProfiles: true,
   warningThreshold: 0.9,
   notifications: true
 };
@@ -477,6 +518,16 @@ export class VgpuModel {
 
   set names(value: { [kernelId: string]: string }) {
     this._names = value;
+    this._changed.emit();
+  }
+
+  /** The installed profiles (`GET profiles`). */
+  get profiles(): IProfile[] {
+    return this._profiles;
+  }
+
+  set profiles(value: IProfile[]) {
+    this._profiles = value;
     this._changed.emit();
   }
 
@@ -536,6 +587,7 @@ export class VgpuModel {
   private _state: IVgpuState = emptyState();
   private _settings: ISettings;
   private _names: { [kernelId: string]: string } = {};
+  private _profiles: IProfile[] = [];
   private _now: () => number;
   private _changed = new Signal<this, void>(this);
   private _alerted = new Signal<this, IAlert>(this);

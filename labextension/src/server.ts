@@ -5,7 +5,7 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { EventsMessage, IKernel, VgpuModel } from './model';
+import { EventsMessage, IKernel, IProfile, VgpuModel } from './model';
 
 export const API = 'tf-vgpu/api';
 
@@ -25,6 +25,11 @@ export async function requestAPI<T>(path: string, init: RequestInit = {}): Promi
 export async function fetchKernels(): Promise<IKernel[]> {
   const data = await requestAPI<{ kernels: IKernel[] }>('kernels');
   return data.kernels;
+}
+
+export async function fetchProfiles(): Promise<IProfile[]> {
+  const data = await requestAPI<{ profiles: IProfile[] }>('profiles');
+  return data.profiles;
 }
 
 /** Reconnect delays: 1 s, 2 s, 4 s ... capped at 30 s, reset once a connection opened. */

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 
 import { formatBytes, formatBytesPair, formatDuration, formatPercent } from '../format';
 import {
+  availability,
   emptyState,
   EventsMessage,
   IKernel,
@@ -145,6 +146,33 @@ describe('formatting', () => {
     );
     expect(statusText({ ...kernel, slice: undefined })).toBeNull();
     expect(statusText(undefined)).toBeNull();
+  });
+});
+
+describe('availability', () => {
+  const profile = {
+    name: 'small',
+    vram: 4 * GiB,
+    compute: 10,
+    count: 1,
+    qos: 'medium',
+    whole_device: false,
+    description: '',
+    kernelspec: 'vgpu-small',
+    display_name: 'Python 3 · vGPU 4 GiB · 10 %'
+  };
+  it('fits when one up device has the VRAM and compute free and nobody waits', () => {
+    expect(availability(profile, pool)).toEqual({ fits: true, text: 'fits now' });
+    expect(availability({ ...profile, vram: 5 * GiB }, pool).fits).toBe(false);
+    expect(availability({ ...profile, count: 2 }, pool).fits).toBe(false);
+    expect(availability({ ...profile, whole_device: true }, pool).fits).toBe(false);
+    expect(availability(profile, { ...pool, queue_length: 2 })).toEqual({
+      fits: false,
+      text: 'would wait: 2 in the queue'
+    });
+    const down = { ...pool, workers: pool.workers.map(w => ({ ...w, up: false })) };
+    expect(availability(profile, down).text).toBe('would wait: no free slice now');
+    expect(availability(profile, null).text).toBe('pool unknown');
   });
 });
 

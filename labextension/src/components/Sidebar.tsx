@@ -2,7 +2,17 @@ import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
 import { formatBytes, formatBytesPair, formatDuration, formatPercent } from '../format';
-import { IDevice, IKernel, IQueueEntry, IWorker, isNearLimit, usedFraction, VgpuModel } from '../model';
+import {
+  availability,
+  IDevice,
+  IKernel,
+  IProfile,
+  IQueueEntry,
+  IWorker,
+  isNearLimit,
+  usedFraction,
+  VgpuModel
+} from '../model';
 import { Sparkline } from './Sparkline';
 
 /** A horizontal bar with its value also in words (never colour alone). */
@@ -127,6 +137,25 @@ function QueueRow(props: { entry: IQueueEntry; now: number }): JSX.Element {
   );
 }
 
+function ProfileRow(props: { model: VgpuModel; profile: IProfile; onStart?: (kernelspec: string) => void }) {
+  const p = props.profile;
+  const a = availability(p, props.model.state.pool);
+  const slice = p.display_name.replace(/^Python 3 · /, '');
+  return (
+    <li className="tf-vgpu-profile" aria-label={`profile ${p.name}`}>
+      <button
+        className="jp-mod-styled tf-vgpu-start"
+        aria-label={`New notebook on ${p.name}: ${slice}, ${a.text}`}
+        title={p.description}
+        onClick={() => props.onStart?.(p.kernelspec)}
+      >
+        {p.name}
+      </button>{' '}
+      {slice} · <span className={a.fits ? 'tf-vgpu-fits' : 'tf-vgpu-waits'}>{a.text}</span>
+    </li>
+  );
+}
+
 function ConnectionBanner(props: { model: VgpuModel }): JSX.Element | null {
   const { state } = props.model;
   if (state.connection === 'connecting') {
@@ -158,7 +187,7 @@ function ConnectionBanner(props: { model: VgpuModel }): JSX.Element | null {
   );
 }
 
-export function VgpuView(props: { model: VgpuModel }): JSX.Element {
+export function VgpuView(props: { model: VgpuModel; onStart?: (kernelspec: string) => void }): JSX.Element {
   const { model } = props;
   const { state, settings } = model;
   const now = Date.now();
@@ -190,6 +219,16 @@ export function VgpuView(props: { model: VgpuModel }): JSX.Element {
           </ul>
         </section>
       )}
+      {settings.showProfiles && model.profiles.length > 0 && (
+        <section className="tf-vgpu-section tf-vgpu-profiles" aria-label="New vGPU notebook">
+          <h3>New vGPU notebook</h3>
+          <ul>
+            {model.profiles.map(p => (
+              <ProfileRow key={p.name} model={model} profile={p} onStart={props.onStart} />
+            ))}
+          </ul>
+        </section>
+      )}
       {settings.showQueue && (
         <section className="tf-vgpu-section tf-vgpu-queue" aria-label="Queue">
           <h3>Queue ({state.queue.length})</h3>
@@ -207,15 +246,21 @@ export function VgpuView(props: { model: VgpuModel }): JSX.Element {
 
 /** The left sidebar panel "vGPU". */
 export class VgpuPanel extends ReactWidget {
-  constructor(model: VgpuModel) {
+  constructor(model: VgpuModel, onStart?: (kernelspec: string) => void) {
     super();
     this._model = model;
+    this._onStart = onStart;
     this.addClass('tf-vgpu-panel');
   }
 
   render(): JSX.Element {
-    return <UseSignal signal={this._model.changed}>{() => <VgpuView model={this._model} />}</UseSignal>;
+    return (
+      <UseSignal signal={this._model.changed}>
+        {() => <VgpuView model={this._model} onStart={this._onStart} />}
+      </UseSignal>
+    );
   }
 
   private _model: VgpuModel;
+  private _onStart?: (kernelspec: string) => void;
 }
