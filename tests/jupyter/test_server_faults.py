@@ -14,11 +14,11 @@ async def leased(worker) -> int:
 
 
 async def test_lease_is_renewed_while_the_kernel_lives(tf_worker, jupyter_server_factory):
-    server = jupyter_server_factory(workers=[tf_worker], settings={"lease_ttl": 2}).start()
+    server = jupyter_server_factory(workers=[tf_worker], settings={"lease_ttl": 3}).start()
     status, s = await server.request("POST", "/api/sessions", {
         "path": "r.ipynb", "type": "notebook", "name": "r.ipynb", "kernel": {"name": "vgpu-small"}})
     assert status == 201, server.log()
-    await asyncio.sleep(6)  # three TTLs
+    await asyncio.sleep(7)  # more than two TTLs
     ws = await KernelWebSocket.connect(server, s["kernel"]["id"])
     try:
         assert text_of(await ws.execute("1+1")) == "2"
