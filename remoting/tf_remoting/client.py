@@ -264,6 +264,7 @@ class KernelChannels:
         self._last_ack = 0.0
         self.chunk_size = 1 << 20
         self._ever_opened = False
+        self._stream_opened = False
 
     async def open(self, timeout: float = 30.0) -> None:
         """Connect (the first time); later reconnects happen by themselves."""
@@ -310,19 +311,22 @@ class KernelChannels:
 
     # ------------------------------------------------------------------ internals
 
-    async def _requests(self, opening: pb.ChannelsRequest) -> AsyncIterator[pb.ChannelsRequest]:
+    async def _requests(self, opening: pb.ChannelsRequest,
+                        outbox: asyncio.Queue[pb.ChannelsRequest | None]) -> AsyncIterator[pb.ChannelsRequest]:
+        """One stream attempt's requests. Each attempt reads its own queue: a dead attempt's
+        generator, still waiting, must never take what was meant for the next one."""
         yield opening
         while True:
-            first = await self._outbox.get()
+            first = await outbox.get()
             if first is None:
                 return
             # Coalesce whatever else is already queued into the same gRPC message.
             frames = list(first.frames.frames) if first.HasField("frames") else []
             extra: list[pb.ChannelsRequest] = [] if frames else [first]
-            while not self._outbox.empty() and len(frames) < 512:
-                nxt = self._outbox.get_nowait()
+            while not outbox.empty() and len(frames) < 512:
+                nxt = outbox.get_nowait()
                 if nxt is None:
-                    self._outbox.put_nowait(None)
+                    outbox.put_nowait(None)
                     break
                 if nxt.HasField("frames"):
                     frames.extend(nxt.frames.frames)
@@ -339,7 +343,10 @@ class KernelChannels:
             opening = pb.ChannelsRequest(open=pb.OpenChannels(
                 kernel_id=self.kernel_id,
                 last_received=[pb.ChannelPosition(channel=c, seq=s) for c, s in self.received.items() if s]))
-            call = self.client._raw_channels(self._requests(opening), metadata=self.client._metadata)
+            old, self._outbox = self._outbox, asyncio.Queue()
+            old.put_nowait(None)  # ends the previous attempt's generator; its frames are resent on open
+            self._stream_opened = False
+            call = self.client._raw_channels(self._requests(opening, self._outbox), metadata=self.client._metadata)
             try:
                 await self._consume(call)
                 if self.exit_code is not None or self._closed:
@@ -360,7 +367,6 @@ class KernelChannels:
                     raise Unavailable(code, f"kernel {self.kernel_id}: worker unreachable for "
                                       f"{self.reconnect_timeout:.0f} s") from None
                 self._opened.clear()
-                self._drain_outbox()
                 await asyncio.sleep(0.2)
                 continue
             finally:
@@ -368,19 +374,13 @@ class KernelChannels:
             down_since = None
         self._finish()
 
-    def _drain_outbox(self) -> None:
-        """Drop queued sends: after the next open, unacknowledged frames are resent in order."""
-        while not self._outbox.empty():
-            item = self._outbox.get_nowait()
-            if item is None:
-                self._outbox.put_nowait(None)
-                return
-
     async def _consume(self, call: Any) -> None:
         reassembler = Reassembler()
         async for resp in call:
             kind = resp.WhichOneof("kind")
             if kind == "frames":
+                if not self._stream_opened:
+                    continue  # only what follows this stream's `opened` counts (replay comes after it)
                 for frame in resp.frames.frames:
                     whole = reassembler.feed(frame)
                     if whole is None:
@@ -405,26 +405,40 @@ class KernelChannels:
         if self._ever_opened:
             self.reconnects += 1
             self.on_state("resumed", f"kernel {self.kernel_id}: channels resumed")
-        self._ever_opened = True
         for pos in opened.dropped:
             self.dropped[pos.channel] += pos.seq
             self.on_state("dropped", f"{pos.seq} message(s) on channel {pos.channel} fell out of the "
                           "worker's replay buffer")
         got = {p.channel: p.seq for p in opened.received}
+        if not self._ever_opened:
+            # The kernel side may have heard from an earlier client: number after what it has seen,
+            # or its duplicate filter would drop our first messages.
+            for channel, pending in self._unacked.items():
+                offset = got.get(channel, 0)
+                if offset:
+                    for seq_frames in list(pending):
+                        for frame in seq_frames[1]:
+                            frame.seq += offset
+                    self._unacked[channel] = deque(((seq + offset, frames) for seq, frames in pending),
+                                                   maxlen=pending.maxlen)
+                    self._next_seq[channel] += offset
+        self._ever_opened = True
         resend: list[pb.Frame] = []
         for channel, pending in self._unacked.items():
             while pending and pending[0][0] <= got.get(channel, 0):
                 pending.popleft()
             for _seq, frames in pending:
                 resend.extend(frames)
-        # Resent frames go before anything queued after the reconnect.
-        queued = []
+        # Everything not yet acknowledged goes out again, in order, and nothing else twice: drop
+        # what was queued (it is all in _unacked) except acks, which are rebuilt on the next frame.
         while not self._outbox.empty():
-            queued.append(self._outbox.get_nowait())
+            item = self._outbox.get_nowait()
+            if item is None:
+                self._outbox.put_nowait(None)
+                break
         for batch in batches(resend):
             self._outbox.put_nowait(pb.ChannelsRequest(frames=batch))
-        for item in queued:
-            self._outbox.put_nowait(item)
+        self._stream_opened = True
         self._opened.set()
 
     def _maybe_ack(self) -> None:

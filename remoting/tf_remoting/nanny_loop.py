@@ -65,6 +65,7 @@ class Nanny:
         self.peers: dict[tuple[int, bytes], zmq.Socket] = {}
         self.socket_owner: dict[zmq.Socket, tuple[int, bytes]] = {}
         self.conn: socket.socket | None = None
+        self.conn_opened = False
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.exit_code: int | None = None
@@ -220,6 +221,7 @@ class Nanny:
             self._drop_conn()
         conn.setblocking(False)
         self.conn = conn
+        self.conn_opened = False  # nothing goes out before this stream's `opened` (then replay)
         self._want_pollout = False
         self.inbuf.clear()
         self.poller.register(conn.fileno(), zmq.POLLIN)
@@ -264,6 +266,7 @@ class Nanny:
     def _on_request(self, req: pb.ChannelsRequest) -> None:
         kind = req.WhichOneof("kind")
         if kind == "open":
+            self.conn_opened = True
             positions = {p.channel: p.seq for p in req.open.last_received}
             frames, dropped = self.buffer.replay(positions)
             self._send(pb.ChannelsResponse(opened=pb.ChannelsOpened(
@@ -291,7 +294,9 @@ class Nanny:
                 self.buffer.ack(pos.channel, pos.seq)
 
     def _send(self, msg: pb.ChannelsResponse) -> None:
-        if self.conn is None:
+        # Before `open` is processed, new frames stay in the replay buffer; the replay sends them
+        # in order after `opened`, so a client never sees a later seq before an earlier one.
+        if self.conn is None or (not self.conn_opened and not msg.HasField("opened")):
             return
         was_empty = not self.outbuf
         self.outbuf += pack_record(msg.SerializeToString())

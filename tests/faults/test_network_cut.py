@@ -13,7 +13,6 @@ import asyncio
 import json
 import time
 
-import pytest
 from tcp_proxy import TcpProxy
 
 from tf_jupyter.pytest_plugin import KernelWebSocket
@@ -29,12 +28,6 @@ def stream_lines(messages: list[dict], msg_id: str) -> list[int]:
     return [int(x) for x in text.split()]
 
 
-# Not strict: the race below loses output in roughly 1 run of 3 on 2 cores; the rest of the test passes.
-@pytest.mark.xfail(strict=False, reason=(
-    "bug: the nanny (tf_remoting/nanny_loop.py, Nanny._accept/_send) writes live iopub frames to a newly "
-    "accepted worker connection before that stream's 'open' is processed; the client records their higher "
-    "seq, then skips the replayed frames of the cut as duplicates: the output printed during the cut is "
-    "lost silently (opened.dropped == 0)"))
 async def test_five_second_cut_loses_nothing(tf_worker, jupyter_server_factory):
     proxy = await TcpProxy(tf_worker.address).start()
     events: list[dict] = []

@@ -10,8 +10,6 @@ import asyncio
 import secrets
 import time
 
-import pytest
-
 from tf_remoting.proto import pb
 from tf_remoting.session import RemoteKernel
 
@@ -41,10 +39,6 @@ async def collect(remote: RemoteKernel, msg_id: str, lines: list[int], progress:
             return
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: KernelChannels (tf_remoting/client.py) leaves the request generator of the stream that died "
-    "with the worker waiting on the shared _outbox; after the resume it takes the next frame (here the "
-    "idle kernels' execute_request) into the dead call, so the request is lost until another reconnect"))
 async def test_sigkill_with_ten_kernels_readopts_all_and_loses_nothing(tf_worker_factory):
     worker = tf_worker_factory(["--host-vram", "16Gi"]).start()
     async with worker.client() as client:

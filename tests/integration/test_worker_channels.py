@@ -118,3 +118,17 @@ async def test_expired_lease_is_reclaimed_and_kernel_stopped(tf_worker):
             await asyncio.sleep(0.1)
         assert (await client.kernel_state(k.id)).status == pb.KERNEL_STATUS_EXITED
         assert (await client.inventory()).devices[0].vram_leased == 0
+
+
+async def test_a_second_client_is_heard_from_its_first_message(kernel):
+    """A new stream numbers after what the kernel side already received from earlier streams."""
+    client, lease, k, remote = kernel
+    for i in range(4):
+        assert (await remote.execute(f"{i}+1")).data() == str(i + 1)
+    await remote.close()
+    second = RemoteKernel(client, k.id, remote.session.key)
+    await second.connect()
+    try:
+        assert (await second.execute("40+2", timeout=20)).data() == "42"
+    finally:
+        await second.close()
