@@ -204,6 +204,13 @@ class KernelWebSocket:
     def close(self) -> None:
         self.ws.close()
 
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Close and wait until the connection is really gone (no socket left for the GC)."""
+        self.ws.close()
+        with contextlib.suppress(Exception):
+            while await asyncio.wait_for(self.ws.read_message(), timeout) is not None:
+                pass
+
 
 def text_of(result: dict[str, Any]) -> str:
     out = []
