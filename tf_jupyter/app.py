@@ -14,7 +14,7 @@ from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
 
-from tf_jupyter.config import TfVgpu
+from tf_jupyter.config import TfVgpu, load_jupyter_config
 from tf_jupyter.launcher import read_token
 from tf_jupyter.local_worker import LocalWorker, ensure_local_worker, stop_local_worker
 from tf_jupyter.pool import Pool
@@ -36,7 +36,11 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
     _idle_task: asyncio.Task[None] | None = None
 
     def initialize_settings(self) -> None:
-        self.settings_obj = TfVgpu(parent=self.serverapp, config=self.serverapp.config)
+        # The same files the kernel launcher reads (jupyter_server_config.d/*.json included, which
+        # traitlets does not load for us), then the server's own config on top.
+        config = load_jupyter_config()
+        config.merge(self.serverapp.config)
+        self.settings_obj = TfVgpu(parent=self.serverapp, config=config)
         self.settings["tf_vgpu"] = self
         self._map_kernelspecs()
 
@@ -107,8 +111,8 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
             self.log.error("tf-vgpu: c.TfVgpu.token_file is not set; the workers %s cannot be reached", addresses)
             return
         self.pool = Pool(addresses, read_token(token_file), dns=s.workers_dns, tls_ca=s.tls_ca, tls_cert=s.tls_cert,
-                         tls_key=s.tls_key, policy=s.placement_policy, refresh_interval=s.refresh_interval,
-                         queue_timeout=s.queue_timeout, lease_ttl=s.lease_ttl)
+                         tls_key=s.tls_key, tls_server_name=s.tls_server_name, policy=s.placement_policy,
+                         refresh_interval=s.refresh_interval, queue_timeout=s.queue_timeout, lease_ttl=s.lease_ttl)
         self.pool.default_qos = s.default_qos
         Pool._current = self.pool
         await self.pool.start()

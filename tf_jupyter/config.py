@@ -34,6 +34,9 @@ class TfVgpu(Configurable):
     tls_ca = Unicode("", config=True, help="CA bundle that signed the workers' certificates; turns TLS on.")
     tls_cert = Unicode("", config=True, help="Client certificate for workers that require mTLS.")
     tls_key = Unicode("", config=True, help="Client key for tls_cert.")
+    tls_server_name = Unicode("", config=True, help=(
+        "Name to verify in the workers' certificates when it differs from the address dialled, e.g. "
+        "when workers_dns resolves to pod IPs and the certificate names the Service."))
     placement_policy = Enum(["binpack", "spread"], default_value="binpack", config=True, help=(
         "binpack: best fit, fills devices before opening new ones (fewer GPUs busy); spread: most "
         "free device first (less contention)."))

@@ -90,7 +90,8 @@ class Launcher:
             info = json.loads(handoff)
             self.client = RuntimeClient(info["worker"], os.environ[TOKEN_ENV], tls_ca=info.get("tls_ca") or None,
                                         client_cert=info.get("tls_cert") or None,
-                                        client_key=info.get("tls_key") or None)
+                                        client_key=info.get("tls_key") or None,
+                                        server_name=info.get("tls_server_name") or None)
             self.lease_id = info["lease_id"]
             self.kernel_id = info.get("kernel_id", "")
             self.ttl = float(info.get("ttl") or 60)
@@ -209,7 +210,8 @@ async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:
     if not token_file:
         raise SystemExit("tf-vgpu: c.TfVgpu.token_file is not set; it is needed to reach the configured workers")
     pool = Pool(addresses, read_token(token_file), dns=settings.workers_dns, tls_ca=settings.tls_ca,
-                tls_cert=settings.tls_cert, tls_key=settings.tls_key, policy=settings.placement_policy,
+                tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_server_name=settings.tls_server_name,
+                policy=settings.placement_policy,
                 queue_timeout=settings.queue_timeout, lease_ttl=settings.lease_ttl)
     await pool.start(watch=True)
 

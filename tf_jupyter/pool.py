@@ -83,11 +83,12 @@ class Pool:
     _current: Pool | None = None
 
     def __init__(self, addresses: list[str], token: str, dns: str = "", tls_ca: str = "", tls_cert: str = "",
-                 tls_key: str = "", policy: str = "binpack", refresh_interval: float = 5.0,
+                 tls_key: str = "", tls_server_name: str = "", policy: str = "binpack", refresh_interval: float = 5.0,
                  queue_timeout: float = 300.0, lease_ttl: int = 60) -> None:
         self.token = token
         self.dns = dns
-        self.tls = {"tls_ca": tls_ca or None, "client_cert": tls_cert or None, "client_key": tls_key or None}
+        self.tls = {"tls_ca": tls_ca or None, "client_cert": tls_cert or None, "client_key": tls_key or None,
+                    "server_name": tls_server_name or None}
         self.policy = policy
         self.default_qos = "medium"  # for profiles that leave QoS at its default (TfVgpu.default_qos)
         self.refresh_interval = refresh_interval

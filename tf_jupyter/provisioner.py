@@ -62,7 +62,8 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
             tls = pool.tls
             env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "ttl": pool.lease_ttl,
                                            "tls_ca": tls["tls_ca"] or "", "tls_cert": tls["client_cert"] or "",
-                                           "tls_key": tls["client_key"] or ""})
+                                           "tls_key": tls["client_key"] or "",
+                                           "tls_server_name": tls["server_name"] or ""})
             env[TOKEN_ENV] = pool.token
             env[PARENT_ENV] = str(os.getpid())
             kwargs["env"] = env
