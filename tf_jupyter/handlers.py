@@ -127,8 +127,17 @@ class EventsHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore
     _queue: asyncio.Queue[dict[str, Any]] | None = None
     _pump: asyncio.Task[None] | None = None
 
+    def check_origin(self, origin: str | None = None) -> bool:
+        # jupyter_server's xsrf check calls check_origin() without an origin; tornado's needs one.
+        return JupyterHandler.check_origin(self) if origin is None else bool(super().check_origin(origin))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        VgpuHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
+
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            raise web.HTTPError(400, "this is a WebSocket: connect to ws://<server>/tf-vgpu/api/events")
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:

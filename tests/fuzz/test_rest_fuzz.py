@@ -11,7 +11,7 @@ documents for a documented operation; an error that is JSON with a non-empty `me
 from our handlers; a 200 body that validates against the file's schema. Afterwards the server, the
 worker and the kernel still serve. schemathesis is not in the test extras, so this is a small
 hypothesis-based equivalent. The number of requests and the statuses seen are printed (pytest -s).
-Known deviations on /tf-vgpu/api/events are tallied as KNOWN BUG and pinned by the two strict xfail
+The /tf-vgpu/api/events error cases are pinned by the two
 tests at the end.
 """
 
@@ -188,18 +188,15 @@ def check(case: dict[str, Any], status: int, ctype: str, raw: bytes, tally: Coun
         tally[f"{case['method']} (no route) {status}"] += 1
         assert status < 500, f"{status} for {where}: {raw[:500]!r}"
         return
-    if raw_path == EVENTS:
-        if status == 500 and case["method"] != "GET" and case["auth"] != "token":
-            tally["KNOWN BUG: events, non-GET without a token: 500 (check_origin)"] += 1
-            return  # see test_events_other_methods_without_token_are_refused_not_500 (strict xfail)
-        if status in (400, 403, 405) and "json" not in ctype:
-            tally[f"KNOWN BUG: events, error not JSON ({status})"] += 1
-            return  # see test_events_errors_are_json (strict xfail)
+    if raw_path == EVENTS and status in (400, 403, 405):
+        assert "json" in ctype, f"events error not JSON ({status}) for {where}: {raw[:300]!r}"
     tally[key] += 1
     assert status < 500 or (status == 503 and 503 in documented), f"{status} for {where}: {raw[:500]!r}"
     if case["method"] == "OPTIONS":
-        # CORS preflight, answered by jupyter_server's APIHandler.options for every API path.
-        assert status in (200, 204, 403), f"{status} for {where}: {raw[:300]!r}"
+        # CORS preflight, answered by jupyter_server's APIHandler.options for every API path; the
+        # events WebSocket is no APIHandler and says 405, as JSON.
+        assert status in ((200, 204, 403, 405) if raw_path == EVENTS else (200, 204, 403)), \
+            f"{status} for {where}: {raw[:300]!r}"
         return
     if op is None:
         assert status in UNDOCUMENTED_METHOD | {403}, f"{status} for {where}: {raw[:300]!r}"
@@ -281,11 +278,7 @@ async def test_rest_api_fuzz(tf_worker_factory, jupyter_server_factory):
         ws.close()
     status, _ = await server.request("DELETE", f"/api/sessions/{s['id']}")
     assert status == 204
-    # Tracebacks in the server log: only the known check_origin one (see the strict xfail below).
-    tracebacks = server.log().count("Traceback")
-    known = server.log().count("check_origin() missing 1 required positional argument")
-    assert tracebacks == known, server.log()[-4000:]
-    print(f"server log: {tracebacks} tracebacks, all the known EventsHandler.check_origin one")
+    assert "Traceback" not in server.log(), server.log()[-4000:]
     assert "Traceback" not in worker.log(), worker.log()[-4000:]
 
 
@@ -293,10 +286,6 @@ EVENTS_FIX = ("EventsHandler (tornado WebSocketHandler + JupyterHandler) needs a
               "request without Upgrade and a check_origin(origin=None) that serves jupyter_server's XSRF check")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a plain GET (no Upgrade) on /tf-vgpu/api/events gets tornado's text/plain 400 'Can \"Upgrade\" only to "
-    "\"WebSocket\".', a GET without token jupyter_server's HTML 403 page and POST with a token its HTML 405 page, "
-    "not the JSON {message, status} of every other /tf-vgpu/api answer. " + EVENTS_FIX))
 async def test_events_errors_are_json(tf_worker, jupyter_server_factory):
     server = jupyter_server_factory(workers=[tf_worker]).start()
     for method, auth in (("GET", "token"), ("GET", "none"), ("POST", "token")):
@@ -307,10 +296,6 @@ async def test_events_errors_are_json(tf_worker, jupyter_server_factory):
         assert json.loads(raw)["message"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: POST/PUT/PATCH/DELETE on /tf-vgpu/api/events without a token answer 500: jupyter_server's "
-    "check_xsrf_cookie calls self.check_origin() without arguments, which resolves to tornado's "
-    "WebSocketHandler.check_origin(origin) first in EventsHandler's MRO (TypeError: missing 'origin'). " + EVENTS_FIX))
 async def test_events_other_methods_without_token_are_refused_not_500(tf_worker, jupyter_server_factory):
     server = jupyter_server_factory(workers=[tf_worker]).start()
     for method in ("POST", "PUT", "PATCH", "DELETE"):
