@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -41,26 +40,14 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (held open together so they are distinct)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def launch_kernel(directory: Path, spec: dict[str, Any]) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Write the connection file and start the kernel process; returns it and the connection."""
-    shell, iopub, stdin, control, hb = free_ports(5)
+    # IPC endpoints next to the nanny's socket: no TCP port can be taken by someone else between
+    # choosing it and the kernel binding it (which made kernels die at start under load).
+    ipc_prefix = str(spec["socket"]).removesuffix(".sock") + "-k"
     connection = {
-        "shell_port": shell, "iopub_port": iopub, "stdin_port": stdin, "control_port": control,
-        "hb_port": hb, "ip": "127.0.0.1", "transport": "tcp",
+        "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5,
+        "ip": ipc_prefix, "transport": "ipc",
         "key": base64.b64decode(spec["key"]).decode(),
         "signature_scheme": spec.get("signature_scheme") or "hmac-sha256", "kernel_name": "",
     }
@@ -97,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
             nanny.proc.kill()
         with contextlib.suppress(OSError):
             os.unlink(nanny.socket_path)
+        for port in range(1, 6):  # the kernel's IPC endpoints, if it could not remove them itself
+            with contextlib.suppress(OSError):
+                os.unlink(f"{connection['ip']}-{port}")
 
 
 if __name__ == "__main__":

@@ -54,6 +54,8 @@ class Nanny:
         self.spec = spec
         self.proc = proc
         self.ports = {ch: int(connection[name]) for ch, name in PORT_NAMES.items()}
+        self.transport = connection.get("transport", "tcp")
+        self.ip = connection.get("ip", "127.0.0.1")
         self.socket_path = spec["socket"]
         self.buffer = ReplayBuffer(max_messages=spec.get("replay_messages", 50_000),
                                    max_bytes=spec.get("replay_bytes", 256 << 20),
@@ -81,7 +83,7 @@ class Nanny:
         self.iopub.setsockopt(zmq.RCVHWM, 0)
         self.iopub.setsockopt(zmq.LINGER, 0)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.iopub.connect(f"tcp://127.0.0.1:{self.ports[pb.CHANNEL_IOPUB]}")
+        self.iopub.connect(self.endpoint(pb.CHANNEL_IOPUB))
         self.poller.register(self.iopub, zmq.POLLIN)
 
         with contextlib.suppress(FileNotFoundError):
@@ -97,6 +99,11 @@ class Nanny:
         self.poller.register(self.listener.fileno(), zmq.POLLIN)
         self.write_state("running")
         log.info("kernel pid %d started, nanny pid %d", self.proc.pid, os.getpid())
+
+    def endpoint(self, channel: int) -> str:
+        if self.transport == "ipc":
+            return f"ipc://{self.ip}-{self.ports[channel]}"
+        return f"tcp://{self.ip}:{self.ports[channel]}"
 
     def write_state(self, status: str) -> None:
         write_json_atomic(self.dir / "state.json", {
@@ -198,7 +205,7 @@ class Nanny:
             sock.setsockopt(zmq.LINGER, 0)
             # Identities starting with a zero byte are reserved by ZMQ; prefix ours.
             sock.setsockopt(zmq.ROUTING_ID, b"tf:" + peer[:200])
-            sock.connect(f"tcp://127.0.0.1:{self.ports[channel]}")
+            sock.connect(self.endpoint(channel))
             self.poller.register(sock, zmq.POLLIN)
             self.socket_owner[sock] = key
             same_channel = [k for k in self.peers if k[0] == channel]
