@@ -1,9 +1,9 @@
 """The kernel nanny: one small process per kernel that outlives the worker.
 
 The worker starts `python -m tf_remoting.nanny DIR` in a new process session. The nanny starts the
-kernel as its child, connects to its ZMQ ports on 127.0.0.1 and serves one unix socket that the
-worker connects to (`tf_remoting.nanny_loop`). It numbers every message the kernel sends and
-keeps it in the replay buffer until the client acknowledges it, so a worker restart (even
+kernel as its child, connects to its ZMQ endpoints (IPC sockets in the state directory) and
+serves one unix socket that the worker connects to (`tf_remoting.nanny_loop`). It numbers every
+message the kernel sends and keeps it in the replay buffer until the client acknowledges it, so a worker restart (even
 SIGKILL) or a network cut loses nothing: the buffer lives here, not in the worker. It also reaps
 the kernel and records its exit code in DIR/state.json, where a restarted worker finds it.
 
