@@ -114,6 +114,7 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
                          tls_key=s.tls_key, tls_server_name=s.tls_server_name, policy=s.placement_policy,
                          refresh_interval=s.refresh_interval, queue_timeout=s.queue_timeout, lease_ttl=s.lease_ttl)
         self.pool.default_qos = s.default_qos
+        self.pool.follow_token_file(token_file)
         Pool._current = self.pool
         await self.pool.start()
         for w in self.pool.workers.values():

@@ -39,6 +39,7 @@ log = logging.getLogger("tf_jupyter.launcher")
 
 HANDOFF_ENV = "TF_VGPU_HANDOFF"
 TOKEN_ENV = "TF_VGPU_CLIENT_TOKEN"
+TOKEN_FILE_ENV = "TF_VGPU_CLIENT_TOKEN_FILE"  # followed on every renewal: tokens rotate live
 PARENT_ENV = "TF_VGPU_PARENT_PID"
 
 
@@ -121,7 +122,9 @@ class Launcher:
                   file=sys.stderr, flush=True)
             # The launcher lives exactly as long as the kernel is in use, so it is the heartbeat,
             # whoever owns the lease.
-            renewer = self.client.keep_alive(self.lease_id, interval=max(0.5, self.ttl / 3))
+            token_file = os.environ.get(TOKEN_FILE_ENV) or (self.pool.token_file if self.pool is not None else "")
+            renewer = self.client.keep_alive(self.lease_id, interval=max(0.5, self.ttl / 3),
+                                             token_source=(lambda: read_token(token_file)) if token_file else None)
             channels = self.client.channels(self.kernel_id, reconnect_timeout=120.0)
             await channels.open()
             relaying = asyncio.create_task(relay.run(channels))
@@ -213,6 +216,7 @@ async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:
                 tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_server_name=settings.tls_server_name,
                 policy=settings.placement_policy,
                 queue_timeout=settings.queue_timeout, lease_ttl=settings.lease_ttl)
+    pool.follow_token_file(token_file)
     await pool.start(watch=True)
 
     def queued(position: int) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -86,6 +87,8 @@ class Pool:
                  tls_key: str = "", tls_server_name: str = "", policy: str = "binpack", refresh_interval: float = 5.0,
                  queue_timeout: float = 300.0, lease_ttl: int = 60) -> None:
         self.token = token
+        self.token_file = ""  # when set, re-read on every refresh: tokens rotate without a restart
+        self._token_mtime = 0.0
         self.dns = dns
         self.tls = {"tls_ca": tls_ca or None, "client_cert": tls_cert or None, "client_key": tls_key or None,
                     "server_name": tls_server_name or None}
@@ -160,8 +163,34 @@ class Pool:
                 log.info("worker %s found by DNS %s", address, self.dns)
                 self._add_worker(address)
 
+    def follow_token_file(self, path: str) -> None:
+        self.token_file = path
+        with contextlib.suppress(OSError):
+            self._token_mtime = os.stat(path).st_mtime
+
+    def _check_token(self) -> None:
+        if not self.token_file:
+            return
+        try:
+            mtime = os.stat(self.token_file).st_mtime
+            if mtime == self._token_mtime:
+                return
+            from tf_jupyter.launcher import read_token
+
+            token = read_token(self.token_file)
+        except (OSError, ValueError) as exc:
+            log.warning("cannot re-read token file %s: %s (keeping the current token)", self.token_file, exc)
+            return
+        self._token_mtime = mtime
+        if token != self.token:
+            log.info("token file %s changed: using the new token", self.token_file)
+            self.token = token
+            for w in self.workers.values():
+                w.client.set_token(token)
+
     async def refresh(self, force: bool = False) -> None:
         """GetInventory from every worker that is up or due for a retry."""
+        self._check_token()
         self._resolve_dns()
         now = time.monotonic()
         due = [w for w in self.workers.values() if force or w.up or now >= w.retry_at]

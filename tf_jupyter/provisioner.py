@@ -21,7 +21,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
-from tf_jupyter.launcher import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, find_profile
+from tf_jupyter.launcher import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV, find_profile
 from tf_jupyter.placement import Request
 from tf_jupyter.pool import KernelSlice, Pool
 from tf_jupyter.profiles import Profile
@@ -65,6 +65,8 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
                                            "tls_key": tls["client_key"] or "",
                                            "tls_server_name": tls["server_name"] or ""})
             env[TOKEN_ENV] = pool.token
+            if pool.token_file:
+                env[TOKEN_FILE_ENV] = pool.token_file
             env[PARENT_ENV] = str(os.getpid())
             kwargs["env"] = env
         return await super().pre_launch(**kwargs)

@@ -141,14 +141,24 @@ class RuntimeClient:
     async def renew(self, lease_id: str) -> pb.Lease:
         return await self._call(self.stub.Renew, pb.RenewRequest(lease_id=lease_id))
 
-    def keep_alive(self, lease_id: str, interval: float = 20.0) -> asyncio.Task[None]:
+    def set_token(self, token: str) -> None:
+        """Use another token from now on (rotation); streams pick it up when they reconnect."""
+        self._metadata = (("authorization", f"Bearer {token}"),)
+
+    def keep_alive(self, lease_id: str, interval: float = 20.0,
+                   token_source: Callable[[], str] | None = None) -> asyncio.Task[None]:
         """Renew a lease every `interval` seconds until the task is cancelled (or the lease is gone).
 
         A lease not renewed within its TTL (default 60 s) is reclaimed with its kernels.
+        `token_source`, when given, is asked for the current token before each renewal, so a
+        rotated token file is followed without restarting anything.
         """
         async def renew_forever() -> None:
             while True:
                 await asyncio.sleep(interval)
+                if token_source is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        self.set_token(token_source())
                 try:
                     await self.renew(lease_id)
                 except (NotFound, PermissionDenied):

@@ -40,3 +40,27 @@ async def test_server_killed_frees_the_slice(tf_worker, jupyter_server_factory):
             break
         await asyncio.sleep(0.25)
     assert await leased(tf_worker) == 0
+
+
+async def test_token_rotation_keeps_kernels_running(tf_worker, jupyter_server_factory):
+    """Rotate alice's token in the file the worker and the server share: nothing restarts."""
+    import secrets
+
+    server = jupyter_server_factory(workers=[tf_worker], settings={"lease_ttl": 3}).start()
+    status, s = await server.request("POST", "/api/sessions", {
+        "path": "t.ipynb", "type": "notebook", "name": "t.ipynb", "kernel": {"name": "vgpu-small"}})
+    assert status == 201, server.log()
+    new_token = secrets.token_urlsafe(24)
+    tf_worker.token_file.write_text(f"alice {new_token}\nbob {tf_worker.other_token}\n")
+    await asyncio.sleep(8)  # past two TTLs: renewals must have used the new token
+    ws = await KernelWebSocket.connect(server, s["kernel"]["id"])
+    try:
+        assert text_of(await ws.execute("1+1")) == "2"
+    finally:
+        await ws.aclose()
+    tf_worker.token = new_token
+    assert await leased(tf_worker) == 4 << 30
+    status, _ = await server.request("GET", "/tf-vgpu/api/pool")
+    assert status == 200
+    _, pool = await server.request("GET", "/tf-vgpu/api/pool")
+    assert pool["workers"][0]["up"], pool
