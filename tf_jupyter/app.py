@@ -34,6 +34,7 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
     local_worker: LocalWorker | None = None
     _local_proc: Any = None
     _idle_task: asyncio.Task[None] | None = None
+    _metrics_task: asyncio.Task[None] | None = None
 
     def initialize_settings(self) -> None:
         # The same files the kernel launcher reads (jupyter_server_config.d/*.json included, which
@@ -125,6 +126,15 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
                 self.log.warning("tf-vgpu: worker %s is down: %s", w.address, w.error)
         if s.idle_release > 0:
             self._idle_task = asyncio.create_task(self._idle_loop())
+        self._metrics_task = asyncio.create_task(self._metrics_loop())
+
+    async def _metrics_loop(self) -> None:
+        from tf_jupyter import metrics
+
+        while True:
+            if self.pool is not None:
+                metrics.update(self.pool)
+            await asyncio.sleep(1.0)
 
     async def _idle_loop(self) -> None:
         """Warn, then shut down kernels whose slice showed no utilization for idle_release seconds."""
@@ -153,8 +163,9 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
                               "its slice is free", kernel_id=k.kernel_id)
 
     async def stop_extension(self) -> None:
-        if self._idle_task is not None:
-            self._idle_task.cancel()
+        for task in (self._idle_task, self._metrics_task):
+            if task is not None:
+                task.cancel()
         if self.pool is not None:
             # Extensions stop before the server shuts its kernels down: free our slices now, so
             # no kernel is left running on a worker that this server will no longer renew.

@@ -114,6 +114,15 @@ class JupyterServerProcess:
             except ValueError:
                 return exc.code, raw.decode(errors="replace")
 
+    def _open_text(self, path: str) -> tuple[int, str]:
+        """(status, text) of a GET, for non-JSON endpoints such as /metrics."""
+        req = urllib.request.Request(self.url + path, headers={"Authorization": f"token {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
     def get_sync(self, path: str) -> Any:
         status, body = self._open("GET", path, timeout=5)
         if status != 200:

@@ -45,6 +45,13 @@ async def test_full_pool_queues_then_starts_when_freed(tf_worker, jupyter_server
 
     [entry] = await wait_for(queued, 20)
     assert entry["position"] == 1 and entry["profile"] == "small"
+
+    async def queue_metric():
+        status, body = await asyncio.to_thread(server._open_text, "/metrics")
+        return status == 200 and "tf_vgpu_queue_length 1.0" in body and body
+
+    body = await wait_for(queue_metric, 10)
+    assert "tf_vgpu_queue_oldest_wait_seconds" in body and "tf_vgpu_pool_workers_up 1.0" in body
     assert "4 GiB" in entry["description"]
     assert not second.done()
 
