@@ -10,6 +10,10 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
     echo "Installing Debian's chromium for the browser tests (tests/ui)"
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
 fi
+if ! command -v npm >/dev/null; then
+    echo "npm (Node >= 20) is needed: pip install builds the JupyterLab extension from labextension/" >&2
+    exit 1
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 # Builds labextension/ into tf_jupyter/labextension (npm) and installs it for JupyterLab.

@@ -221,6 +221,17 @@ class KernelWebSocket:
                 pass
 
 
+async def wait_until(predicate: Any, timeout: float = 30.0, interval: float = 0.25) -> Any:
+    """Await `predicate()` until it returns something truthy (returned) or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout:.0f} s")
+
+
 def text_of(result: dict[str, Any]) -> str:
     out = []
     for m in result["outputs"]:

@@ -346,7 +346,8 @@ class Worker:
     async def tick(self) -> None:
         """One sample: kernel exits, expiries, usage, watchdog, metrics, Watch subscribers."""
         self.supervisor.reap()
-        for rec in self.ledger.kernels():
+        all_kernels = self.ledger.kernels()
+        for rec in all_kernels:
             state = self.supervisor.state(rec.id)
             if state.status == "exited" and rec.status != "exited":
                 self.remove_cgroup(rec.id)
@@ -366,7 +367,7 @@ class Worker:
             log.info("no leases for %.0f s: stopping (idle_exit)", self.config.idle_exit)
             self.stop_event.set()
         kernels_by_lease: dict[str, list[KernelRecord]] = {}
-        for k in self.ledger.kernels():
+        for k in all_kernels:
             kernels_by_lease.setdefault(k.lease_id, []).append(k)
         query = []
         for lease in active:

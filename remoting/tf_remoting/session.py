@@ -141,3 +141,18 @@ class RemoteKernel:
     async def input_reply(self, value: str) -> None:
         msg = self.session.msg("input_reply", {"value": value})
         await self.channels.send(pb.CHANNEL_STDIN, self.session.serialize(msg, ident=self.identity))
+
+
+async def start_remote_kernel(client: RuntimeClient, vram: int, compute: int, ttl_seconds: int = 0,
+                              reconnect_timeout: float = 60.0, ready_timeout: float = 60.0
+                              ) -> tuple[pb.Lease, pb.Kernel, RemoteKernel]:
+    """Lease a slice, start a kernel in it with a fresh HMAC key, connect and wait until it answers."""
+    import secrets
+
+    lease = await client.allocate(vram=vram, compute=compute, ttl_seconds=ttl_seconds)
+    key = secrets.token_hex(16).encode()
+    kernel = await client.start_kernel(lease.id, key=key)
+    remote = RemoteKernel(client, kernel.id, key, reconnect_timeout=reconnect_timeout)
+    await remote.connect()
+    await remote.wait_ready(timeout=ready_timeout)
+    return lease, kernel, remote

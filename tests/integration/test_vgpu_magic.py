@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 
-from tf_remoting.session import RemoteKernel
+from tf_remoting.session import start_remote_kernel
 
 GiB = 1 << 30
 MiB = 1 << 20
 
 
 async def start_kernel(client, vram=GiB, compute=10):
-    lease = await client.allocate(vram=vram, compute=compute)
-    key = secrets.token_hex(16).encode()
-    kernel = await client.start_kernel(lease.id, key=key)
-    remote = RemoteKernel(client, kernel.id, key)
-    await remote.connect()
-    await remote.wait_ready(timeout=60)
-    return lease, kernel, remote
+    return await start_remote_kernel(client, vram, compute)
 
 
 def stderr(result) -> str:

@@ -25,7 +25,7 @@ from tf_remoting.client import (
 )
 from tf_remoting.proto import SERVICE_NAME, pb, pb_grpc
 from tf_remoting.pytest_plugin import WorkerProcess
-from tf_remoting.session import RemoteKernel
+from tf_remoting.session import start_remote_kernel
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -102,13 +102,8 @@ def assert_secrets_not_logged(worker: WorkerProcess, *values: str | bytes) -> No
 
 
 async def start_kernel(client: RuntimeClient, ttl: int = 600):
-    lease = await client.allocate(vram=256 * MiB, compute=5, ttl_seconds=ttl)
-    key = secrets.token_hex(16).encode()
-    kernel = await client.start_kernel(lease.id, key=key)
-    remote = RemoteKernel(client, kernel.id, key, reconnect_timeout=10)
-    await remote.connect(timeout=CALL_TIMEOUT)
-    await remote.wait_ready(timeout=60)
-    return lease, kernel, key, remote
+    lease, kernel, remote = await start_remote_kernel(client, 256 * MiB, 5, ttl_seconds=ttl, reconnect_timeout=10)
+    return lease, kernel, remote.session.key, remote
 
 
 # ---------------------------------------------------------------------------------------- bearer tokens

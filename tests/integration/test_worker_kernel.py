@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 
 import pytest
 
 from tf_remoting.client import ResourceExhausted
 from tf_remoting.proto import pb
-from tf_remoting.session import RemoteKernel
+from tf_remoting.session import start_remote_kernel
 
 GiB = 1 << 30
 
 
 async def start_kernel(client, vram=GiB, compute=10):
-    lease = await client.allocate(vram=vram, compute=compute)
-    key = secrets.token_hex(16).encode()
-    kernel = await client.start_kernel(lease.id, key=key)
-    remote = RemoteKernel(client, kernel.id, key)
-    await remote.connect()
-    await remote.wait_ready(timeout=60)
-    return lease, kernel, remote
+    return await start_remote_kernel(client, vram, compute)
 
 
 async def test_execute_interrupt_release(tf_worker):

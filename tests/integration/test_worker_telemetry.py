@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 
 from tf_remoting.proto import pb
-from tf_remoting.session import RemoteKernel
+from tf_remoting.session import start_remote_kernel
 
 MiB = 1 << 20
 
 
 async def started(client, vram, compute=10):
-    lease = await client.allocate(vram=vram, compute=compute)
-    key = secrets.token_hex(16).encode()
-    kernel = await client.start_kernel(lease.id, key=key)
-    remote = RemoteKernel(client, kernel.id, key)
-    await remote.connect()
-    await remote.wait_ready(timeout=60)
-    return lease, kernel, remote
+    return await start_remote_kernel(client, vram, compute)
 
 
 async def lease_samples(watch, lease_id, count, after=0.0):

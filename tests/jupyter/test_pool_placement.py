@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
-from tf_jupyter.pytest_plugin import KernelWebSocket, text_of
+from tf_jupyter.pytest_plugin import KernelWebSocket, text_of, wait_until
 
 SMALL = {"path": "a.ipynb", "type": "notebook", "name": "a.ipynb", "kernel": {"name": "vgpu-small"}}
 
@@ -14,14 +13,6 @@ def session(name: str) -> dict:
     return {**SMALL, "path": name, "name": name}
 
 
-async def wait_for(predicate, timeout=30.0, interval=0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def same_tokens(workers):
@@ -43,14 +34,14 @@ async def test_full_pool_queues_then_starts_when_freed(tf_worker, jupyter_server
         _, body = await server.request("GET", "/tf-vgpu/api/queue")
         return body["queue"]
 
-    [entry] = await wait_for(queued, 20)
+    [entry] = await wait_until(queued, 20)
     assert entry["position"] == 1 and entry["profile"] == "small"
 
     async def queue_metric():
         status, body = await asyncio.to_thread(server._open_text, "/metrics")
         return status == 200 and "tf_vgpu_queue_length 1.0" in body and body
 
-    body = await wait_for(queue_metric, 10)
+    body = await wait_until(queue_metric, 10)
     assert "tf_vgpu_queue_oldest_wait_seconds" in body and "tf_vgpu_pool_workers_up 1.0" in body
     assert "4 GiB" in entry["description"]
     assert not second.done()
@@ -111,7 +102,7 @@ async def test_binpack_spread_and_a_dead_worker(tf_worker_factory, jupyter_serve
         _, pool = await server.request("GET", "/tf-vgpu/api/pool")
         return [w for w in pool["workers"] if w["address"] == two.address and not w["up"]]
 
-    [dead] = await wait_for(down, 20)
+    [dead] = await wait_until(down, 20)
     assert dead["error"]
     for name in ("c.ipynb", "d.ipynb"):
         status, s = await server.request("POST", "/api/sessions", session(name))
@@ -126,4 +117,4 @@ async def test_binpack_spread_and_a_dead_worker(tf_worker_factory, jupyter_serve
         _, pool = await server.request("GET", "/tf-vgpu/api/pool")
         return [w for w in pool["workers"] if w["address"] == two.address and w["up"]]
 
-    await wait_for(up_again, 40)
+    await wait_until(up_again, 40)

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
-from tf_jupyter.pytest_plugin import KernelWebSocket, text_of
-
-
-async def wait_for(predicate, timeout=30.0, interval=0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError("condition not met in time")
+from tf_jupyter.pytest_plugin import KernelWebSocket, text_of, wait_until
 
 
 async def test_session_life_cycle(tf_worker, jupyter_server_factory):
@@ -57,7 +46,7 @@ async def test_session_life_cycle(tf_worker, jupyter_server_factory):
             _, k = await server.request("GET", f"/tf-vgpu/api/kernels/{kernel_id}")
             return k["usage"]["vram_used"] >= before + 250 * 2**20
 
-        await wait_for(risen, 20)
+        await wait_until(risen, 20)
 
         # Interrupt through the REST API (signal mode -> launcher -> worker Signal).
         msg_id = await ws.send("execute_request", {"code": "import time; time.sleep(60)", "silent": False})
@@ -91,7 +80,7 @@ async def test_session_life_cycle(tf_worker, jupyter_server_factory):
         async def freed():
             return (await client.inventory()).devices[0].vram_leased == 0
 
-        await wait_for(freed, 20)
+        await wait_until(freed, 20)
     status, body = await server.request("GET", f"/tf-vgpu/api/kernels/{kernel_id}")
     assert status == 404 and "unknown" in body["message"]
 
