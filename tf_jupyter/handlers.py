@@ -58,7 +58,10 @@ class PoolHandler(VgpuHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        self.json(self.pool.pool_json())
+        pool = self.pool
+        if any(w.inventory is None and w.failures == 0 for w in pool.workers.values()):
+            await pool.refresh()  # a worker not asked yet (the server just started): ask now, not "down"
+        self.json(pool.pool_json())
 
 
 class KernelsHandler(VgpuHandler):

@@ -207,12 +207,15 @@ async def test_lab_serves_vgpu_kernels_from_an_embedded_worker(jupyter_server_fa
             assert time.monotonic() < deadline, server.log()
             await asyncio.sleep(0.25)
 
-    # The extension starts the embedded worker as the server comes up; the pool answers once it is there.
-    while (status := (await server.request("GET", "/tf-vgpu/api/pool"))[0]) == 503:
-        assert time.monotonic() < deadline, server.log()
+    # The extension starts the embedded worker as the server comes up; the pool answers once it is there, and
+    # reports the worker up after its first successful inventory (a refresh tick later).
+    while True:
+        status, pool = await server.request("GET", "/tf-vgpu/api/pool")
+        if status == 200 and pool["workers"] and (pool["workers"][0]["up"] or pool["workers"][0]["error"]):
+            break
+        assert status in (200, 503), (status, pool, server.log())
+        assert time.monotonic() < deadline, (pool, server.log())
         await asyncio.sleep(0.25)
-    status, pool = await server.request("GET", "/tf-vgpu/api/pool")
-    assert status == 200, server.log()
     [worker] = pool["workers"]
     assert worker["up"] and worker["backend"] == "host", pool
     log_text = server.log()
