@@ -5,6 +5,11 @@ one ``BEGIN IMMEDIATE`` transaction that reads the current usage and writes the 
 is never over-committed, even by several processes sharing the file. Rows survive a worker restart.
 Released leases stay as tombstones for a while, so releasing twice is answered, not an error.
 
+Reads of active leases and live kernels (what the telemetry tick asks for every second) are served
+from an in-memory view of those rows. SQLite stays the source of truth: the view is patched by each
+write this ``Ledger`` commits, and reloaded whenever ``PRAGMA data_version`` says that another
+connection (another process, or another ``Ledger`` on the same file) committed since it was loaded.
+
 Errors carry a ``code`` named after the gRPC status the server answers with, and a sentence a
 person can act on.
 """
@@ -90,6 +95,16 @@ class LeaseRecord:
     released_at: float | None = None
 
 
+def _copy_lease(rec: LeaseRecord) -> LeaseRecord:
+    """A copy the caller may change without touching the view (slices are frozen, labels are not)."""
+    copy = object.__new__(LeaseRecord)
+    values = rec.__dict__.copy()
+    values["slices"] = list(rec.slices)
+    values["labels"] = dict(rec.labels)
+    copy.__dict__ = values
+    return copy
+
+
 @dataclass
 class KernelRecord:
     """A kernel started in a lease; ``status`` is "starting", "running" or "exited"."""
@@ -106,6 +121,60 @@ class KernelRecord:
     started_at: float
     directory: str
     labels: dict[str, str]
+
+
+def _copy_kernel(rec: KernelRecord) -> KernelRecord:
+    copy = object.__new__(KernelRecord)
+    values = rec.__dict__.copy()
+    values["labels"] = dict(rec.labels)
+    copy.__dict__ = values
+    return copy
+
+
+@dataclass
+class _View:
+    """Active leases and live (not exited) kernels as of ``data_version``, plus this Ledger's own
+    writes since. ``leases``/``kernels`` are ordered lists built on demand from the dicts."""
+
+    data_version: int
+    lease_by_id: dict[str, LeaseRecord]
+    kernel_by_id: dict[str, KernelRecord]
+    _leases: list[LeaseRecord] | None = None
+    _kernels: list[KernelRecord] | None = None
+
+    @property
+    def leases(self) -> list[LeaseRecord]:
+        if self._leases is None:
+            self._leases = sorted(self.lease_by_id.values(), key=lambda r: (r.created_at, r.id))
+        return self._leases
+
+    @property
+    def kernels(self) -> list[KernelRecord]:
+        if self._kernels is None:
+            self._kernels = sorted(self.kernel_by_id.values(), key=lambda r: (r.started_at, r.id))
+        return self._kernels
+
+    def put_lease(self, rec: LeaseRecord) -> None:
+        if rec.released_at is None:
+            self.lease_by_id[rec.id] = _copy_lease(rec)
+        else:
+            self.lease_by_id.pop(rec.id, None)
+        self._leases = None
+
+    def drop_lease(self, lease_id: str) -> None:
+        if self.lease_by_id.pop(lease_id, None) is not None:
+            self._leases = None
+
+    def put_kernel(self, rec: KernelRecord) -> None:
+        if rec.status != "exited":
+            self.kernel_by_id[rec.id] = _copy_kernel(rec)
+        else:
+            self.kernel_by_id.pop(rec.id, None)
+        self._kernels = None
+
+    def drop_kernel(self, kernel_id: str) -> None:
+        if self.kernel_by_id.pop(kernel_id, None) is not None:
+            self._kernels = None
 
 
 class LedgerError(Exception):
@@ -214,6 +283,8 @@ class Ledger:
         self._clock = clock
         self._lock = threading.Lock()
         self._devices: dict[str, DeviceCapacity] = {}
+        self._view: _View | None = None  # see the module docstring; guarded by _lock
+        self._patches: list[Callable[[_View], None]] = []  # of the write in progress
         self.set_devices(devices)
         try:
             # Autocommit mode: transactions are only the explicit BEGIN IMMEDIATE ones below.
@@ -246,6 +317,7 @@ class Ledger:
     def close(self) -> None:
         """Close the database connection."""
         with self._lock:
+            self._view = None
             self._conn.close()
 
     def __enter__(self) -> Ledger:
@@ -294,9 +366,14 @@ class Ledger:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One atomic read-modify-write: BEGIN IMMEDIATE takes the write lock before reading."""
+        """One atomic read-modify-write: BEGIN IMMEDIATE takes the write lock before reading.
+
+        The body says how its rows change the view with ``_on_commit``; those patches are applied
+        right after COMMIT, still under the lock, so writes of several threads patch in commit order.
+        """
         with self._lock:
             conn = self._conn
+            self._patches = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
@@ -305,11 +382,21 @@ class Ledger:
                 yield conn
                 conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
+                self._patches = []
                 self._rollback()
                 raise self._unavailable(exc) from exc
             except BaseException:
+                self._patches = []
                 self._rollback()
                 raise
+            patches, self._patches = self._patches, []
+            if self._view is not None:
+                for patch in patches:
+                    patch(self._view)
+
+    def _on_commit(self, patch: Callable[[_View], None]) -> None:
+        """Inside ``_write``: how the view changes once this transaction commits."""
+        self._patches.append(patch)
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -326,6 +413,45 @@ class Ledger:
                 raise LedgerUnavailable(
                     f"the lease ledger {self.path} cannot be read ({exc}); check the state directory."
                 ) from exc
+
+    def _current_view(self) -> _View:
+        """The view of active leases and live kernels, reloaded when another connection committed.
+
+        Call with ``_lock`` held. ``PRAGMA data_version`` changes when any other connection commits
+        to the file (never for this connection's own commits, which patch the view themselves).
+        """
+        conn = self._conn
+        try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            view = self._view
+            if view is not None and view.data_version == version:
+                return view
+            # The version is read before the rows: a commit in between makes the next read reload
+            # again (harmless), never a view older than its version.
+            conn.execute("BEGIN DEFERRED")
+            try:
+                rows = conn.execute(f"SELECT {_LEASE_COLUMNS} FROM leases WHERE released_at IS NULL").fetchall()
+                slices: dict[str, list[SliceAlloc]] = {}
+                for lease_id, u, i, v, c in conn.execute(
+                    "SELECT s.lease_id, s.device_uuid, s.device_index, s.vram, s.compute FROM slices s "
+                    "JOIN leases l ON l.id = s.lease_id WHERE l.released_at IS NULL "
+                    "ORDER BY s.device_index, s.device_uuid"
+                ):
+                    slices.setdefault(lease_id, []).append(SliceAlloc(u, i, v, c))
+                kernel_rows = conn.execute(
+                    f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels WHERE status != 'exited'"
+                ).fetchall()
+            finally:
+                self._rollback()
+        except sqlite3.OperationalError as exc:
+            self._view = None
+            raise LedgerUnavailable(
+                f"the lease ledger {self.path} cannot be read ({exc}); check the state directory."
+            ) from exc
+        leases = {row[0]: self._lease_record(row, slices.get(row[0], [])) for row in rows}
+        kernels = {k.id: k for k in map(self._kernel_from_row, kernel_rows)}
+        self._view = _View(version, leases, kernels)
+        return self._view
 
     def _rollback(self) -> None:
         if self._conn.in_transaction:
@@ -344,8 +470,8 @@ class Ledger:
         )
         return {uuid_: (vram, compute) for uuid_, vram, compute in rows}
 
-    @staticmethod
-    def _lease_from_row(conn: sqlite3.Connection, row: tuple[Any, ...]) -> LeaseRecord:
+    @classmethod
+    def _lease_from_row(cls, conn: sqlite3.Connection, row: tuple[Any, ...]) -> LeaseRecord:
         slices = [
             SliceAlloc(device_uuid=u, device_index=i, vram=v, compute=c)
             for u, i, v, c in conn.execute(
@@ -354,6 +480,10 @@ class Ledger:
                 (row[0],),
             )
         ]
+        return cls._lease_record(row, slices)
+
+    @staticmethod
+    def _lease_record(row: tuple[Any, ...], slices: list[SliceAlloc]) -> LeaseRecord:
         return LeaseRecord(
             id=row[0],
             principal=row[1],
@@ -492,6 +622,7 @@ class Ledger:
                 "VALUES (?, ?, ?, ?, ?)",
                 [(lease.id, s.device_uuid, s.device_index, s.vram, s.compute) for s in lease.slices],
             )
+            self._on_commit(lambda view: view.put_lease(lease))
         return lease
 
     def _exhausted_message(
@@ -526,7 +657,8 @@ class Ledger:
             lease = self._owned_lease(conn, principal, lease_id)
             lease.expires_at = self._clock() + lease.ttl_seconds
             conn.execute("UPDATE leases SET expires_at = ? WHERE id = ?", (lease.expires_at, lease_id))
-        return lease
+            self._on_commit(lambda view: view.put_lease(lease))
+        return _copy_lease(lease)
 
     def _release(self, principal: str | None, lease_id: str) -> bool:
         with self._write() as conn:
@@ -538,6 +670,7 @@ class Ledger:
             if lease.released_at is not None:
                 return False
             conn.execute("UPDATE leases SET released_at = ? WHERE id = ?", (self._clock(), lease_id))
+            self._on_commit(lambda view: view.drop_lease(lease_id))
             return True
 
     def release(self, principal: str, lease_id: str) -> bool:
@@ -576,39 +709,42 @@ class Ledger:
                 "UPDATE slices SET vram = ?, compute = ? WHERE lease_id = ?", (vram, compute, lease_id)
             )
             lease.slices = [replace(s, vram=vram, compute=compute) for s in lease.slices]
-        return lease
+            self._on_commit(lambda view: view.put_lease(lease))
+        return _copy_lease(lease)
 
     def get(self, principal: str | None, lease_id: str) -> LeaseRecord:
         """An active lease; ``principal=None`` skips the ownership check."""
-        with self._read() as conn:
+        with self._lock:
+            lease = self._current_view().lease_by_id.get(lease_id)
+            if lease is not None:
+                if principal is not None and lease.principal != principal:
+                    raise PermissionDenied(f"lease {lease_id} belongs to another principal.")
+                return _copy_lease(lease)
+        with self._read() as conn:  # not active: the rows say why
             return self._owned_lease(conn, principal, lease_id)
 
     def leases(self, principal: str | None = None) -> list[LeaseRecord]:
         """Active leases, oldest first; only ``principal``'s when given."""
-        query = f"SELECT {_LEASE_COLUMNS} FROM leases WHERE released_at IS NULL"
-        params: tuple[str, ...] = ()
-        if principal is not None:
-            query += " AND principal = ?"
-            params = (principal,)
-        with self._read() as conn:
-            rows = conn.execute(query + " ORDER BY created_at, id", params).fetchall()
-            return [self._lease_from_row(conn, row) for row in rows]
+        with self._lock:
+            leases = self._current_view().leases
+            return [_copy_lease(r) for r in leases if principal is None or r.principal == principal]
 
     def expired(self, now: float | None = None) -> list[LeaseRecord]:
         """Active leases whose expiry has passed (for the reaper to ``reclaim``)."""
         now = self._clock() if now is None else now
-        with self._read() as conn:
-            rows = conn.execute(
-                f"SELECT {_LEASE_COLUMNS} FROM leases WHERE released_at IS NULL AND expires_at < ? "
-                "ORDER BY expires_at, id",
-                (now,),
-            ).fetchall()
-            return [self._lease_from_row(conn, row) for row in rows]
+        with self._lock:
+            due = [r for r in self._current_view().leases if r.expires_at < now]
+            due.sort(key=lambda r: (r.expires_at, r.id))
+            return [_copy_lease(r) for r in due]
 
     def device_usage(self) -> dict[str, tuple[int, int]]:
         """Device uuid -> (VRAM leased, compute leased) for every device, zeros included."""
-        with self._read() as conn:
-            usage = self._usage(conn)
+        usage: dict[str, tuple[int, int]] = {}
+        with self._lock:
+            for lease in self._current_view().leases:
+                for s in lease.slices:
+                    vram, compute = usage.get(s.device_uuid, (0, 0))
+                    usage[s.device_uuid] = (vram + s.vram, compute + s.compute)
         return {d.uuid: usage.get(d.uuid, (0, 0)) for d in self.devices}
 
     def check(self) -> list[str]:
@@ -650,6 +786,8 @@ class Ledger:
                 f"INSERT INTO kernels ({', '.join(_KERNEL_COLUMNS)}) VALUES ({', '.join('?' * len(values))})",
                 values,
             )
+            added = replace(rec, labels=labels)
+            self._on_commit(lambda view: view.put_kernel(added))
 
     def update_kernel(self, kernel_id: str, **changes: Any) -> KernelRecord:
         """Change a kernel's fields (``status=``, ``pid=``, ``exit_code=`` ...); returns the new record."""
@@ -671,30 +809,38 @@ class Ledger:
             ).fetchone()
             if row is None:
                 raise NotFound(f"kernel {kernel_id} does not exist on this worker.")
-            return self._kernel_from_row(row)
+            updated = self._kernel_from_row(row)
+            self._on_commit(lambda view: view.put_kernel(updated))
+            return _copy_kernel(updated)
 
     def get_kernel(self, principal: str | None, kernel_id: str) -> KernelRecord:
         """One kernel; ``principal=None`` skips the ownership check."""
-        with self._read() as conn:
-            row = conn.execute(
-                f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels WHERE id = ?", (kernel_id,)
-            ).fetchone()
-        if row is None:
-            raise NotFound(f"kernel {kernel_id} does not exist on this worker.")
-        kernel = self._kernel_from_row(row)
+        with self._lock:
+            live = self._current_view().kernel_by_id.get(kernel_id)
+            kernel = None if live is None else _copy_kernel(live)
+        if kernel is None:  # exited or unknown: ask the rows
+            with self._read() as conn:
+                row = conn.execute(
+                    f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels WHERE id = ?", (kernel_id,)
+                ).fetchone()
+            if row is None:
+                raise NotFound(f"kernel {kernel_id} does not exist on this worker.")
+            kernel = self._kernel_from_row(row)
         if principal is not None and kernel.principal != principal:
             raise PermissionDenied(f"kernel {kernel_id} belongs to another principal.")
         return kernel
 
     def kernels(self, lease_id: str | None = None, include_exited: bool = False) -> list[KernelRecord]:
         """Kernels, oldest first: of one lease when given, exited ones only with ``include_exited``."""
+        if not include_exited:
+            with self._lock:
+                live = self._current_view().kernels
+                return [_copy_kernel(k) for k in live if lease_id is None or k.lease_id == lease_id]
         query = f"SELECT {', '.join(_KERNEL_COLUMNS)} FROM kernels WHERE 1 = 1"
         params: list[str] = []
         if lease_id is not None:
             query += " AND lease_id = ?"
             params.append(lease_id)
-        if not include_exited:
-            query += " AND status != 'exited'"
         with self._read() as conn:
             rows = conn.execute(query + " ORDER BY started_at, id", params).fetchall()
         return [self._kernel_from_row(row) for row in rows]
@@ -702,4 +848,5 @@ class Ledger:
     def remove_kernel(self, kernel_id: str) -> bool:
         """Forget a kernel; False when it was not recorded."""
         with self._write() as conn:
+            self._on_commit(lambda view: view.drop_kernel(kernel_id))
             return conn.execute("DELETE FROM kernels WHERE id = ?", (kernel_id,)).rowcount > 0

@@ -645,3 +645,139 @@ def test_wal_mode(tmp_path):
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         finally:
             conn.close()
+
+
+# ---------------------------------------------------------------- the in-memory view of the rows
+
+
+def _snapshot(ledger):
+    """Everything the view serves, as plain values (compared against a fresh Ledger on the file)."""
+    return (
+        [vars(x) for x in ledger.leases()],
+        ledger.device_usage(),
+        [vars(k) for k in ledger.kernels()],
+        [x.id for x in ledger.expired(now=2e9)],
+    )
+
+
+def test_view_follows_writes_of_another_ledger_on_the_file(tmp_path, clock):
+    path = tmp_path / "ledger.db"
+    devices = [h100(0), h100(1)]
+    with Ledger(path, devices, clock=clock) as reader, Ledger(path, devices, clock=clock) as writer:
+        assert reader.leases() == []  # the view is loaded now
+        lease = writer.allocate("alice", 4 * GiB, 25, count=2, labels={"a": "b"})
+        assert reader.leases() == [lease]
+        assert reader.device_usage() == {"GPU-0": (4 * GiB, 25), "GPU-1": (4 * GiB, 25)}
+        clock.now += 10
+        renewed = writer.renew("alice", lease.id)
+        assert reader.get("alice", lease.id).expires_at == renewed.expires_at
+        writer.resize("alice", lease.id, 2 * GiB, 10)
+        assert reader.device_usage() == {"GPU-0": (2 * GiB, 10), "GPU-1": (2 * GiB, 10)}
+        writer.add_kernel(kernel("k1", lease.id))
+        assert [k.id for k in reader.kernels(lease.id)] == ["k1"]
+        writer.update_kernel("k1", status="running", pid=4242)
+        assert reader.get_kernel("alice", "k1").pid == 4242
+        writer.update_kernel("k1", status="exited", exit_code=-9)
+        assert reader.kernels() == [] and reader.get_kernel("alice", "k1").exit_code == -9
+        assert writer.release("alice", lease.id) is True
+        assert reader.leases() == [] and reader.device_usage() == {"GPU-0": (0, 0), "GPU-1": (0, 0)}
+        with pytest.raises(NotFound, match="was released"):
+            reader.get("alice", lease.id)
+        assert reader.release("alice", lease.id) is False
+
+
+def test_view_follows_a_raw_sqlite_write(tmp_path, clock):
+    path = tmp_path / "ledger.db"
+    with Ledger(path, [h100(0)], clock=clock) as ledger:
+        lease = ledger.allocate("alice", GiB, 10)
+        assert [x.id for x in ledger.expired()] == []
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("UPDATE leases SET expires_at = 0 WHERE id = ?", (lease.id,))
+        finally:
+            conn.close()
+        assert [x.id for x in ledger.expired()] == [lease.id]
+
+
+def _write_in_another_process(path: str, lease_id: str) -> None:
+    with Ledger(path, [h100(0)]) as ledger:
+        ledger.add_kernel(kernel("k-other", lease_id))
+        ledger.allocate("bob", GiB, 20)
+
+
+def test_view_follows_another_process(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    with Ledger(path, [h100(0)]) as ledger:
+        lease = ledger.allocate("alice", GiB, 10)
+        assert ledger.kernels() == []
+        proc = multiprocessing.get_context("spawn").Process(target=_write_in_another_process, args=(path, lease.id))
+        proc.start()
+        proc.join(60)
+        assert proc.exitcode == 0
+        assert [k.id for k in ledger.kernels()] == ["k-other"]
+        assert sorted(x.principal for x in ledger.leases()) == ["alice", "bob"]
+        assert ledger.device_usage() == {"GPU-0": (2 * GiB, 30)}
+
+
+def test_view_matches_the_rows_after_every_kind_of_write(tmp_path, clock):
+    path = tmp_path / "ledger.db"
+    devices = [h100(0, 10 * GiB), h100(1, 10 * GiB)]
+    rng = random.Random(7)
+    with Ledger(path, devices, clock=clock) as ledger:
+        held: list[str] = []
+        kernels: list[str] = []
+        for step in range(200):
+            clock.now += rng.random() * 10
+            op = rng.randrange(7)
+            try:
+                if op == 0 or not held:
+                    held.append(ledger.allocate("alice", rng.randint(1, 3) * GiB, 10, count=rng.randint(1, 2),
+                                                ttl_seconds=rng.randint(5, 50)).id)
+                elif op == 1:
+                    ledger.renew("alice", rng.choice(held))
+                elif op == 2:
+                    ledger.resize("alice", rng.choice(held), rng.randint(1, 3) * GiB, rng.randint(1, 30))
+                elif op == 3:
+                    lease_id = held.pop(rng.randrange(len(held)))
+                    if rng.random() < 0.5:
+                        ledger.release("alice", lease_id)
+                    else:
+                        ledger.reclaim(lease_id)
+                elif op == 4:
+                    kernels.append(f"k{step}")
+                    ledger.add_kernel(kernel(f"k{step}", rng.choice(held), started_at=clock.now))
+                elif op == 5 and kernels:
+                    ledger.update_kernel(rng.choice(kernels), status=rng.choice(["running", "exited"]),
+                                         pid=rng.randint(2, 99999))
+                elif op == 6 and kernels:
+                    ledger.remove_kernel(kernels.pop(rng.randrange(len(kernels))))
+            except (ResourceExhausted, NotFound):
+                pass
+            if step % 10 == 0 or step == 199:
+                with Ledger(path, devices, clock=clock) as fresh:
+                    assert _snapshot(ledger) == _snapshot(fresh), step
+
+
+def test_steady_reads_ask_sqlite_only_for_the_data_version(open_ledger, clock):
+    ledger = open_ledger([h100(0)])
+    lease = ledger.allocate("alice", GiB, 10)
+    ledger.add_kernel(kernel("k1", lease.id))
+    ledger.leases()
+    statements: list[str] = []
+    ledger._conn.set_trace_callback(statements.append)
+    try:
+        for _ in range(3):
+            ledger.kernels()
+            ledger.expired()
+            ledger.leases()
+            ledger.device_usage()
+            ledger.get("alice", lease.id)
+            ledger.get_kernel("alice", "k1")
+        clock.now += 5
+        ledger.renew("alice", lease.id)  # this Ledger's own write patches the view
+        statements.clear()
+        assert ledger.get("alice", lease.id).expires_at > lease.expires_at
+        ledger.leases()
+    finally:
+        ledger._conn.set_trace_callback(None)
+    assert statements and set(statements) == {"PRAGMA data_version"}
