@@ -54,9 +54,15 @@ def test_binpack_breaks_vram_ties_on_compute_then_order():
     assert [c.worker for c in place(Request(GiB, 10), devices)] == ["w2", "w3", "w1"]
 
 
-def test_binpack_opens_the_largest_untouched_device_when_no_used_one_fits():
-    devices = [dev("w1", "a", 24), dev("w2", "b", 141, name="NVIDIA H200"), dev("w3", "c", 80, free_gib=2)]
-    assert place(Request(4 * GiB, 10), devices)[0] == Candidate("w2", ("b",))
+def test_binpack_opens_the_untouched_device_left_most_evenly_when_no_used_one_fits():
+    devices = [dev("w1", "a", 24), dev("w2", "b", 141, name="NVIDIA H200"), dev("w3", "c", 80, free_gib=1)]
+    # Heavy on VRAM: the big-memory device (141 GiB left 125/141 vs compute 98/100; 24 GiB: 8/24).
+    assert place(Request(16 * GiB, 2), devices)[0] == Candidate("w2", ("b",))
+    # Heavy on compute: the small one (24 GiB left 22/24 vs compute 91/100; 141 GiB: 139/141).
+    assert place(Request(2 * GiB, 9), devices)[0] == Candidate("w1", ("a",))
+    # Equal scores: the largest.
+    twins = [dev("w1", "a", 40), dev("w2", "b", 80)]
+    assert place(Request(0, 0), twins)[0] == Candidate("w2", ("b",))
 
 
 def test_spread_prefers_the_most_free():
