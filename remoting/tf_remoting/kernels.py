@@ -3,6 +3,11 @@
 Each kernel gets a directory `STATE/kernels/<id>/` and a nanny process in its own session (see
 `tf_remoting.nanny`). The worker keeps no kernel state in memory that it cannot rebuild from
 those directories and the ledger, which is how it re-adopts live kernels after a restart.
+
+`state()` is asked for every kernel at every telemetry tick, so what it learns is remembered: the
+parsed state.json (until the file is replaced: its inode, times and size are checked with one
+stat) and the nanny's identity, checked once against its command line and afterwards by its
+start time (one read of /proc/<pid>/stat on Linux), which tells a reused pid from the nanny.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 MAX_UNIX_PATH = 107
+_LINUX = sys.platform.startswith("linux")
+_FORGET_AFTER_S = 60.0  # remembered kernel states not asked for this long are dropped
 
 
 class KernelStartError(RuntimeError):
@@ -36,6 +44,20 @@ class KernelProcess:
     nanny_pid: int
     kernel_pid: int
     exit_code: int | None
+
+
+@dataclass
+class _Known:
+    """What state() learnt from one version of a kernel's state.json."""
+
+    key: tuple[int, ...]  # the file's identity: a replaced state.json has another
+    state: KernelProcess  # as the file says; "running" only while the nanny checked out
+    nanny_start: Any  # the verified nanny's start time; None: not the nanny (or gone)
+    used: float  # time.monotonic() of the last state() that used it
+
+
+def _file_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 def default_kernel_argv() -> list[str]:
@@ -57,6 +79,8 @@ class KernelSupervisor:
         self.replay_messages = replay_messages
         self.replay_bytes = replay_bytes
         self._children: list[subprocess.Popen[bytes]] = []
+        self._known: dict[str, _Known] = {}
+        self._last_sweep = time.monotonic()
         probe = self.socket_path("0" * 16)
         if len(str(probe)) > MAX_UNIX_PATH:
             raise ValueError(f"state directory {state_dir} is too long for unix socket paths "
@@ -110,17 +134,60 @@ class KernelSupervisor:
         self._children = [c for c in self._children if c.poll() is None]
 
     def state(self, kernel_id: str) -> KernelProcess:
-        """The kernel's state; a nanny that vanished without writing an exit code counts as killed."""
+        """The kernel's state; a nanny that vanished without writing an exit code counts as killed.
+
+        One stat of state.json, plus one read of the nanny's /proc/<pid>/stat while it runs; the
+        file is parsed and the nanny's command line checked only when state.json was replaced.
+        """
+        now = time.monotonic()
+        if now - self._last_sweep > _FORGET_AFTER_S / 2:
+            self._known = {k: v for k, v in self._known.items() if now - v.used < _FORGET_AFTER_S}
+            self._last_sweep = now
+        path = self.directory(kernel_id) / "state.json"
         try:
-            data = json.loads((self.directory(kernel_id) / "state.json").read_text())
-        except (OSError, ValueError):
+            key = _file_key(os.stat(path))
+        except OSError:
+            self._known.pop(kernel_id, None)
             return KernelProcess("starting", 0, 0, None)
-        nanny_pid, kernel_pid = int(data["nanny_pid"]), int(data["kernel_pid"])
-        if data["status"] == "exited":
-            return KernelProcess("exited", nanny_pid, kernel_pid, data.get("exit_code"))
-        if not _is_nanny(nanny_pid, kernel_id):
-            return KernelProcess("exited", nanny_pid, kernel_pid, -signal.SIGKILL)
-        return KernelProcess("running", nanny_pid, kernel_pid, None)
+        known = self._known.get(kernel_id)
+        if known is None or known.key != key:
+            known = self._load(kernel_id, path)
+            if known is None:
+                self._known.pop(kernel_id, None)
+                return KernelProcess("starting", 0, 0, None)
+            self._known[kernel_id] = known
+        known.used = now
+        state = known.state
+        if state.status == "running" and (
+            known.nanny_start is None or _process_start(state.nanny_pid) != known.nanny_start
+        ):
+            return KernelProcess("exited", state.nanny_pid, state.kernel_pid, -signal.SIGKILL)
+        return state
+
+    def _load(self, kernel_id: str, path: Path) -> _Known | None:
+        """Parse state.json (its identity taken from the same open file) and check its nanny."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                key = _file_key(os.fstat(fd))
+                chunks = []
+                while chunk := os.read(fd, 1 << 16):
+                    chunks.append(chunk)
+            finally:
+                os.close(fd)
+            data = json.loads(b"".join(chunks))
+            status = data["status"]
+            nanny_pid, kernel_pid = int(data["nanny_pid"]), int(data["kernel_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # not written yet, or being replaced: as before it exists
+        if status == "exited":
+            return _Known(key, KernelProcess("exited", nanny_pid, kernel_pid, data.get("exit_code")),
+                          None, 0.0)
+        # The start time read before the command line check: if the pid changed hands in between,
+        # the next start time differs and the kernel counts as gone (never a stranger as the nanny).
+        start = _process_start(nanny_pid)
+        nanny_start = start if start is not None and _is_nanny(nanny_pid, kernel_id) else None
+        return _Known(key, KernelProcess("running", nanny_pid, kernel_pid, None), nanny_start, 0.0)
 
     def signal(self, kernel_id: str, signum: int) -> bool:
         """Send a signal to the kernel process; False when it is not running."""
@@ -146,6 +213,35 @@ class KernelSupervisor:
             for pid in (state.kernel_pid, state.nanny_pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+
+
+def _process_start(pid: int) -> Any:
+    """The start time of a live, non-zombie process (compare for equality only), or None."""
+    if pid <= 0:
+        return None
+    if _LINUX:
+        try:
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            stat = os.read(fd, 4096)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so cut at the last ")".
+        fields = stat[stat.rfind(b")") + 2:].split(None, 20)
+        if len(fields) < 20 or fields[0] == b"Z":  # cut short by an exit, or a zombie
+            return None
+        return fields[19]  # field 22, starttime (clock ticks since boot)
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return proc.create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
 
 
 def _is_nanny(pid: int, kernel_id: str) -> bool:

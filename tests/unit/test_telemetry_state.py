@@ -1,0 +1,214 @@
+"""What the telemetry tick asks every second, answered from memory but never stale.
+
+KernelSupervisor.state: state.json parsed and the nanny's command line checked once per version of
+the file; a nanny that dies, turns zombie or whose pid changes hands is seen at once.
+Sampler: process trees kept between samples, scanned again when stale, new, or a pid is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import tf_remoting.kernels as kernels_module
+from tf_remoting.devices.base import DeviceBackend, DeviceInfo, DeviceSample, Usage
+from tf_remoting.kernels import KernelSupervisor
+from tf_remoting.telemetry import Sampler
+
+KERNEL = "k" + "0" * 15
+
+
+def write_state(supervisor: KernelSupervisor, kernel_id: str, **data: object) -> None:
+    """Atomically, as the nanny writes it."""
+    directory = supervisor.directory(kernel_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "state.json.tmp"
+    tmp.write_text(json.dumps({"socket": "", "time": time.time(), "exit_code": None, **data}))
+    os.replace(tmp, directory / "state.json")
+
+
+def fake_nanny(directory: Path) -> subprocess.Popen[bytes]:
+    """A process whose command line names the kernel's directory, as the real nanny's does."""
+    return subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(600)", str(directory)])
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> KernelSupervisor:
+    return KernelSupervisor(tmp_path / "st")
+
+
+def test_state_follows_the_file_and_the_nanny(supervisor: KernelSupervisor) -> None:
+    assert supervisor.state(KERNEL).status == "starting"
+    nanny = fake_nanny(supervisor.directory(KERNEL))
+    try:
+        write_state(supervisor, KERNEL, status="running", nanny_pid=nanny.pid, kernel_pid=4242)
+        state = supervisor.state(KERNEL)
+        assert (state.status, state.nanny_pid, state.kernel_pid) == ("running", nanny.pid, 4242)
+        # The kernel restarted under the same nanny: a new state.json, a new kernel pid.
+        write_state(supervisor, KERNEL, status="running", nanny_pid=nanny.pid, kernel_pid=4343)
+        assert supervisor.state(KERNEL).kernel_pid == 4343
+        # The nanny recorded the exit and lingers: exited with its code, though the nanny still runs.
+        write_state(supervisor, KERNEL, status="exited", nanny_pid=nanny.pid, kernel_pid=4343, exit_code=3)
+        assert supervisor.state(KERNEL) == kernels_module.KernelProcess("exited", nanny.pid, 4343, 3)
+        write_state(supervisor, KERNEL, status="running", nanny_pid=nanny.pid, kernel_pid=4444)
+        assert supervisor.state(KERNEL).status == "running"
+        nanny.kill()
+        os.waitid(os.P_PID, nanny.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: a zombie
+        # Until reaped it is a zombie, which is no nanny either.
+        assert supervisor.state(KERNEL) == kernels_module.KernelProcess("exited", nanny.pid, 4444, -signal.SIGKILL)
+        nanny.wait()
+        assert supervisor.state(KERNEL).exit_code == -signal.SIGKILL
+    finally:
+        nanny.kill()
+        nanny.wait()
+
+
+def test_a_stranger_is_no_nanny(supervisor: KernelSupervisor) -> None:
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        write_state(supervisor, KERNEL, status="running", nanny_pid=stranger.pid, kernel_pid=4242)
+        assert supervisor.state(KERNEL).exit_code == -signal.SIGKILL
+        assert supervisor.state(KERNEL).status == "exited"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_reused_pid_is_told_apart_by_its_start_time(supervisor: KernelSupervisor,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    nanny = fake_nanny(supervisor.directory(KERNEL))
+    try:
+        write_state(supervisor, KERNEL, status="running", nanny_pid=nanny.pid, kernel_pid=4242)
+        assert supervisor.state(KERNEL).status == "running"
+        real = kernels_module._process_start
+        monkeypatch.setattr(kernels_module, "_process_start",
+                            lambda pid: b"another" if pid == nanny.pid else real(pid))
+        assert supervisor.state(KERNEL).status == "exited"
+    finally:
+        nanny.kill()
+        nanny.wait()
+
+
+def test_steady_state_reads_no_file_and_no_command_line(supervisor: KernelSupervisor,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    nanny = fake_nanny(supervisor.directory(KERNEL))
+    try:
+        write_state(supervisor, KERNEL, status="running", nanny_pid=nanny.pid, kernel_pid=4242)
+        assert supervisor.state(KERNEL).status == "running"
+        calls = []
+        monkeypatch.setattr(kernels_module, "_is_nanny", lambda *a: calls.append(a) or True)
+        monkeypatch.setattr(kernels_module.json, "loads", lambda *a, **k: calls.append(a) or {})
+        for _ in range(5):
+            assert supervisor.state(KERNEL).status == "running"
+        assert calls == []
+    finally:
+        nanny.kill()
+        nanny.wait()
+
+
+def test_a_half_written_or_odd_file_counts_as_starting(supervisor: KernelSupervisor) -> None:
+    supervisor.directory(KERNEL).mkdir(parents=True)
+    (supervisor.directory(KERNEL) / "state.json").write_text("{not json")
+    assert supervisor.state(KERNEL).status == "starting"
+    (supervisor.directory(KERNEL) / "state.json").write_text("{}")
+    assert supervisor.state(KERNEL).status == "starting"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compares with /proc")
+def test_portable_start_time_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    me = os.getpid()
+    assert kernels_module._process_start(me) is not None
+    assert kernels_module._process_start(me) == kernels_module._process_start(me)
+    assert kernels_module._process_start(0) is None
+    monkeypatch.setattr(kernels_module, "_LINUX", False)
+    assert kernels_module._process_start(me) == psutil.Process(me).create_time()
+    assert kernels_module._process_start(2**22 + 12345) is None
+
+
+# ---------------------------------------------------------------- Sampler
+
+
+class CountingBackend(DeviceBackend):
+    """Records the pid sets it was asked about; every pid uses 1 byte."""
+
+    name = "host"
+
+    def __init__(self) -> None:
+        self.asked: list[set[int]] = []
+
+    def devices(self) -> list[DeviceInfo]:
+        return []
+
+    def sample_devices(self) -> list[DeviceSample]:
+        return []
+
+    def usage(self, device_uuid: str, pids: set[int]) -> Usage:
+        self.asked.append(set(pids))
+        return Usage(vram_used=len(pids), utilization=0.0)
+
+    def close(self) -> None:
+        pass
+
+
+def spawn_parent_of_child() -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+         "print(c.pid, flush=True)\n"
+         "c.wait()\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, int(proc.stdout.readline())
+
+
+def test_sampler_scans_only_when_a_tree_may_have_changed() -> None:
+    backend = CountingBackend()
+    sampler = Sampler(backend, refresh_seconds=3600)
+    parent, child = spawn_parent_of_child()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        _, usage = sampler.sample([("a", "dev", {parent.pid})])
+        assert backend.asked[-1] == {parent.pid, child} and sampler.scans == 1
+        for _ in range(3):
+            sampler.sample([("a", "dev", {parent.pid})])
+        assert sampler.scans == 1 and backend.asked[-1] == {parent.pid, child}
+        sampler.sample([("a", "dev", {parent.pid}), ("b", "dev", {other.pid})])  # a new root
+        assert sampler.scans == 2 and backend.asked[-1] == {other.pid}
+        os.kill(child, signal.SIGKILL)  # the parent reaps it: a pid of a kept tree is gone
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        _, usage = sampler.sample([("a", "dev", {parent.pid})])
+        assert sampler.scans == 3 and usage["a"].vram_used == 1
+    finally:
+        for p in (parent, other):
+            p.kill()
+            p.wait()
+        assert parent.stdout is not None
+        parent.stdout.close()
+    _, usage = sampler.sample([("a", "dev", {parent.pid})])
+    assert usage["a"].vram_used == 0
+
+
+def test_sampler_scans_again_after_refresh_seconds() -> None:
+    backend = CountingBackend()
+    sampler = Sampler(backend, refresh_seconds=0.2)
+    me = os.getpid()
+    sampler.sample([("a", "dev", {me})])
+    sampler.sample([("a", "dev", {me})])
+    assert sampler.scans == 1
+    time.sleep(0.25)
+    sampler.sample([("a", "dev", {me})])
+    assert sampler.scans == 2
+    sampler.sample([("a", "dev", set())])
+    assert sampler.scans == 2  # nothing to scan for
