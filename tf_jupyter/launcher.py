@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,7 @@ class Launcher:
                 kernel = await self.client.start_kernel(
                     self.lease_id, key=self.connection["key"].encode(),
                     signature_scheme=self.connection.get("signature_scheme", "hmac-sha256"),
-                    cwd=os.getcwd(), env=_passthrough_env(),
+                    cwd=os.getcwd(), env=passthrough_env(os.environ),
                     labels={"launcher_pid": str(os.getpid())})
                 self.kernel_id = kernel.id
             print(f"tf-vgpu: kernel {self.kernel_id} in lease {self.lease_id} on {self.client.address}",
@@ -189,10 +190,10 @@ async def _parent_gone(parent: int, interval: float = 1.0) -> None:
         await asyncio.sleep(interval)
 
 
-def _passthrough_env() -> dict[str, str]:
+def passthrough_env(env: Mapping[str, str]) -> dict[str, str]:
     """Variables a Jupyter server sets for kernels that still make sense on the worker."""
     keep = ("JPY_SESSION_NAME", "JPY_PARENT_PID", "PYDEVD_DISABLE_FILE_VALIDATION", "MPLBACKEND", "LANG", "LC_ALL")
-    return {k: os.environ[k] for k in keep if k in os.environ}
+    return {k: env[k] for k in keep if k in env}
 
 
 async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:

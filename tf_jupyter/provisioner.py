@@ -21,7 +21,7 @@ from typing import Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
-from tf_jupyter.launcher import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV, find_profile
+from tf_jupyter.launcher import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV, find_profile, passthrough_env
 from tf_jupyter.placement import Request
 from tf_jupyter.pool import KernelSlice, Pool
 from tf_jupyter.profiles import Profile
@@ -58,9 +58,20 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
                     labels={"jupyter_kernel_id": self.kernel_id, "client": "jupyter_server"})
                 self.worker, self.lease_id = placed.worker, placed.lease.id
             pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, profile.qos))
-            env = dict(kwargs.get("env") or os.environ)
+        kwargs = await super().pre_launch(**kwargs)  # writes the connection file: its key is known from here
+        if pool is not None:
+            # Start the kernel on the worker now, from this already-connected server, so that it boots
+            # while the launcher process starts up; the launcher then only attaches its relay to it.
+            env = kwargs["env"]
+            key = self.connection_info["key"]
+            kernel = await pool.workers[self.worker].client.start_kernel(
+                self.lease_id, key=key if isinstance(key, bytes) else key.encode(),
+                signature_scheme=self.connection_info.get("signature_scheme") or "hmac-sha256",
+                cwd=kwargs.get("cwd") or os.getcwd(), env=passthrough_env(env),
+                labels={"jupyter_kernel_id": self.kernel_id or ""})
             tls = pool.tls
-            env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "ttl": pool.lease_ttl,
+            env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "kernel_id": kernel.id,
+                                           "ttl": pool.lease_ttl,
                                            "tls_ca": tls["tls_ca"] or "", "tls_cert": tls["client_cert"] or "",
                                            "tls_key": tls["client_key"] or "",
                                            "tls_server_name": tls["server_name"] or ""})
@@ -68,8 +79,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
             if pool.token_file:
                 env[TOKEN_FILE_ENV] = pool.token_file
             env[PARENT_ENV] = str(os.getpid())
-            kwargs["env"] = env
-        return await super().pre_launch(**kwargs)
+        return kwargs
 
     async def _signal_remote(self, signal: int) -> None:
         """Reach the kernel on the worker directly (a SIGKILLed launcher cannot forward)."""

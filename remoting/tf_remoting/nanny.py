@@ -20,8 +20,10 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,29 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)
+
+
+def write_state(directory: Path, status: str, kernel_pid: int, exit_code: int | None, socket_path: str) -> None:
+    """DIR/state.json: how the worker (and a restarted one) learns the kernel's fate."""
+    write_json_atomic(directory / "state.json", {
+        "status": status, "nanny_pid": os.getpid(), "kernel_pid": kernel_pid,
+        "exit_code": exit_code, "socket": socket_path, "time": time.time(),
+    })
+
+
+def listen(socket_path: str) -> socket.socket:
+    """The unix socket the worker connects to (owner-only), listening before the relay loop runs."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(socket_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(socket_path)
+    finally:
+        os.umask(old)
+    listener.listen(4)
+    listener.setblocking(False)
+    return listener
 
 
 def _die_with_parent() -> None:
@@ -72,11 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     directory = Path(args[0])
     spec = json.loads((directory / "spec.json").read_text())
     proc, connection = launch_kernel(directory, spec)
+    # Listen and say "running" now, with the standard library only: the worker's StartKernel
+    # returns here, and a client that connects early waits in the backlog while the relay loop loads.
+    listener = listen(str(spec["socket"]))
+    write_state(directory, "running", proc.pid, None, str(spec["socket"]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s nanny %(levelname)s %(message)s")
     from tf_remoting.nanny_loop import Nanny  # heavy imports, while the kernel starts
 
     nanny = Nanny(directory, spec, proc, connection)
-    nanny.start()
+    nanny.start(listener)
     try:
         return nanny.run()
     finally:

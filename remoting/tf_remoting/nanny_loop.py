@@ -30,7 +30,7 @@ from tf_remoting.channels import (
     pack_record,
     unpack_records,
 )
-from tf_remoting.nanny import LINGER_AFTER_EXIT, write_json_atomic
+from tf_remoting.nanny import LINGER_AFTER_EXIT, write_state
 from tf_remoting.proto import pb
 
 log = logging.getLogger("tf_remoting.nanny")
@@ -78,26 +78,15 @@ class Nanny:
 
     # ------------------------------------------------------------------ start
 
-    def start(self) -> None:
+    def start(self, listener: socket.socket) -> None:
         self.iopub = self.ctx.socket(zmq.SUB)
         self.iopub.setsockopt(zmq.RCVHWM, 0)
         self.iopub.setsockopt(zmq.LINGER, 0)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
         self.iopub.connect(self.endpoint(pb.CHANNEL_IOPUB))
         self.poller.register(self.iopub, zmq.POLLIN)
-
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            self.listener.bind(self.socket_path)
-        finally:
-            os.umask(old)
-        self.listener.listen(4)
-        self.listener.setblocking(False)
+        self.listener = listener
         self.poller.register(self.listener.fileno(), zmq.POLLIN)
-        self.write_state("running")
         log.info("kernel pid %d started, nanny pid %d", self.proc.pid, os.getpid())
 
     def endpoint(self, channel: int) -> str:
@@ -106,10 +95,7 @@ class Nanny:
         return f"tcp://{self.ip}:{self.ports[channel]}"
 
     def write_state(self, status: str) -> None:
-        write_json_atomic(self.dir / "state.json", {
-            "status": status, "nanny_pid": os.getpid(), "kernel_pid": self.proc.pid,
-            "exit_code": self.exit_code, "socket": self.socket_path, "time": time.time(),
-        })
+        write_state(self.dir, status, self.proc.pid, self.exit_code, self.socket_path)
 
     # ------------------------------------------------------------------ loop
 
