@@ -80,6 +80,7 @@ class KernelSupervisor:
         self.replay_bytes = replay_bytes
         self._children: list[subprocess.Popen[bytes]] = []
         self._known: dict[str, _Known] = {}
+        self._kernels_prefix = str(self.kernels_dir) + os.sep  # state() builds paths as text: no pathlib per tick
         self._last_sweep = time.monotonic()
         probe = self.socket_path("0" * 16)
         if len(str(probe)) > MAX_UNIX_PATH:
@@ -143,7 +144,7 @@ class KernelSupervisor:
         if now - self._last_sweep > _FORGET_AFTER_S / 2:
             self._known = {k: v for k, v in self._known.items() if now - v.used < _FORGET_AFTER_S}
             self._last_sweep = now
-        path = self.directory(kernel_id) / "state.json"
+        path = f"{self._kernels_prefix}{kernel_id}{os.sep}state.json"
         try:
             key = _file_key(os.stat(path))
         except OSError:
@@ -164,7 +165,7 @@ class KernelSupervisor:
             return KernelProcess("exited", state.nanny_pid, state.kernel_pid, -signal.SIGKILL)
         return state
 
-    def _load(self, kernel_id: str, path: Path) -> _Known | None:
+    def _load(self, kernel_id: str, path: str) -> _Known | None:
         """Parse state.json (its identity taken from the same open file) and check its nanny."""
         try:
             fd = os.open(path, os.O_RDONLY)

@@ -69,6 +69,10 @@ class Metrics:
         self._lock = threading.Lock()
         self._device_labels: set[tuple[str, str, str]] = set()
         self._lease_labels: set[tuple[str, str, str]] = set()
+        # The labelled series of each device and lease, looked up once: Gauge.labels() costs more
+        # than set() and update() runs every second for every lease.
+        self._device_series: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+        self._lease_series: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -91,29 +95,52 @@ class Metrics:
                 labels = (d.uuid, d.name, d.kind)
                 device_labels.add(labels)
                 vram_leased, compute_leased = leased.get(d.uuid, (0, 0))
-                self.device_vram_total.labels(*labels).set(d.vram_total)
-                self.device_vram_leased.labels(*labels).set(vram_leased)
-                self.device_compute_leased.labels(*labels).set(compute_leased)
+                total, leased_vram, leased_compute = self._series(
+                    self._device_series, labels,
+                    (self.device_vram_total, self.device_vram_leased, self.device_compute_leased))
+                total.set(d.vram_total)
+                leased_vram.set(vram_leased)
+                leased_compute.set(compute_leased)
                 sample = by_uuid.get(d.uuid)
                 if sample is not None:
-                    self.device_vram_used.labels(*labels).set(sample.vram_used)
-                    self.device_utilization.labels(*labels).set(sample.utilization)
-            self._remove(device_gauges, self._device_labels - device_labels)
+                    # Created only once sampled: a device without a sample has no usage series.
+                    used, utilization = self._series(
+                        self._device_series, (*labels, "sampled"), (self.device_vram_used, self.device_utilization))
+                    used.set(sample.vram_used)
+                    utilization.set(sample.utilization)
+            gone = self._device_labels - device_labels
+            self._remove(device_gauges, gone)
+            for labels in gone:
+                self._device_series.pop(labels, None)
+                self._device_series.pop((*labels, "sampled"), None)
             self._device_labels = device_labels
 
             lease_labels = set()
             for lease in leases:
                 labels = (str(lease["lease"]), str(lease["principal"]), str(lease["device"]))
                 lease_labels.add(labels)
-                self.lease_vram_used.labels(*labels).set(lease["vram_used"])
-                self.lease_vram_limit.labels(*labels).set(lease["vram_limit"])
-                self.lease_utilization.labels(*labels).set(lease["utilization"])
-                self.lease_compute_limit.labels(*labels).set(lease["compute_limit"])
-            self._remove(lease_gauges, self._lease_labels - lease_labels)
+                used, limit, utilization, compute = self._series(self._lease_series, labels, lease_gauges)
+                used.set(lease["vram_used"])
+                limit.set(lease["vram_limit"])
+                utilization.set(lease["utilization"])
+                compute.set(lease["compute_limit"])
+            gone = self._lease_labels - lease_labels
+            self._remove(lease_gauges, gone)
+            for labels in gone:
+                self._lease_series.pop(labels, None)
             self._lease_labels = lease_labels
 
             self.leases.set(len({str(lease["lease"]) for lease in leases}))  # one row per slice
             self.kernels.set(kernels)
+
+    @staticmethod
+    def _series(cache: dict[tuple[str, ...], tuple[Any, ...]], key: tuple[str, ...],
+                gauges: tuple[Gauge, ...]) -> tuple[Any, ...]:
+        series = cache.get(key)
+        if series is None:
+            labels = key[:3]
+            series = cache[key] = tuple(g.labels(*labels) for g in gauges)
+        return series
 
     @staticmethod
     def _remove(gauges: tuple[Gauge, ...], gone: set[tuple[str, str, str]]) -> None:

@@ -78,6 +78,10 @@ class Watchdog:
             return []
         policy = self.policy
         state = self._states.get(lease_id)
+        if used < policy.warn_ratio * limit:  # the common case, every sample of every lease: no text
+            if state is not None:
+                del self._states[lease_id]
+            return []
         over = f"{format_bytes(used)}, over its {format_bytes(limit)} VRAM limit"
 
         if used > limit:

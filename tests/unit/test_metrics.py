@@ -117,3 +117,23 @@ def test_http_endpoint_on_a_free_port() -> None:
     finally:
         m.stop_http()
     m.stop_http()
+
+
+def test_series_that_go_and_come_back_are_served_again() -> None:
+    # update() keeps each series' handle between calls; a removed series must not linger in it.
+    m = Metrics(version="0.1.0", backend="nvml")
+    les = (("device", "GPU-1"), ("lease", "l1"), ("principal", "alice"))
+    dev = (("device", "GPU-1"), ("kind", "gpu"), ("name", "NVIDIA H100"))
+    m.update([GPU], [DeviceSample("GPU-1", 10 * GiB, 55.0)], {"GPU-1": (4 * GiB, 25)}, [lease("l1")], 1)
+    m.update([], [], {}, [], 0)
+    assert ("tf_vgpu_lease_vram_used_bytes", les) not in values(m)
+    assert ("tf_vgpu_device_vram_used_bytes", dev) not in values(m)
+    again = {**lease("l1"), "vram_used": 3 * GiB}
+    m.update([GPU], [DeviceSample("GPU-1", 11 * GiB, 5.0)], {"GPU-1": (4 * GiB, 25)}, [again], 1)
+    v = values(m)
+    assert v[("tf_vgpu_lease_vram_used_bytes", les)] == 3 * GiB
+    assert v[("tf_vgpu_device_vram_used_bytes", dev)] == 11 * GiB
+    m.update([GPU], [DeviceSample("GPU-1", 12 * GiB, 5.0)], {"GPU-1": (4 * GiB, 25)}, [{**again, "vram_used": 2}], 1)
+    v = values(m)
+    assert v[("tf_vgpu_lease_vram_used_bytes", les)] == 2
+    assert v[("tf_vgpu_device_vram_used_bytes", dev)] == 12 * GiB
