@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
+from urllib.parse import unquote
 
 from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
@@ -20,8 +22,46 @@ from tf_remoting.client import RemotingError
 from tf_remoting.quantities import QuantityError, parse_bytes, parse_percent
 
 AUTH_RESOURCE = "kernels"
+
+
+def _above_zero(digits: int) -> str:
+    """A decimal number above 0 with at most `digits` digits before the point (leading zeros aside)."""
+    return rf"0*(?:[1-9][0-9]{{0,{digits - 1}}}(?:\.[0-9]*)?|\.[0-9]*[1-9][0-9]*)"
+
+
+# The strings PATCH /tf-vgpu/api/kernels/<id> takes, exactly as openapi.yaml's VramQuantity and
+# ComputeQuantity patterns say (tests/fuzz/test_rest_fuzz.py checks that they are the same): what
+# parse_bytes / parse_percent read, in ASCII, above 0, and small enough for the worker (below 2^62 bytes).
+VRAM_PATTERN = "^ *(?:" + "|".join(_above_zero(digits) + unit for digits, unit in (
+    (18, ""), (15, " *[kK][iI]?"), (12, " *[mM][iI]?"), (9, " *[gG][iI]?"), (6, " *[tT][iI]?"),
+    (3, " *[pP][iI]?"))) + ") *[bB]? *$"
+COMPUTE_PATTERN = r"^ *0*(?:[1-9][0-9]?|100)(?:\.0*)? *%? *$"
+_VRAM_RE = re.compile(VRAM_PATTERN)
+_COMPUTE_RE = re.compile(COMPUTE_PATTERN)
+_VRAM_HINT = ("write a size above 0 with an optional unit (Ki, Mi, Gi, Ti, Pi or K, M, G, T, P) and an optional B, "
+              "only spaces around them, e.g. 4Gi or 512Mi; at most 18 digits before the point without a unit, "
+              "15 with K, 12 with M, 9 with G, 6 with T, 3 with P")
+_COMPUTE_HINT = "write a whole percent from 1 to 100 with an optional %, e.g. 25 or 25%"
 STATUS_OF = {"NOT_FOUND": 404, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 409, "INVALID_ARGUMENT": 400,
              "FAILED_PRECONDITION": 409, "UNAVAILABLE": 503, "UNAUTHENTICATED": 502}
+
+
+def allowed_methods(handler: type) -> list[str]:
+    """The methods a handler class answers: those it (or a Jupyter/tf_jupyter base) defines, not tornado's 405s."""
+    return [m for m in web.RequestHandler.SUPPORTED_METHODS if m in handler.SUPPORTED_METHODS
+            and getattr(handler, m.lower(), None) is not getattr(web.RequestHandler, m.lower(), None)]
+
+
+def quantity(body: dict[str, Any], name: str, parse: Any, pattern: re.Pattern[str], what: str,
+             hint: str) -> int | None:
+    """body[name] read by `parse` (its message when it cannot), a string also held to `pattern`."""
+    if name not in body:
+        return None
+    value = body[name]
+    parsed = int(parse(value))
+    if isinstance(value, str) and not pattern.fullmatch(value):
+        raise QuantityError(f"invalid {what} {value!r}: {hint}")
+    return parsed
 
 
 class VgpuHandler(APIHandler):  # type: ignore[misc]
@@ -38,6 +78,8 @@ class VgpuHandler(APIHandler):  # type: ignore[misc]
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")
+        if status_code == 405:
+            self.set_header("Allow", ", ".join(allowed_methods(type(self))))  # RFC 9110: a 405 says what is allowed
         reason = kwargs.get("reason") or self._reason
         exc = kwargs.get("exc_info", (None, None, None))[1]
         message = reason
@@ -96,8 +138,8 @@ class KernelHandler(VgpuHandler):
         if not isinstance(body, dict) or not body or set(body) - {"vram", "compute"}:
             raise web.HTTPError(400, "give vram and/or compute, e.g. {\"vram\": \"8Gi\", \"compute\": \"50%\"}")
         try:
-            vram = parse_bytes(body["vram"]) if "vram" in body else None
-            compute = parse_percent(body["compute"]) if "compute" in body else None
+            vram = quantity(body, "vram", parse_bytes, _VRAM_RE, "memory quantity", _VRAM_HINT)
+            compute = quantity(body, "compute", parse_percent, _COMPUTE_RE, "percentage", _COMPUTE_HINT)
         except QuantityError as exc:
             raise web.HTTPError(400, str(exc)) from None
         try:
@@ -174,6 +216,22 @@ class EventsHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore
             app.pool.unsubscribe(self._queue)
 
 
+class NotFoundHandler(VgpuHandler):
+    """Anything else under /tf-vgpu/api/: a JSON 404 (after authentication) instead of Jupyter's HTML page."""
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.current_user is None:
+            raise web.HTTPError(403)
+        path = self.request.path
+        kernels = "/tf-vgpu/api/kernels/"
+        if kernels in path and path.split(kernels, 1)[1].strip("/"):
+            raise web.HTTPError(404, "kernel %s is unknown (a kernel id has only letters, digits, '-' and '_'; "
+                                "GET /tf-vgpu/api/kernels lists them)", unquote(path.split(kernels, 1)[1]))
+        raise web.HTTPError(404, "%s is not part of the vGPU API (its paths: /tf-vgpu/api/pool, kernels, "
+                            "kernels/<kernel_id>, queue, profiles, events)", path)
+
+
 _KERNEL_ID = r"(?P<kernel_id>[\w-]+)"
 
 
@@ -185,4 +243,5 @@ def routes() -> list[tuple[str, type]]:
         (r"/tf-vgpu/api/queue", QueueHandler),
         (r"/tf-vgpu/api/profiles", ProfilesHandler),
         (r"/tf-vgpu/api/events", EventsHandler),
+        (r"/tf-vgpu/api/.*", NotFoundHandler),  # last: tornado takes the first route that matches
     ]
