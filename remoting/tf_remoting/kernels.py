@@ -7,7 +7,8 @@ those directories and the ledger, which is how it re-adopts live kernels after a
 `state()` is asked for every kernel at every telemetry tick, so what it learns is remembered: the
 parsed state.json (until the file is replaced: its inode, times and size are checked with one
 stat) and the nanny's identity, checked once against its command line and afterwards by its
-start time (one read of /proc/<pid>/stat on Linux), which tells a reused pid from the nanny.
+start time (one pread of its /proc/<pid>/stat, kept open, on Linux), which tells a reused pid
+from the nanny.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+from .devices.procfs import ProcStatReader, stat_fields
 
 MAX_UNIX_PATH = 107
 _LINUX = sys.platform.startswith("linux")
@@ -80,6 +83,7 @@ class KernelSupervisor:
         self.replay_bytes = replay_bytes
         self._children: list[subprocess.Popen[bytes]] = []
         self._known: dict[str, _Known] = {}
+        self._stat = ProcStatReader()  # the running nannies' /proc/<pid>/stat, kept open
         self._kernels_prefix = str(self.kernels_dir) + os.sep  # state() builds paths as text: no pathlib per tick
         self._last_sweep = time.monotonic()
         probe = self.socket_path("0" * 16)
@@ -143,6 +147,7 @@ class KernelSupervisor:
         now = time.monotonic()
         if now - self._last_sweep > _FORGET_AFTER_S / 2:
             self._known = {k: v for k, v in self._known.items() if now - v.used < _FORGET_AFTER_S}
+            self._stat.keep_only({v.state.nanny_pid for v in self._known.values() if v.nanny_start is not None})
             self._last_sweep = now
         path = f"{self._kernels_prefix}{kernel_id}{os.sep}state.json"
         try:
@@ -152,6 +157,8 @@ class KernelSupervisor:
             return KernelProcess("starting", 0, 0, None)
         known = self._known.get(kernel_id)
         if known is None or known.key != key:
+            if known is not None:
+                self._stat.forget(known.state.nanny_pid)
             known = self._load(kernel_id, path)
             if known is None:
                 self._known.pop(kernel_id, None)
@@ -160,8 +167,11 @@ class KernelSupervisor:
         known.used = now
         state = known.state
         if state.status == "running" and (
-            known.nanny_start is None or _process_start(state.nanny_pid) != known.nanny_start
+            known.nanny_start is None or _process_start(state.nanny_pid, self._stat) != known.nanny_start
         ):
+            if known.nanny_start is not None:
+                known.nanny_start = None  # gone for good: no more reads of its pid
+                self._stat.forget(state.nanny_pid)
             return KernelProcess("exited", state.nanny_pid, state.kernel_pid, -signal.SIGKILL)
         return state
 
@@ -184,10 +194,16 @@ class KernelSupervisor:
         if status == "exited":
             return _Known(key, KernelProcess("exited", nanny_pid, kernel_pid, data.get("exit_code")),
                           None, 0.0)
-        # The start time read before the command line check: if the pid changed hands in between,
-        # the next start time differs and the kernel counts as gone (never a stranger as the nanny).
-        start = _process_start(nanny_pid)
-        nanny_start = start if start is not None and _is_nanny(nanny_pid, kernel_id) else None
+        # The process is pinned (its stat file opened, start time read) before its command line is
+        # checked, and read again after: if the pid changed hands in between, the reads differ
+        # and the kernel counts as gone (never a stranger as the nanny).
+        self._stat.forget(nanny_pid)
+        start = _process_start(nanny_pid, self._stat)
+        nanny_start = None
+        if start is not None and _is_nanny(nanny_pid, kernel_id) and _process_start(nanny_pid, self._stat) == start:
+            nanny_start = start
+        else:
+            self._stat.forget(nanny_pid)
         return _Known(key, KernelProcess("running", nanny_pid, kernel_pid, None), nanny_start, 0.0)
 
     def signal(self, kernel_id: str, signum: int) -> bool:
@@ -216,24 +232,14 @@ class KernelSupervisor:
                     os.kill(pid, signal.SIGKILL)
 
 
-def _process_start(pid: int) -> Any:
+def _process_start(pid: int, reader: ProcStatReader | None = None) -> Any:
     """The start time of a live, non-zombie process (compare for equality only), or None."""
     if pid <= 0:
         return None
     if _LINUX:
-        try:
-            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            stat = os.read(fd, 4096)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so cut at the last ")".
-        fields = stat[stat.rfind(b")") + 2:].split(None, 20)
-        if len(fields) < 20 or fields[0] == b"Z":  # cut short by an exit, or a zombie
+        stat = (reader or ProcStatReader(max_open=0)).read(pid)
+        fields = None if stat is None else stat_fields(stat)
+        if fields is None or fields[0] == b"Z":  # gone, cut short by an exit, or a zombie
             return None
         return fields[19]  # field 22, starttime (clock ticks since boot)
     try:

@@ -90,7 +90,7 @@ def test_a_reused_pid_is_told_apart_by_its_start_time(supervisor: KernelSupervis
         assert supervisor.state(KERNEL).status == "running"
         real = kernels_module._process_start
         monkeypatch.setattr(kernels_module, "_process_start",
-                            lambda pid: b"another" if pid == nanny.pid else real(pid))
+                            lambda pid, *a: b"another" if pid == nanny.pid else real(pid, *a))
         assert supervisor.state(KERNEL).status == "exited"
     finally:
         nanny.kill()
