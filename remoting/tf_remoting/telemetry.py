@@ -1,11 +1,14 @@
 """Per-lease usage: each lease's kernel process trees measured on the lease's device.
 
-Finding a tree's descendants takes a pass over every process of the machine (/proc has no cheap
-"children of" where CONFIG_PROC_CHILDREN is off), so the Sampler keeps each root's tree between
-samples and scans again only every ``refresh_seconds``, when a root is new, or when a pid of a
-kept tree has gone (one ``kill(pid, 0)`` each per sample). A child a kernel starts is therefore
-counted within ``refresh_seconds`` (its parent's own usage at once); the backend measures every
-pid of every tree at each sample.
+Finding a tree's descendants needs every process's parent (/proc has no cheap "children of"
+where CONFIG_PROC_CHILDREN is off), and reading all of them every second was most of what
+sampling cost. So on Linux the Sampler keeps each root's tree between samples and, per sample,
+lists /proc once and reads the parent of new pids only (those not listed at the previous
+sample): a process that was not in a tree when it was last seen cannot have joined one since, so
+a tree changes only by its members exiting and by new processes whose parent is a member. A child
+a kernel starts is counted from the next sample, as before. Every pid is read afresh on a full
+scan: for a new root and every ``full_scan_seconds`` (against a pid reused between two samples).
+Elsewhere every sample is a full scan through psutil.
 """
 
 from __future__ import annotations
@@ -18,17 +21,25 @@ import psutil
 
 from .devices.base import DeviceBackend, DeviceSample, Usage
 
+_LINUX = sys.platform.startswith("linux")
+FULL_SCAN_SECONDS = 60.0
 
-def _ppids() -> dict[int, int]:
-    """Parent pid of every process, from one pass over /proc on Linux."""
-    if not sys.platform.startswith("linux"):
-        return {p.pid: p.info["ppid"] for p in psutil.process_iter(["ppid"])}
+
+def _pids() -> set[int]:
+    """Every pid /proc lists now."""
+    return {int(name) for name in os.listdir("/proc") if name.isdigit()}
+
+
+def _ppids(pids: set[int] | None = None) -> dict[int, int]:
+    """Parent pid of these processes (default: every process), one read of /proc/<pid>/stat each
+    on Linux; processes that exited meanwhile are left out."""
+    if not _LINUX:
+        return {p.pid: p.info["ppid"] for p in psutil.process_iter(["ppid"])
+                if pids is None or p.pid in pids}
     ppids = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid in _pids() if pids is None else pids:
         try:  # os.open/os.read: half the cost of open() at one file per process per sample
-            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY)
+            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
         except OSError:  # exited meanwhile
             continue
         try:
@@ -38,25 +49,33 @@ def _ppids() -> dict[int, int]:
         finally:
             os.close(fd)
         # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so cut at the last ")".
-        ppids[int(name)] = int(stat[stat.rfind(b")") + 2:].split(None, 2)[1])
+        ppids[pid] = int(stat[stat.rfind(b")") + 2:].split(None, 2)[1])
     return ppids
+
+
+def _children(ppids: dict[int, int]) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for pid, ppid in ppids.items():
+        children.setdefault(ppid, []).append(pid)
+    return children
 
 
 def _scan() -> tuple[dict[int, list[int]], set[int]]:
     """Children by parent pid, and every live pid. One pass over /proc serves every tree of a
     sample; psutil's Process.children() would rescan /proc for each root."""
     ppids = _ppids()
-    children: dict[int, list[int]] = {}
-    for pid, ppid in ppids.items():
-        children.setdefault(ppid, []).append(pid)
-    return children, set(ppids)
+    return _children(ppids), set(ppids)
 
 
 def _tree(root: int, children: dict[int, list[int]], alive: set[int]) -> set[int]:
     if root not in alive:
         return set()
-    tree = {root}
-    stack = [root]
+    return _grow({root}, children)
+
+
+def _grow(tree: set[int], children: dict[int, list[int]]) -> set[int]:
+    """Add to ``tree`` (in place) every descendant of its members found in ``children``."""
+    stack = list(tree)
     while stack:
         for child in children.get(stack.pop(), ()):
             if child not in tree:
@@ -70,46 +89,53 @@ def process_tree(pid: int) -> set[int]:
     return _tree(pid, *_scan())
 
 
-def _gone(pid: int) -> bool:
-    """True when no process has this pid any more (a zombie still has it until reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # someone else's process: it exists
-        return False
-    return False
-
-
-REFRESH_SECONDS = 5.0
-
-
 class Sampler:
     """Samples the backend's devices and each lease's usage; process trees are kept between samples."""
 
-    def __init__(self, backend: DeviceBackend, refresh_seconds: float = REFRESH_SECONDS) -> None:
+    def __init__(self, backend: DeviceBackend, full_scan_seconds: float = FULL_SCAN_SECONDS) -> None:
         self.backend = backend
-        self.refresh_seconds = refresh_seconds
+        self.full_scan_seconds = full_scan_seconds
         self._trees: dict[int, frozenset[int]] = {}  # root pid -> the root and its descendants
-        self._scanned_at = float("-inf")
-        self.scans = 0  # how many /proc scans this sampler made (for tests and benchmarks)
+        self._listed: set[int] = set()  # every pid /proc listed at the previous sample
+        self._full_at = float("-inf")
+        self.full_scans = 0  # for tests and benchmarks
+        self.parents_read = 0  # parent lookups of single processes, full scans included
 
     def trees(self, roots: set[int]) -> dict[int, frozenset[int]]:
-        """Each root's tree, from the last scan unless it is stale (see the module docstring)."""
+        """Each root's tree (the root and its descendants; empty when the root is gone)."""
+        if not roots:
+            self._trees = {}
+            return self._trees
         now = time.monotonic()
         kept = self._trees
-        if (
-            now - self._scanned_at < self.refresh_seconds
-            and all(root in kept for root in roots)
-            and not any(_gone(pid) for root in roots for pid in kept[root])
-        ):
-            self._trees = {root: kept[root] for root in roots}
+        if (not _LINUX or now - self._full_at >= self.full_scan_seconds
+                or any(root not in kept for root in roots)):
+            ppids = _ppids()
+            self.full_scans += 1
+            self.parents_read += len(ppids)
+            children, alive = _children(ppids), set(ppids)
+            self._trees = {root: frozenset(_tree(root, children, alive)) for root in roots}
+            self._listed = alive
+            self._full_at = now
             return self._trees
-        children, alive = _scan() if roots else ({}, set())
-        self.scans += 1 if roots else 0
-        self._trees = {root: frozenset(_tree(root, children, alive)) for root in roots}
-        self._scanned_at = now
-        return self._trees
+        listed = _pids()
+        new = listed - self._listed
+        self._listed = listed
+        children = _children(_ppids(new)) if new else {}
+        self.parents_read += len(new)
+        trees = {}
+        for root in roots:
+            tree = kept[root]
+            if root not in listed:
+                trees[root] = frozenset()
+                continue
+            if not tree <= listed or children:
+                grown = _grow({pid for pid in tree if pid in listed}, children)
+                if grown != tree:
+                    tree = frozenset(grown)
+            trees[root] = tree
+        self._trees = trees
+        return trees
 
     def sample(
         self, leases: list[tuple[str, str, set[int]]]

@@ -7,6 +7,7 @@ Sampler: process trees kept between samples, scanned again when stale, new, or a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -158,57 +159,91 @@ class CountingBackend(DeviceBackend):
         pass
 
 
-def spawn_parent_of_child() -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c",
-         "import subprocess, sys, time\n"
-         "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-         "print(c.pid, flush=True)\n"
-         "c.wait()\n"
-         "time.sleep(600)\n"],
-        stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    return proc, int(proc.stdout.readline())
+SPAWNER = (
+    "import subprocess, sys, time\n"
+    "kids = []\n"
+    "for line in sys.stdin:\n"
+    "    if line.strip() == 'reap':\n"
+    "        for k in kids:\n"
+    "            k.poll()\n"
+    "        print(0, flush=True)\n"
+    "        continue\n"
+    "    kids.append(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']))\n"
+    "    print(kids[-1].pid, flush=True)\n"
+    "time.sleep(600)\n"
+)
 
 
-def test_sampler_scans_only_when_a_tree_may_have_changed() -> None:
+def spawn_child(parent: subprocess.Popen[str], command: str = "go") -> int:
+    assert parent.stdin is not None and parent.stdout is not None
+    parent.stdin.write(f"{command}\n")
+    parent.stdin.flush()
+    return int(parent.stdout.readline())
+
+
+def wait_gone(pid: int) -> None:
+    deadline = time.monotonic() + 10
+    while psutil.pid_exists(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the incremental scan is Linux only")
+def test_sampler_reads_only_new_processes_between_full_scans() -> None:
     backend = CountingBackend()
-    sampler = Sampler(backend, refresh_seconds=3600)
-    parent, child = spawn_parent_of_child()
+    sampler = Sampler(backend, full_scan_seconds=3600)
+    parent = subprocess.Popen([sys.executable, "-c", SPAWNER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
+        first = spawn_child(parent)
         _, usage = sampler.sample([("a", "dev", {parent.pid})])
-        assert backend.asked[-1] == {parent.pid, child} and sampler.scans == 1
+        assert backend.asked[-1] == {parent.pid, first} and sampler.full_scans == 1
+        read = sampler.parents_read
         for _ in range(3):
             sampler.sample([("a", "dev", {parent.pid})])
-        assert sampler.scans == 1 and backend.asked[-1] == {parent.pid, child}
-        sampler.sample([("a", "dev", {parent.pid}), ("b", "dev", {other.pid})])  # a new root
-        assert sampler.scans == 2 and backend.asked[-1] == {other.pid}
-        os.kill(child, signal.SIGKILL)  # the parent reaps it: a pid of a kept tree is gone
+        assert sampler.full_scans == 1 and backend.asked[-1] == {parent.pid, first}
+        assert sampler.parents_read - read < 50  # only what else started on this machine meanwhile
+        # A child started by a member of a tree is in it at the next sample, without a full scan.
+        second = spawn_child(parent)
+        sampler.sample([("a", "dev", {parent.pid})])
+        assert backend.asked[-1] == {parent.pid, first, second} and sampler.full_scans == 1
+        # One that exits leaves it.
+        os.kill(first, signal.SIGKILL)
         deadline = time.monotonic() + 10
-        while psutil.pid_exists(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        _, usage = sampler.sample([("a", "dev", {parent.pid})])
-        assert sampler.scans == 3 and usage["a"].vram_used == 1
+        while psutil.pid_exists(first) and time.monotonic() < deadline:
+            spawn_child(parent, "reap")  # until its parent reaped it
+            time.sleep(0.02)
+        assert not psutil.pid_exists(first)
+        sampler.sample([("a", "dev", {parent.pid})])
+        assert first not in backend.asked[-1] and second in backend.asked[-1]
+        assert sampler.full_scans == 1
+        # A new root is scanned in full (its descendants may be older than the last sample).
+        sampler.sample([("a", "dev", {parent.pid}), ("b", "dev", {other.pid})])
+        assert sampler.full_scans == 2 and backend.asked[-1] == {other.pid}
     finally:
         for p in (parent, other):
             p.kill()
             p.wait()
-        assert parent.stdout is not None
-        parent.stdout.close()
+        for stream in (parent.stdin, parent.stdout):
+            if stream is not None:
+                stream.close()
+    wait_gone(parent.pid)
     _, usage = sampler.sample([("a", "dev", {parent.pid})])
     assert usage["a"].vram_used == 0
+    for pid in list(backend.asked[0]):  # the children the killed parent left behind
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
-def test_sampler_scans_again_after_refresh_seconds() -> None:
+def test_sampler_scans_in_full_after_full_scan_seconds() -> None:
     backend = CountingBackend()
-    sampler = Sampler(backend, refresh_seconds=0.2)
+    sampler = Sampler(backend, full_scan_seconds=0.2)
     me = os.getpid()
     sampler.sample([("a", "dev", {me})])
     sampler.sample([("a", "dev", {me})])
-    assert sampler.scans == 1
+    assert sampler.full_scans == (2 if not sys.platform.startswith("linux") else 1)
     time.sleep(0.25)
     sampler.sample([("a", "dev", {me})])
-    assert sampler.scans == 2
+    assert sampler.full_scans == (3 if not sys.platform.startswith("linux") else 2)
     sampler.sample([("a", "dev", set())])
-    assert sampler.scans == 2  # nothing to scan for
+    assert sampler.full_scans == (3 if not sys.platform.startswith("linux") else 2)  # nothing to scan for
