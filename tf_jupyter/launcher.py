@@ -56,6 +56,10 @@ class UnknownProfile(LookupError):
     """No vgpu-<name> kernelspec and no built-in profile of that name."""
 
 
+class LaunchError(RuntimeError):
+    """The kernel cannot be placed (no token configured, the queue timed out); the text says why."""
+
+
 def find_profile(name: str) -> Profile:
     """The profile behind kernelspec vgpu-<name>, wherever Jupyter finds it; else a built-in one."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -196,8 +200,11 @@ def passthrough_env(env: Mapping[str, str]) -> dict[str, str]:
     return {k: env[k] for k in keep if k in env}
 
 
-async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:
-    """Place and allocate without a Jupyter server, from the same configuration it would use."""
+async def standalone_lease(profile: Profile, labels: dict[str, str] | None = None) -> tuple[Any, RuntimeClient, str]:
+    """Place and allocate without a Jupyter server, from the same configuration it would use.
+
+    Returns the (started) pool, the chosen worker's client and the lease id; the caller stops the pool.
+    """
     from tf_jupyter.config import TfVgpu, load_jupyter_config
     from tf_jupyter.local_worker import ensure_local_worker
     from tf_jupyter.placement import Request
@@ -212,7 +219,7 @@ async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:
         addresses.append(worker.address)
         token_file = token_file or worker.token_file
     if not token_file:
-        raise SystemExit("tf-vgpu: c.TfVgpu.token_file is not set; it is needed to reach the configured workers")
+        raise LaunchError("c.TfVgpu.token_file is not set; it is needed to reach the configured workers")
     pool = Pool(addresses, read_token(token_file), dns=settings.workers_dns, tls_ca=settings.tls_ca,
                 tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_server_name=settings.tls_server_name,
                 policy=settings.placement_policy,
@@ -228,10 +235,13 @@ async def standalone_lease(profile: Profile) -> tuple[Any, RuntimeClient, str]:
         placed = await pool.allocate(Request(vram=profile.vram, compute=profile.compute, count=profile.count,
                                              whole_device=profile.whole_device),
                                      qos=profile.qos, profile=profile.name, on_queued=queued,
-                                     labels={"client": "launcher", "launcher_pid": str(os.getpid())})
+                                     labels=labels or {"client": "launcher", "launcher_pid": str(os.getpid())})
     except QueueTimeout as exc:
         await pool.stop()
-        raise SystemExit(f"tf-vgpu: {exc}") from None
+        raise LaunchError(str(exc)) from None
+    except BaseException:
+        await pool.stop()
+        raise
     return pool, pool.workers[placed.worker].client, placed.lease.id
 
 
@@ -249,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownProfile as exc:
         print(f"tf-vgpu: {exc}", file=sys.stderr)
         return 2
+    except LaunchError as exc:
+        print(f"tf-vgpu: {exc}", file=sys.stderr)
+        return 1
     except RemotingError as exc:
         print(f"tf-vgpu: {exc.message}", file=sys.stderr)
         return 1

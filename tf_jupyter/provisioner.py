@@ -1,13 +1,19 @@
 """The `tf-vgpu` kernel provisioner (selected by the metadata of vgpu-* kernelspecs).
 
 It builds on jupyter_client's LocalProvisioner: the kernelspec's argv (the kernel launcher) runs
-locally as usual. Inside a Jupyter server with tf_jupyter loaded, `pre_launch` first places and
-leases the slice through the server's pool — so the queue, the lease and the kernel are known to
-the server and its API — and hands the lease to the launcher. A restart keeps the lease; a
-shutdown releases it.
+locally as usual. `pre_launch` first places and leases the slice, then starts the kernel on the
+worker (it boots while the launcher process starts) and hands lease and kernel to the launcher,
+which attaches its relay. A restart keeps the lease; a shutdown releases it.
 
-Anywhere else (nbclient, papermill, jupyter console, which also honour provisioners) there is no
-server pool: it stays a LocalProvisioner and the launcher places the kernel itself.
+- Inside a Jupyter server with tf_jupyter loaded, placement goes through the server's pool, so the
+  queue, the lease and the kernel are known to the server and its API.
+- In any other client that honours provisioners (nbclient, papermill, jupyter console), there is no
+  server pool: it reads the same configuration the launcher would (`c.TfVgpu.*`, or the local
+  worker) and places from this process, which is already running, instead of from a fresh
+  launcher process.
+
+Clients that run the kernelspec's argv themselves (VS Code) skip the provisioner: the launcher then
+places and allocates on its own (see tf_jupyter.launcher).
 """
 
 from __future__ import annotations
@@ -16,16 +22,26 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
-from tf_jupyter.launcher import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV, find_profile, passthrough_env
+from tf_jupyter.launcher import (
+    HANDOFF_ENV,
+    PARENT_ENV,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    find_profile,
+    passthrough_env,
+    read_token,
+    standalone_lease,
+)
 from tf_jupyter.placement import Request
 from tf_jupyter.pool import KernelSlice, Pool
 from tf_jupyter.profiles import Profile
-from tf_remoting.client import RemotingError
+from tf_remoting.client import RemotingError, RuntimeClient
 from tf_remoting.proto import pb
 
 log = logging.getLogger("tf_jupyter.provisioner")
@@ -36,64 +52,117 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     worker: str = ""
     lease_id: str = ""
+    # Without a server pool: how to reach the worker (token, token file, TLS, lease TTL).
+    _reach: dict[str, Any] | None = None
+
+    def _profile(self) -> Profile:
+        metadata = getattr(self.kernel_spec, "metadata", {}) or {}
+        return Profile.from_metadata(metadata["tf_vgpu"]) if "tf_vgpu" in metadata else find_profile(self.profile)
+
+    @contextlib.asynccontextmanager
+    async def _client(self) -> AsyncIterator[RuntimeClient | None]:
+        """A client of this kernel's worker: the server pool's, or a short-lived one of our own."""
+        pool = Pool.current()
+        if pool is not None:
+            state = pool.workers.get(self.worker)
+            yield state.client if state is not None else None
+            return
+        if self._reach is None or not self.worker:
+            yield None
+            return
+        reach = self._reach
+        token = reach["token"]
+        if reach["token_file"]:
+            with contextlib.suppress(OSError, ValueError):
+                token = read_token(reach["token_file"])  # tokens rotate
+        client = RuntimeClient(self.worker, token, timeout=10.0, **reach["tls"])
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    async def _place_in_server(self, pool: Pool, profile: Profile) -> None:
+        if not self.lease_id or pool.lease(self.worker, self.lease_id) is None:
+            pool.emit("kernel_placing", f"placing a {profile.slice_text} kernel", kernel_id=self.kernel_id)
+
+            def queued(position: int) -> None:
+                pool.emit("kernel_queued", f"waiting for a slice ({profile.slice_text}): position {position}",
+                          kernel_id=self.kernel_id, position=position)
+
+            placed = await pool.allocate(
+                Request(vram=profile.vram, compute=profile.compute, count=profile.count,
+                        whole_device=profile.whole_device),
+                qos=profile.qos if profile.qos != "medium" else pool.default_qos, profile=profile.name,
+                on_queued=queued,
+                labels={"jupyter_kernel_id": self.kernel_id, "client": "jupyter_server"})
+            self.worker, self.lease_id = placed.worker, placed.lease.id
+        pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, profile.qos))
+
+    async def _place_standalone(self, profile: Profile) -> None:
+        if self.lease_id:  # a restart keeps the slice while the worker still has it
+            async with self._client() as client:
+                with contextlib.suppress(RemotingError):
+                    if client is not None:
+                        await client.renew(self.lease_id)
+                        return
+        pool, client, lease_id = await standalone_lease(profile, labels={"client": "jupyter_client",
+                                                                         "client_pid": str(os.getpid())})
+        try:
+            self.worker, self.lease_id = client.address, lease_id
+            self._reach = {"token": pool.token, "token_file": pool.token_file, "tls": dict(pool.tls),
+                           "ttl": pool.lease_ttl}
+        finally:
+            await pool.stop()
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         pool = Pool.current()
+        profile = self._profile()
         if pool is not None:
-            metadata = getattr(self.kernel_spec, "metadata", {}) or {}
-            profile = (Profile.from_metadata(metadata["tf_vgpu"]) if "tf_vgpu" in metadata
-                       else find_profile(self.profile))
-            if not self.lease_id or pool.lease(self.worker, self.lease_id) is None:
-                pool.emit("kernel_placing", f"placing a {profile.slice_text} kernel", kernel_id=self.kernel_id)
-
-                def queued(position: int) -> None:
-                    pool.emit("kernel_queued", f"waiting for a slice ({profile.slice_text}): position {position}",
-                              kernel_id=self.kernel_id, position=position)
-
-                placed = await pool.allocate(
-                    Request(vram=profile.vram, compute=profile.compute, count=profile.count,
-                            whole_device=profile.whole_device),
-                    qos=profile.qos if profile.qos != "medium" else pool.default_qos, profile=profile.name,
-                    on_queued=queued,
-                    labels={"jupyter_kernel_id": self.kernel_id, "client": "jupyter_server"})
-                self.worker, self.lease_id = placed.worker, placed.lease.id
-            pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, profile.qos))
+            await self._place_in_server(pool, profile)
+            reach = {"token": pool.token, "token_file": pool.token_file, "tls": pool.tls, "ttl": pool.lease_ttl}
+        else:
+            await self._place_standalone(profile)
+            assert self._reach is not None
+            reach = self._reach
         kwargs = await super().pre_launch(**kwargs)  # writes the connection file: its key is known from here
-        if pool is not None:
-            # Start the kernel on the worker now, from this already-connected server, so that it boots
-            # while the launcher process starts up; the launcher then only attaches its relay to it.
-            env = kwargs["env"]
-            key = self.connection_info["key"]
-            kernel = await pool.workers[self.worker].client.start_kernel(
+        # Start the kernel on the worker now, from this already-running process, so that it boots
+        # while the launcher process starts up; the launcher then only attaches its relay to it.
+        env = kwargs["env"]
+        key = self.connection_info["key"]
+        async with self._client() as client:
+            if client is None:
+                raise RuntimeError(f"vGPU worker {self.worker} is not in the pool any more")
+            kernel = await client.start_kernel(
                 self.lease_id, key=key if isinstance(key, bytes) else key.encode(),
                 signature_scheme=self.connection_info.get("signature_scheme") or "hmac-sha256",
                 cwd=kwargs.get("cwd") or os.getcwd(), env=passthrough_env(env),
                 labels={"jupyter_kernel_id": self.kernel_id or ""})
-            tls = pool.tls
-            env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "kernel_id": kernel.id,
-                                           "ttl": pool.lease_ttl,
-                                           "tls_ca": tls["tls_ca"] or "", "tls_cert": tls["client_cert"] or "",
-                                           "tls_key": tls["client_key"] or "",
-                                           "tls_server_name": tls["server_name"] or ""})
-            env[TOKEN_ENV] = pool.token
-            if pool.token_file:
-                env[TOKEN_FILE_ENV] = pool.token_file
-            env[PARENT_ENV] = str(os.getpid())
+        tls = reach["tls"]
+        env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "kernel_id": kernel.id,
+                                       "ttl": reach["ttl"],
+                                       "tls_ca": tls["tls_ca"] or "", "tls_cert": tls["client_cert"] or "",
+                                       "tls_key": tls["client_key"] or "",
+                                       "tls_server_name": tls["server_name"] or ""})
+        env[TOKEN_ENV] = reach["token"]
+        if reach["token_file"]:
+            env[TOKEN_FILE_ENV] = reach["token_file"]
+        env[PARENT_ENV] = str(os.getpid())
         return kwargs
 
     async def _signal_remote(self, signal: int) -> None:
         """Reach the kernel on the worker directly (a SIGKILLed launcher cannot forward)."""
-        pool = Pool.current()
-        if pool is None or not self.lease_id or self.worker not in pool.workers:
+        if not self.lease_id:
             return
-        client = pool.workers[self.worker].client
-        with contextlib.suppress(RemotingError):
-            for lease in await client.list_leases():
-                if lease.id == self.lease_id:
-                    for k in lease.kernels:
-                        if k.status == pb.KERNEL_STATUS_RUNNING:
-                            with contextlib.suppress(RemotingError):
-                                await client.signal(k.id, signal)
+        async with self._client() as client:
+            if client is None:
+                return
+            with contextlib.suppress(RemotingError):
+                for lease in await client.list_leases():
+                    if lease.id == self.lease_id:
+                        for k in lease.kernels:
+                            if k.status == pb.KERNEL_STATUS_RUNNING:
+                                with contextlib.suppress(RemotingError):
+                                    await client.signal(k.id, signal)
 
     async def kill(self, restart: bool = False) -> None:
         await self._signal_remote(pb.SIGNAL_KILL)
@@ -105,11 +174,18 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart)
+        if restart or not self.lease_id:
+            return
         pool = Pool.current()
-        if not restart and pool is not None and self.lease_id:
+        if pool is not None:
             await pool.release(self.worker, self.lease_id)
             pool.forget_kernel(self.kernel_id)
-            self.lease_id = ""
+        else:
+            async with self._client() as client:
+                if client is not None:
+                    with contextlib.suppress(RemotingError):
+                        await client.release(self.lease_id)
+        self.lease_id = ""
 
     async def get_provisioner_info(self) -> dict[str, Any]:
         info: dict[str, Any] = await super().get_provisioner_info()

@@ -156,3 +156,39 @@ def test_nbclient_in_process(tf_worker, user_env, tmp_path, monkeypatch):
     assert outputs_text(nb.cells[3]).strip() == "ok"
     assert all(o["output_type"] != "error" for c in nb.cells for o in c.outputs)
     assert_no_leases_left(tf_worker)
+
+
+async def test_kernel_manager_restart_keeps_the_slice_and_a_hard_kill_frees_it(tf_worker, user_env, monkeypatch):
+    """jupyter_client alone (what nbclient and papermill build on): the provisioner places from the
+    client process, a restart keeps the lease, and `shutdown_kernel(now=True)` (the launcher is
+    SIGKILLed and cannot release anything) still frees the slice at once, not after the lease TTL."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    for key, value in user_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TF_VGPU_HANDOFF", raising=False)
+    km = AsyncKernelManager(kernel_name="vgpu-small")
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=90)
+        [lease] = await _leases(tf_worker)
+        assert lease.labels["client"] == "jupyter_client", lease.labels
+        await km.restart_kernel(now=True)
+        await kc.wait_for_ready(timeout=90)
+        printed: list[str] = []
+        reply = await kc.execute_interactive(
+            "import os; print(os.environ['TF_VGPU_LEASE_ID'])", timeout=60,
+            output_hook=lambda msg: printed.append(msg["content"].get("text", "")))
+        assert reply["content"]["status"] == "ok"
+        assert "".join(printed).strip() == lease.id  # the restarted kernel runs in the same slice
+        [same] = await _leases(tf_worker)
+        assert same.id == lease.id
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)
+    deadline = time.monotonic() + 15  # well under the 60 s lease TTL
+    while (left := await _leases(tf_worker)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    assert not left, [(x.id, x.profile) for x in left]
