@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
 from .devices.base import DeviceInfo, DeviceSample
@@ -32,6 +33,79 @@ METRIC_NAMES: frozenset[str] = frozenset({
 })
 
 
+# The per-tick gauges: (name, help). Their samples are built when /metrics is scraped.
+_DEVICE_GAUGES = (
+    ("tf_vgpu_device_vram_total_bytes", "Device memory (host device: RAM), bytes"),
+    ("tf_vgpu_device_vram_used_bytes", "Device memory in use, all processes, bytes"),
+    ("tf_vgpu_device_vram_leased_bytes", "Device memory promised to leases, bytes"),
+    ("tf_vgpu_device_compute_leased_percent", "Compute promised to leases, percent of the device"),
+    ("tf_vgpu_device_utilization_percent", "Device utilization, percent"),
+)
+_LEASE_GAUGES = (
+    ("tf_vgpu_lease_vram_used_bytes", "Memory used by a lease's kernels, bytes"),
+    ("tf_vgpu_lease_vram_limit_bytes", "A lease's memory limit, bytes"),
+    ("tf_vgpu_lease_utilization_percent", "A lease's utilization, percent of its device"),
+    ("tf_vgpu_lease_compute_limit_percent", "A lease's compute share, percent of its device"),
+)
+_LEASE_KEYS = ("vram_used", "vram_limit", "utilization", "compute_limit")
+
+
+class _Snapshot:
+    """What the last update() said, kept as given: turned into samples only when scraped."""
+
+    def __init__(self) -> None:
+        self.devices: list[DeviceInfo] = []
+        self.samples: dict[str, DeviceSample] = {}  # newest sample of each listed device
+        self.leased: dict[str, tuple[int, int]] = {}
+        self.leases: list[dict[str, Any]] = []
+        self.kernels = 0
+
+
+class _TickCollector:
+    """The device, lease, lease-count and kernel-count gauges, from the newest snapshot.
+
+    update() runs every second for every lease, while /metrics is scraped every 15 s or so (or
+    never): building the labelled samples at scrape time instead of setting gauges at each update
+    keeps the telemetry tick's share of the worker's CPU small.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        families = [GaugeMetricFamily(n, h, labels=_DEVICE) for n, h in _DEVICE_GAUGES]
+        families += [GaugeMetricFamily(n, h, labels=_LEASE) for n, h in _LEASE_GAUGES]
+        families.append(GaugeMetricFamily("tf_vgpu_leases", "Live leases"))
+        families.append(GaugeMetricFamily("tf_vgpu_kernels", "Running kernels"))
+        return families
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        snap = self._metrics._snapshot  # replaced whole by update(), never changed in place
+        total, used, leased_vram, leased_compute, utilization = (
+            GaugeMetricFamily(n, h, labels=_DEVICE) for n, h in _DEVICE_GAUGES)
+        for d in snap.devices:
+            labels = [d.uuid, d.name, d.kind]
+            vram_leased, compute_leased = snap.leased.get(d.uuid, (0, 0))
+            total.add_metric(labels, d.vram_total)
+            leased_vram.add_metric(labels, vram_leased)
+            leased_compute.add_metric(labels, compute_leased)
+            sample = snap.samples.get(d.uuid)
+            if sample is not None:
+                used.add_metric(labels, sample.vram_used)
+                utilization.add_metric(labels, sample.utilization)
+        lease_families = [GaugeMetricFamily(n, h, labels=_LEASE) for n, h in _LEASE_GAUGES]
+        by_labels: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for lease in snap.leases:  # one row per lease and device; a repeated row: the last counts
+            by_labels[(str(lease["lease"]), str(lease["principal"]), str(lease["device"]))] = lease
+        for labels, lease in by_labels.items():
+            for family, key in zip(lease_families, _LEASE_KEYS, strict=True):
+                family.add_metric(list(labels), lease[key])
+        leases = GaugeMetricFamily("tf_vgpu_leases", "Live leases",
+                                   value=len({str(lease["lease"]) for lease in snap.leases}))
+        kernels = GaugeMetricFamily("tf_vgpu_kernels", "Running kernels", value=snap.kernels)
+        return [total, used, leased_vram, leased_compute, utilization, *lease_families, leases, kernels]
+
+
 class Metrics:
     """The worker's gauges and counters; update() once per telemetry tick."""
 
@@ -39,117 +113,41 @@ class Metrics:
         """version defaults to tf_remoting.__version__; backend is the device backend's name."""
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.device_vram_total = Gauge("tf_vgpu_device_vram_total_bytes",
-                                       "Device memory (host device: RAM), bytes", _DEVICE, registry=r)
-        self.device_vram_used = Gauge("tf_vgpu_device_vram_used_bytes",
-                                      "Device memory in use, all processes, bytes", _DEVICE, registry=r)
-        self.device_vram_leased = Gauge("tf_vgpu_device_vram_leased_bytes",
-                                        "Device memory promised to leases, bytes", _DEVICE, registry=r)
-        self.device_compute_leased = Gauge("tf_vgpu_device_compute_leased_percent",
-                                           "Compute promised to leases, percent of the device",
-                                           _DEVICE, registry=r)
-        self.device_utilization = Gauge("tf_vgpu_device_utilization_percent",
-                                        "Device utilization, percent", _DEVICE, registry=r)
-        self.lease_vram_used = Gauge("tf_vgpu_lease_vram_used_bytes",
-                                     "Memory used by a lease's kernels, bytes", _LEASE, registry=r)
-        self.lease_vram_limit = Gauge("tf_vgpu_lease_vram_limit_bytes",
-                                      "A lease's memory limit, bytes", _LEASE, registry=r)
-        self.lease_utilization = Gauge("tf_vgpu_lease_utilization_percent",
-                                       "A lease's utilization, percent of its device", _LEASE, registry=r)
-        self.lease_compute_limit = Gauge("tf_vgpu_lease_compute_limit_percent",
-                                         "A lease's compute share, percent of its device", _LEASE, registry=r)
-        self.leases = Gauge("tf_vgpu_leases", "Live leases", registry=r)
-        self.kernels = Gauge("tf_vgpu_kernels", "Running kernels", registry=r)
+        self._lock = threading.Lock()
+        self._snapshot = _Snapshot()
+        r.register(_TickCollector(self))
         self.rpc_errors = Counter("tf_vgpu_rpc_errors", "RPCs answered with an error status",
                                   ("method", "code"), registry=r)
         self.events = Counter("tf_vgpu_events", "Events published, by kind", ("kind",), registry=r)
         self.worker_info = Gauge("tf_vgpu_worker_info", "Worker version and device backend (always 1)",
                                  ("version", "backend"), registry=r)
         self.set_worker_info(__version__ if version is None else version, backend)
-        self._lock = threading.Lock()
-        self._device_labels: set[tuple[str, str, str]] = set()
-        self._lease_labels: set[tuple[str, str, str]] = set()
-        # The labelled series of each device and lease, looked up once: Gauge.labels() costs more
-        # than set() and update() runs every second for every lease.
-        self._device_series: dict[tuple[str, str, str], tuple[Any, ...]] = {}
-        self._lease_series: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
     def update(self, devices: list[DeviceInfo], samples: list[DeviceSample],
                leased: dict[str, tuple[int, int]], leases: list[dict[str, Any]], kernels: int) -> None:
-        """Set every gauge; series of devices and leases that are gone are removed.
+        """Replace the figures; series of devices and leases no longer listed are no longer served.
 
         leased: device uuid -> (vram bytes leased, compute percent leased).
         leases: one dict per lease and device (a multi-device lease has several), with keys
         lease, principal, device, vram_used, vram_limit, utilization, compute_limit.
+        ``leased`` and ``leases`` are kept, not copied: pass new ones each time.
         """
-        by_uuid = {s.uuid: s for s in samples}
-        device_gauges = (self.device_vram_total, self.device_vram_used, self.device_vram_leased,
-                         self.device_compute_leased, self.device_utilization)
-        lease_gauges = (self.lease_vram_used, self.lease_vram_limit, self.lease_utilization,
-                        self.lease_compute_limit)
         with self._lock:
-            device_labels = set()
-            for d in devices:
-                labels = (d.uuid, d.name, d.kind)
-                device_labels.add(labels)
-                vram_leased, compute_leased = leased.get(d.uuid, (0, 0))
-                total, leased_vram, leased_compute = self._series(
-                    self._device_series, labels,
-                    (self.device_vram_total, self.device_vram_leased, self.device_compute_leased))
-                total.set(d.vram_total)
-                leased_vram.set(vram_leased)
-                leased_compute.set(compute_leased)
-                sample = by_uuid.get(d.uuid)
-                if sample is not None:
-                    # Created only once sampled: a device without a sample has no usage series.
-                    used, utilization = self._series(
-                        self._device_series, (*labels, "sampled"), (self.device_vram_used, self.device_utilization))
-                    used.set(sample.vram_used)
-                    utilization.set(sample.utilization)
-            gone = self._device_labels - device_labels
-            self._remove(device_gauges, gone)
-            for labels in gone:
-                self._device_series.pop(labels, None)
-                self._device_series.pop((*labels, "sampled"), None)
-            self._device_labels = device_labels
-
-            lease_labels = set()
-            for lease in leases:
-                labels = (str(lease["lease"]), str(lease["principal"]), str(lease["device"]))
-                lease_labels.add(labels)
-                used, limit, utilization, compute = self._series(self._lease_series, labels, lease_gauges)
-                used.set(lease["vram_used"])
-                limit.set(lease["vram_limit"])
-                utilization.set(lease["utilization"])
-                compute.set(lease["compute_limit"])
-            gone = self._lease_labels - lease_labels
-            self._remove(lease_gauges, gone)
-            for labels in gone:
-                self._lease_series.pop(labels, None)
-            self._lease_labels = lease_labels
-
-            self.leases.set(len({str(lease["lease"]) for lease in leases}))  # one row per slice
-            self.kernels.set(kernels)
-
-    @staticmethod
-    def _series(cache: dict[tuple[str, ...], tuple[Any, ...]], key: tuple[str, ...],
-                gauges: tuple[Gauge, ...]) -> tuple[Any, ...]:
-        series = cache.get(key)
-        if series is None:
-            labels = key[:3]
-            series = cache[key] = tuple(g.labels(*labels) for g in gauges)
-        return series
-
-    @staticmethod
-    def _remove(gauges: tuple[Gauge, ...], gone: set[tuple[str, str, str]]) -> None:
-        for labels in gone:
-            for gauge in gauges:
-                try:
-                    gauge.remove(*labels)
-                except KeyError:
-                    pass  # never set (e.g. a device that had no sample yet)
+            old = self._snapshot
+            snap = _Snapshot()
+            snap.devices = list(devices)
+            listed = {d.uuid for d in devices}
+            # A device keeps its last usage sample while it is listed (one sample may miss it).
+            snap.samples = {uuid: s for uuid, s in old.samples.items() if uuid in listed}
+            for s in samples:
+                if s.uuid in listed:
+                    snap.samples[s.uuid] = s
+            snap.leased = leased
+            snap.leases = leases
+            snap.kernels = kernels
+            self._snapshot = snap
 
     def set_worker_info(self, version: str, backend: str) -> None:
         """Replace the single tf_vgpu_worker_info series."""
