@@ -1,9 +1,14 @@
 /**
- * tf-jupyter's JupyterLab extension: the "vGPU" sidebar, the status bar item and notifications.
- * Wires the model (model.ts), the connection (server.ts) and the views (components/).
+ * tf-jupyter's JupyterLab extension: the "vGPU" sidebar, the status bar item, notifications, and
+ * the vGPU kernels' availability on the launcher's cards and in the kernel picker.
+ * Wires the model (model.ts), the connection (server.ts) and the views (components/, decorate.ts).
+ *
+ * Every shell-specific part is optional, so the plugin also loads in Notebook 7 (no status bar,
+ * no launcher; its own shell): the status item goes to the top area when there is no status bar,
+ * and a part the shell refuses is left out with a console warning, never an error.
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { Notification } from '@jupyterlab/apputils';
+import { ICommandPalette, Notification } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
@@ -11,6 +16,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Signal } from '@lumino/signaling';
 
 import { VgpuPanel } from './components/Sidebar';
+import { KernelListDecorator, kernelViews } from './decorate';
 import { VgpuStatusItem } from './components/StatusItem';
 import { DEFAULT_SETTINGS, IAlert, ISettings, statusText, VgpuModel } from './model';
 import { EventsConnection, fetchKernels, fetchProfiles } from './server';
@@ -46,12 +52,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description: 'Live vGPU pool, kernels and queue of tf-jupyter.',
   autoStart: true,
-  optional: [ISettingRegistry, IStatusBar, INotebookTracker],
+  optional: [ISettingRegistry, IStatusBar, INotebookTracker, ICommandPalette],
   activate: async (
     app: JupyterFrontEnd,
     registry: ISettingRegistry | null,
     statusBar: IStatusBar | null,
-    notebooks: INotebookTracker | null
+    notebooks: INotebookTracker | null,
+    palette: ICommandPalette | null
   ) => {
     const model = new VgpuModel();
     let settings: ISettingRegistry.ISettings | null = null;
@@ -77,12 +84,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
     panel.id = PANEL_ID;
     panel.title.icon = vgpuIcon;
     panel.title.caption = 'vGPU: pool, my kernels, queue';
-    app.shell.add(panel, 'left', { rank: 600 });
+    let hasPanel = false;
+    try {
+      app.shell.add(panel, 'left', { rank: 600 });
+      hasPanel = true;
+    } catch (err) {
+      console.warn('tf-jupyter-vgpu: this shell has no left area; no vGPU panel', err);
+    }
 
     app.commands.addCommand(OPEN_COMMAND, {
       label: 'Show the vGPU panel',
+      caption: 'Open the vGPU panel: pool, my kernels, queue',
+      isEnabled: () => hasPanel,
       execute: () => app.shell.activateById(PANEL_ID)
     });
+    palette?.addItem({ command: OPEN_COMMAND, category: 'vGPU' });
 
     // Notebook names for kernel ids, from the session manager.
     const sessions = app.serviceManager.sessions;
@@ -137,11 +153,32 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const connection = new EventsConnection(model);
     connection.start();
 
+    // Launcher cards and kernel pickers: slice and "fits now" / "queue: N waiting", live.
+    const kernelspecs = app.serviceManager.kernelspecs;
+    const decorator = new KernelListDecorator(() =>
+      kernelViews(
+        kernelspecs.specs?.kernelspecs,
+        model.profiles,
+        model.state.pool,
+        model.state.connection === 'connected' && !model.stale()
+      )
+    );
+    const redecorate = () => decorator.schedule();
+    model.changed.connect(redecorate);
+    kernelspecs.specsChanged.connect(redecorate);
+    app.commands.commandExecuted.connect((_, executed) => {
+      if (executed.id === 'launcher:create') {
+        void executed.result.then(redecorate, () => undefined);
+      }
+    });
+    app.shell.currentChanged?.connect(redecorate);
+    void app.restored.then(redecorate);
+
+    const activeKernel = (): string | null => {
+      const widget = notebooks?.currentWidget;
+      return widget?.sessionContext.session?.kernel?.id ?? null;
+    };
     if (statusBar) {
-      const activeKernel = (): string | null => {
-        const widget = notebooks?.currentWidget;
-        return widget?.sessionContext.session?.kernel?.id ?? null;
-      };
       const item = new VgpuStatusItem(model, activeKernel, () => app.shell.activateById(PANEL_ID));
       const activeChanged = new Signal<unknown, void>(model);
       let wasActive = false;
@@ -165,6 +202,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
         isActive,
         activeStateChanged: activeChanged
       });
+    } else if (notebooks) {
+      // No status bar (Notebook 7): the same item in the top area, next to the kernel indicator.
+      const item = new VgpuStatusItem(model, activeKernel, () => {
+        if (hasPanel) {
+          app.shell.activateById(PANEL_ID);
+        }
+      });
+      item.id = 'tf-vgpu-top-status';
+      item.addClass('tf-vgpu-status-top');
+      notebooks.currentChanged.connect(() => item.update());
+      try {
+        app.shell.add(item, 'top', { rank: 1000 });
+      } catch (err) {
+        console.warn('tf-jupyter-vgpu: no status bar and no top area; no vGPU status item', err);
+      }
     }
   }
 };

@@ -6,6 +6,7 @@
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
+import { fitsNow } from './availability';
 import { formatBytes, formatPercent } from './format';
 
 export type Mode = 'soft' | 'mps' | 'exclusive' | 'host' | 'unknown' | '?';
@@ -447,17 +448,7 @@ export function availability(profile: IProfile, pool: IPool | null): { fits: boo
   if (!pool) {
     return { fits: false, text: 'pool unknown' };
   }
-  const fits = pool.workers.some(w => {
-    if (!w.up) {
-      return false;
-    }
-    const free = w.devices.filter(d =>
-      profile.whole_device
-        ? d.vram_leased === 0 && d.compute_leased === 0
-        : d.vram_total - d.vram_leased >= profile.vram && d.compute_capacity - d.compute_leased >= profile.compute
-    );
-    return free.length >= profile.count;
-  });
+  const fits = fitsNow(profile, pool);
   if (fits && pool.queue_length === 0) {
     return { fits: true, text: 'fits now' };
   }

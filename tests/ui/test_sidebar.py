@@ -7,84 +7,25 @@ near its limit and see the notification. Screenshots go to docs/images/.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
+from ui_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    IMAGES,
+    NO_CHROMIUM,
+    MiB,
+    add_profile,
+    kernel_of,
+    quiet_lab,
+    row_bytes,
+    run_cell,
+    wait_for,
+)
 
-from tf_jupyter.pytest_plugin import JupyterServerProcess
-
-CHROMIUM = Path("/usr/bin/chromium")
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
-MiB = 1 << 20
-
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
-                                reason="needs Debian's Chromium at /usr/bin/chromium (apt-get install -y chromium; "
-                                       "scripts/test.sh installs it when run as root)")
-
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage"]
-
-
-def quiet_lab(server: JupyterServerProcess) -> None:
-    """No news or update checks (no network, and no stray notifications)."""
-    settings = server.root / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-
-
-def add_profile(server: JupyterServerProcess, name: str, vram: int) -> str:
-    from tf_jupyter.profiles import Profile, kernelspec
-
-    profile = Profile(name, vram=vram, compute=10)
-    spec_dir = server.root / "data" / "kernels" / profile.kernelspec_name
-    spec_dir.mkdir(parents=True)
-    (spec_dir / "kernel.json").write_text(json.dumps(kernelspec(profile)))
-    return profile.kernelspec_name
-
-
-def kernel_of(server: JupyterServerProcess, path_suffix: str) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for s in server.get_sync("/api/sessions"):
-            if s["path"].endswith(path_suffix) and s.get("kernel"):
-                return str(s["kernel"]["id"])
-        time.sleep(0.2)
-    raise AssertionError(f"no session for {path_suffix}: {server.get_sync('/api/sessions')}")
-
-
-def row_bytes(page: Any, kernel_id: str) -> tuple[int, int]:
-    row = page.locator(f'.tf-vgpu-kernel[data-kernel-id="{kernel_id}"]')
-    return int(row.get_attribute("data-vram-used") or 0), int(row.get_attribute("data-vram-limit") or 0)
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(0.1)
-
-
-def run_cell(page: Any, code: str, expect: str) -> None:
-    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-    cell = notebook.locator(".jp-Cell .cm-content").last
-    cell.wait_for(timeout=60_000)
-    # The page may still be restoring the notebook: type until the text is really in the cell.
-    deadline = time.monotonic() + 30
-    while code not in cell.inner_text():
-        assert time.monotonic() < deadline, f"could not type into the cell: {cell.inner_text()!r}"
-        cell.click()
-        page.keyboard.press("Control+a")
-        page.keyboard.press("Delete")
-        page.keyboard.type(code)
-        time.sleep(0.3)
-    page.keyboard.press("Shift+Enter")
-    notebook.locator(".jp-OutputArea-output", has_text=expect).wait_for(timeout=90_000)
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
 
 
 def test_sidebar_status_bar_and_notification(tf_worker_factory, jupyter_server_factory):

@@ -15,6 +15,18 @@ import {
 } from '../model';
 import { Sparkline } from './Sparkline';
 
+/**
+ * A coloured symbol next to words that say the same thing: the colour is a second cue, never the
+ * only one, and it is hidden from screen readers (the words are read).
+ */
+function Mark(props: { children: string }): JSX.Element {
+  return (
+    <span className="tf-vgpu-mark" aria-hidden="true">
+      {props.children}
+    </span>
+  );
+}
+
 /** A horizontal bar with its value also in words (never colour alone). */
 function Bar(props: { fraction: number; near: boolean; label: string }): JSX.Element {
   const pct = Math.round(Math.min(1, Math.max(0, props.fraction)) * 100);
@@ -71,7 +83,10 @@ function WorkerRow(props: { worker: IWorker }): JSX.Element {
   return (
     <li className={`tf-vgpu-worker ${w.up ? 'tf-vgpu-up' : 'tf-vgpu-down'}`} aria-label={`worker ${w.address}`}>
       <div className="tf-vgpu-worker-head">
-        <span className="tf-vgpu-state">{w.up ? '● up' : '○ down'}</span> {w.address}
+        <span className="tf-vgpu-state">
+          <Mark>{w.up ? '●' : '○'}</Mark> {w.up ? 'up' : 'down'}
+        </span>{' '}
+        {w.address}
         {w.backend && <span className="tf-vgpu-dim"> · {w.backend}</span>}
         <span className="tf-vgpu-dim"> · {w.leases} lease{w.leases === 1 ? '' : 's'}</span>
       </div>
@@ -182,7 +197,7 @@ function ConnectionBanner(props: { model: VgpuModel }): JSX.Element | null {
   }
   return (
     <div className="tf-vgpu-banner tf-vgpu-banner-ok" role="status">
-      ● Live
+      <Mark>●</Mark> Live
     </div>
   );
 }
