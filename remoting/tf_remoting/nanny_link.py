@@ -2,24 +2,27 @@
 
 Records from the nanny are serialized `ChannelsResponse` messages. Consecutive `frames` records
 are merged by plain concatenation (protobuf merges a repeated field of the same oneof member),
-so whatever arrived together leaves as one gRPC message, without ever being decoded here.
+so whatever is queued when the gRPC stream can take the next message leaves as one, without ever
+being decoded here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 
 from tf_remoting.channels import MAX_BATCH_BYTES, unpack_records
 
-FRAMES_TAG = 0x12  # field 2 (frames), wire type 2: the first byte of a `frames` record
+FRAMES_BYTE = b"\x12"  # field 2 (frames), wire type 2: the first byte of a `frames` record
 _LEN = struct.Struct(">I")
 
 
 class NannyLink(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._records: deque[bytes | None] = deque()  # None: the nanny closed the connection
+        self._ready = asyncio.Event()
         self._buffer = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -32,21 +35,31 @@ class NannyLink(asyncio.Protocol):
         except ValueError:
             self.close()
             return
-        merged: list[bytes] = []
-        size = 0
-        for record in records:
-            if record[:1] == bytes([FRAMES_TAG]) and merged and merged[-1][:1] == bytes([FRAMES_TAG]) \
-                    and size + len(record) <= MAX_BATCH_BYTES:
-                merged[-1] += record
-                size += len(record)
-            else:
-                merged.append(record)
-                size = len(record)
-        for message in merged:
-            self.inbox.put_nowait(message)
+        self._records.extend(records)
+        self._ready.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.inbox.put_nowait(None)
+        self._records.append(None)
+        self._ready.set()
+
+    async def next(self) -> bytes | None:
+        """The next message for the client: every `frames` record queued by now merged into one
+        (up to MAX_BATCH_BYTES), so a burst leaves as few gRPC messages as it can. None at the end."""
+        while not self._records:
+            self._ready.clear()
+            await self._ready.wait()
+        records = self._records
+        first = records[0]
+        if first is None:
+            return None  # stays queued: the end is reported again
+        records.popleft()
+        if first[:1] != FRAMES_BYTE:
+            return first
+        merged = bytearray(first)
+        while records and records[0] is not None and records[0][:1] == FRAMES_BYTE \
+                and len(merged) + len(records[0]) <= MAX_BATCH_BYTES:
+            merged += records.popleft()
+        return bytes(merged)
 
     def send(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -741,7 +741,7 @@ class RuntimeServicer:
         pump = asyncio.create_task(upstream())
         try:
             while True:
-                payload = await link.inbox.get()
+                payload = await link.next()
                 if payload is None:
                     break
                 yield payload

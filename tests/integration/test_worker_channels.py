@@ -94,10 +94,13 @@ async def test_kernel_exit_is_reported_with_code(kernel):
 
 async def test_expired_lease_is_reclaimed_and_kernel_stopped(tf_worker):
     async with tf_worker.client() as client:
+        # Watch first: on a busy machine the 2 s TTL may run out before StartKernel returns.
+        watch = client.watch(include_devices=False)
+        first = asyncio.ensure_future(anext(watch))
+        await asyncio.wait_for(asyncio.shield(first), 20)  # subscribed: the first sample came
         lease = await client.allocate(vram=1 << 30, compute=10, ttl_seconds=2)
         key = secrets.token_hex(16).encode()
         k = await client.start_kernel(lease.id, key=key)
-        watch = client.watch(include_devices=False)
         expired = None
 
         async def wait_expiry():
