@@ -6,9 +6,9 @@ those directories and the ledger, which is how it re-adopts live kernels after a
 
 `state()` is asked for every kernel at every telemetry tick, so what it learns is remembered: the
 parsed state.json (until the file is replaced: its inode, times and size are checked with one
-stat) and the nanny's identity, checked once against its command line and afterwards by its
-start time (one pread of its /proc/<pid>/stat, kept open, on Linux), which tells a reused pid
-from the nanny.
+stat) and the nanny's identity, checked once against its command line and afterwards through a
+pidfd (one poll() answers for all nannies; where pidfds are not available, by its start time in
+/proc/<pid>/stat, kept open), which tells a reused pid from the nanny.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from .devices.procfs import ProcStatReader, stat_fields
+from .devices.procfs import PidWatch, ProcStatReader, stat_fields
 
 MAX_UNIX_PATH = 107
 _LINUX = sys.platform.startswith("linux")
@@ -55,7 +55,7 @@ class _Known:
 
     key: tuple[int, ...]  # the file's identity: a replaced state.json has another
     state: KernelProcess  # as the file says; "running" only while the nanny checked out
-    nanny_start: Any  # the verified nanny's start time; None: not the nanny (or gone)
+    nanny_start: Any  # the verified nanny's start time ("pidfd": watched); None: not the nanny or gone
     used: float  # time.monotonic() of the last state() that used it
 
 
@@ -83,7 +83,8 @@ class KernelSupervisor:
         self.replay_bytes = replay_bytes
         self._children: list[subprocess.Popen[bytes]] = []
         self._known: dict[str, _Known] = {}
-        self._stat = ProcStatReader()  # the running nannies' /proc/<pid>/stat, kept open
+        self._pids = PidWatch()  # the running nannies, as pidfds
+        self._stat = ProcStatReader()  # or their /proc/<pid>/stat, kept open, without pidfds
         self._kernels_prefix = str(self.kernels_dir) + os.sep  # state() builds paths as text: no pathlib per tick
         self._last_sweep = time.monotonic()
         probe = self.socket_path("0" * 16)
@@ -141,13 +142,24 @@ class KernelSupervisor:
     def state(self, kernel_id: str) -> KernelProcess:
         """The kernel's state; a nanny that vanished without writing an exit code counts as killed.
 
-        One stat of state.json, plus one read of the nanny's /proc/<pid>/stat while it runs; the
-        file is parsed and the nanny's command line checked only when state.json was replaced.
+        One stat of state.json, plus one look at the nanny while it runs (a poll of its pidfd);
+        the file is parsed and the nanny's command line checked only when state.json was replaced.
         """
+        return self._state(kernel_id, None)
+
+    def states(self, kernel_ids: list[str]) -> dict[str, KernelProcess]:
+        """state() of each kernel, with one poll() for all their nannies (the telemetry tick's)."""
+        exited = self._pids.exited()
+        return {kernel_id: self._state(kernel_id, exited) for kernel_id in kernel_ids}
+
+    def _state(self, kernel_id: str, exited: set[int] | None) -> KernelProcess:
+        """exited: the watched nannies found gone by a poll() just made; None: look at this one."""
         now = time.monotonic()
         if now - self._last_sweep > _FORGET_AFTER_S / 2:
             self._known = {k: v for k, v in self._known.items() if now - v.used < _FORGET_AFTER_S}
-            self._stat.keep_only({v.state.nanny_pid for v in self._known.values() if v.nanny_start is not None})
+            nannies = {v.state.nanny_pid for v in self._known.values() if v.nanny_start is not None}
+            self._pids.keep_only(nannies)
+            self._stat.keep_only(nannies)
             self._last_sweep = now
         path = f"{self._kernels_prefix}{kernel_id}{os.sep}state.json"
         try:
@@ -156,9 +168,10 @@ class KernelSupervisor:
             self._known.pop(kernel_id, None)
             return KernelProcess("starting", 0, 0, None)
         known = self._known.get(kernel_id)
-        if known is None or known.key != key:
+        loaded = known is None or known.key != key
+        if loaded:
             if known is not None:
-                self._stat.forget(known.state.nanny_pid)
+                self._drop_nanny(known.state.nanny_pid)
             known = self._load(kernel_id, path)
             if known is None:
                 self._known.pop(kernel_id, None)
@@ -166,14 +179,29 @@ class KernelSupervisor:
             self._known[kernel_id] = known
         known.used = now
         state = known.state
-        if state.status == "running" and (
-            known.nanny_start is None or _process_start(state.nanny_pid, self._stat) != known.nanny_start
-        ):
+        # A nanny verified by _load just now needs no second look.
+        if state.status == "running" and not (loaded and known.nanny_start is not None) \
+                and not self._nanny_runs(known, exited):
             if known.nanny_start is not None:
-                known.nanny_start = None  # gone for good: no more reads of its pid
-                self._stat.forget(state.nanny_pid)
+                known.nanny_start = None  # gone for good: no more looks at its pid
+                self._drop_nanny(state.nanny_pid)
             return KernelProcess("exited", state.nanny_pid, state.kernel_pid, -signal.SIGKILL)
         return state
+
+    def _nanny_runs(self, known: _Known, exited: set[int] | None) -> bool:
+        if known.nanny_start is None:
+            return False
+        pid = known.state.nanny_pid
+        if exited is not None and self._pids.watching(pid):
+            return pid not in exited
+        alive = self._pids.alive(pid)
+        if alive is None:  # not watched through a pidfd
+            return _process_start(pid, self._stat) == known.nanny_start
+        return alive
+
+    def _drop_nanny(self, pid: int) -> None:
+        self._pids.unwatch(pid)
+        self._stat.forget(pid)
 
     def _load(self, kernel_id: str, path: str) -> _Known | None:
         """Parse state.json (its identity taken from the same open file) and check its nanny."""
@@ -194,16 +222,20 @@ class KernelSupervisor:
         if status == "exited":
             return _Known(key, KernelProcess("exited", nanny_pid, kernel_pid, data.get("exit_code")),
                           None, 0.0)
-        # The process is pinned (its stat file opened, start time read) before its command line is
-        # checked, and read again after: if the pid changed hands in between, the reads differ
-        # and the kernel counts as gone (never a stranger as the nanny).
-        self._stat.forget(nanny_pid)
-        start = _process_start(nanny_pid, self._stat)
-        nanny_start = None
-        if start is not None and _is_nanny(nanny_pid, kernel_id) and _process_start(nanny_pid, self._stat) == start:
-            nanny_start = start
+        # The process is pinned (a pidfd, or its stat file opened and start time read) before its
+        # command line is checked, and looked at again after: if the pid changed hands in between,
+        # the pinned process is gone and the kernel counts as gone (never a stranger as the nanny).
+        self._drop_nanny(nanny_pid)
+        nanny_start: Any = None
+        if self._pids.watch(nanny_pid):
+            if _is_nanny(nanny_pid, kernel_id) and self._pids.alive(nanny_pid):
+                nanny_start = "pidfd"
         else:
-            self._stat.forget(nanny_pid)
+            start = _process_start(nanny_pid, self._stat)
+            if start is not None and _is_nanny(nanny_pid, kernel_id) and _process_start(nanny_pid, self._stat) == start:
+                nanny_start = start
+        if nanny_start is None:
+            self._drop_nanny(nanny_pid)
         return _Known(key, KernelProcess("running", nanny_pid, kernel_pid, None), nanny_start, 0.0)
 
     def signal(self, kernel_id: str, signum: int) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tf_remoting.devices.procfs import ProcStatReader, default_max_open, stat_fields
+from tf_remoting.devices.procfs import PidWatch, ProcStatReader, default_max_open, stat_fields
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -68,3 +68,33 @@ def test_fields_and_defaults() -> None:
     fields = stat_fields(b"12 (a) (b)) R " + b" ".join(str(i).encode() for i in range(4, 60)))
     assert fields is not None and fields[0] == b"R" and fields[1] == b"4" and fields[19] == b"22"
     assert 0 <= default_max_open() <= 1024
+
+
+@pytest.mark.skipif(not PidWatch.supported(), reason="no pidfds here")
+def test_pid_watch_polls_every_watched_process_at_once() -> None:
+    watch = PidWatch(max_open=8)
+    procs = [sleeper() for _ in range(3)]
+    try:
+        assert all(watch.watch(p.pid) for p in procs)
+        assert watch.exited() == set() and all(watch.alive(p.pid) for p in procs)
+        procs[1].kill()
+        os.waitid(os.P_PID, procs[1].pid, os.WEXITED | os.WNOWAIT)  # a zombie has exited too
+        assert watch.exited() == {procs[1].pid} and watch.alive(procs[1].pid) is False
+        procs[1].wait()
+        assert watch.exited() == {procs[1].pid}
+        watch.unwatch(procs[1].pid)
+        assert watch.exited() == set() and watch.alive(procs[1].pid) is None and watch.watched == 2
+        watch.keep_only({procs[0].pid})
+        assert watch.watched == 1 and watch.watching(procs[0].pid) and not watch.watching(procs[2].pid)
+        assert not watch.watch(2**22 + 12345)  # no such process
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        watch.close()
+    assert watch.watched == 0
+
+
+def test_pid_watch_past_its_bound_declines() -> None:
+    watch = PidWatch(max_open=0)
+    assert not watch.watch(os.getpid()) and watch.alive(os.getpid()) is None and watch.exited() == set()

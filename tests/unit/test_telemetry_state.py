@@ -21,6 +21,7 @@ import pytest
 
 import tf_remoting.kernels as kernels_module
 from tf_remoting.devices.base import DeviceBackend, DeviceInfo, DeviceSample, Usage
+from tf_remoting.devices.procfs import PidWatch
 from tf_remoting.kernels import KernelSupervisor
 from tf_remoting.telemetry import Sampler
 
@@ -41,9 +42,22 @@ def fake_nanny(directory: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(600)", str(directory)])
 
 
-@pytest.fixture
-def supervisor(tmp_path: Path) -> KernelSupervisor:
-    return KernelSupervisor(tmp_path / "st")
+@pytest.fixture(params=["pidfd", "proc"])
+def supervisor(request: pytest.FixtureRequest, tmp_path: Path) -> KernelSupervisor:
+    """Nannies watched through pidfds, or (where there are none) through /proc/<pid>/stat."""
+    sup = KernelSupervisor(tmp_path / "st")
+    if request.param == "proc":
+        sup._pids.max_open = 0
+    elif not PidWatch.supported():
+        pytest.skip("no pidfds here")
+    return sup
+
+
+def both_ways(supervisor: KernelSupervisor, kernel_id: str) -> kernels_module.KernelProcess:
+    """state() alone and in states() (one poll for all nannies) must agree."""
+    one = supervisor.state(kernel_id)
+    assert supervisor.states([kernel_id]) == {kernel_id: one}
+    return one
 
 
 def test_state_follows_the_file_and_the_nanny(supervisor: KernelSupervisor) -> None:
@@ -61,15 +75,34 @@ def test_state_follows_the_file_and_the_nanny(supervisor: KernelSupervisor) -> N
         assert supervisor.state(KERNEL) == kernels_module.KernelProcess("exited", nanny.pid, 4343, 3)
         write_state(supervisor, KERNEL, status="running", nanny_pid=nanny.pid, kernel_pid=4444)
         assert supervisor.state(KERNEL).status == "running"
+        assert both_ways(supervisor, KERNEL).status == "running"
         nanny.kill()
         os.waitid(os.P_PID, nanny.pid, os.WEXITED | os.WNOWAIT)  # dead, not reaped: a zombie
         # Until reaped it is a zombie, which is no nanny either.
-        assert supervisor.state(KERNEL) == kernels_module.KernelProcess("exited", nanny.pid, 4444, -signal.SIGKILL)
+        assert both_ways(supervisor, KERNEL) == kernels_module.KernelProcess("exited", nanny.pid, 4444, -signal.SIGKILL)
         nanny.wait()
-        assert supervisor.state(KERNEL).exit_code == -signal.SIGKILL
+        assert both_ways(supervisor, KERNEL).exit_code == -signal.SIGKILL
     finally:
         nanny.kill()
         nanny.wait()
+
+
+def test_states_sees_a_nanny_die_between_two_ticks(supervisor: KernelSupervisor) -> None:
+    nannies = {f"k{i:015d}": fake_nanny(supervisor.directory(f"k{i:015d}")) for i in range(3)}
+    try:
+        for kernel_id, nanny in nannies.items():
+            write_state(supervisor, kernel_id, status="running", nanny_pid=nanny.pid, kernel_pid=1)
+        assert {k: s.status for k, s in supervisor.states(list(nannies)).items()} == dict.fromkeys(nannies, "running")
+        victim = list(nannies)[1]
+        nannies[victim].kill()
+        nannies[victim].wait()
+        states = supervisor.states(list(nannies))
+        assert {k: s.status for k, s in states.items()} == {**dict.fromkeys(nannies, "running"), victim: "exited"}
+        assert states[victim].exit_code == -signal.SIGKILL
+    finally:
+        for nanny in nannies.values():
+            nanny.kill()
+            nanny.wait()
 
 
 def test_a_stranger_is_no_nanny(supervisor: KernelSupervisor) -> None:
@@ -85,6 +118,7 @@ def test_a_stranger_is_no_nanny(supervisor: KernelSupervisor) -> None:
 
 def test_a_reused_pid_is_told_apart_by_its_start_time(supervisor: KernelSupervisor,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    supervisor._pids.max_open = 0  # without pidfds, which never follow a reused pid in the first place
     nanny = fake_nanny(supervisor.directory(KERNEL))
     try:
         write_state(supervisor, KERNEL, status="running", nanny_pid=nanny.pid, kernel_pid=4242)
@@ -107,9 +141,17 @@ def test_steady_state_reads_no_file_and_no_command_line(supervisor: KernelSuperv
         calls = []
         monkeypatch.setattr(kernels_module, "_is_nanny", lambda *a: calls.append(a) or True)
         monkeypatch.setattr(kernels_module.json, "loads", lambda *a, **k: calls.append(a) or {})
+        real_start = kernels_module._process_start
+        starts = []
+        monkeypatch.setattr(kernels_module, "_process_start", lambda *a: starts.append(a) or real_start(*a))
         for _ in range(5):
             assert supervisor.state(KERNEL).status == "running"
+            assert supervisor.states([KERNEL])[KERNEL].status == "running"
         assert calls == []
+        if supervisor._pids.watching(nanny.pid):
+            assert starts == []  # one poll() instead
+        else:  # without pidfds: one /proc read per look
+            assert starts == [(nanny.pid, supervisor._stat)] * 10
     finally:
         nanny.kill()
         nanny.wait()
