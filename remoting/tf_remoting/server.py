@@ -347,8 +347,9 @@ class Worker:
         """One sample: kernel exits, expiries, usage, watchdog, metrics, Watch subscribers."""
         self.supervisor.reap()
         all_kernels = self.ledger.kernels()
+        states = self.supervisor.states([rec.id for rec in all_kernels])  # one poll() for all nannies
         for rec in all_kernels:
-            state = self.supervisor.state(rec.id)
+            state = states[rec.id]
             if state.status == "exited" and rec.status != "exited":
                 self.remove_cgroup(rec.id)
                 with contextlib.suppress(ledger_mod.LedgerError):
