@@ -146,10 +146,11 @@ class Sampler:
         """
         devices = self.backend.sample_devices()
         trees = self.trees({root for _, _, roots in leases for root in roots})
-        usage: dict[str, Usage] = {}
-        for lease_id, device_uuid, roots in leases:
+        requests = []
+        for _, device_uuid, roots in leases:
             pids: set[int] = set()
             for root in roots:
                 pids |= trees[root]
-            usage[lease_id] = self.backend.usage(device_uuid, pids)
-        return devices, usage
+            requests.append((device_uuid, pids))
+        usages = self.backend.usages(requests)
+        return devices, {lease_id: u for (lease_id, _, _), u in zip(leases, usages, strict=True)}

@@ -289,3 +289,21 @@ def test_sampler_scans_in_full_after_full_scan_seconds() -> None:
     assert sampler.full_scans == (3 if not sys.platform.startswith("linux") else 2)
     sampler.sample([("a", "dev", set())])
     assert sampler.full_scans == (3 if not sys.platform.startswith("linux") else 2)  # nothing to scan for
+
+
+def test_host_usages_measure_many_leases_in_one_call() -> None:
+    from tf_remoting.devices import DeviceError, HostBackend
+
+    host = HostBackend()
+    try:
+        uuid = host.devices()[0].uuid
+        me = os.getpid()
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        mine, empty, dead = host.usages([(uuid, {me}), (uuid, set()), (uuid, {gone.pid})])
+        assert mine.vram_used > 0 and empty.vram_used == 0 and dead.vram_used == 0
+        assert abs(host.usage(uuid, {me}).vram_used - mine.vram_used) < 64 << 20
+        with pytest.raises(DeviceError):
+            host.usages([(uuid, {me}), ("GPU-nope", {me})])
+    finally:
+        host.close()

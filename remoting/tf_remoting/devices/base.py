@@ -58,6 +58,13 @@ class DeviceBackend(ABC):
     def usage(self, device_uuid: str, pids: set[int]) -> Usage:
         """What these processes use on that device now; vanished pids count as nothing."""
 
+    def usages(self, requests: list[tuple[str, set[int]]]) -> list[Usage]:
+        """usage() of each (device uuid, pids), in order: one sample of many leases at once.
+
+        Backends override it where one call for all is cheaper than one call each.
+        """
+        return [self.usage(device_uuid, pids) for device_uuid, pids in requests]
+
     @abstractmethod
     def close(self) -> None:
         """Release the backend's resources; idempotent."""

@@ -104,30 +104,38 @@ class HostBackend(DeviceBackend):
                              utilization=min(100.0, max(0.0, util)))]
 
     def usage(self, device_uuid: str, pids: set[int]) -> Usage:
-        if device_uuid != self._uuid:
-            raise DeviceError(f"no device {device_uuid!r} here; the host device is {self._uuid!r}")
-        rss = 0
-        cpu = 0.0  # percent of one CPU, summed
+        return self.usages([(device_uuid, pids)])[0]
+
+    def usages(self, requests: list[tuple[str, set[int]]]) -> list[Usage]:
+        for device_uuid, _ in requests:
+            if device_uuid != self._uuid:
+                raise DeviceError(f"no device {device_uuid!r} here; the host device is {self._uuid!r}")
         now = time.monotonic()
-        with self._lock:
-            for pid in pids:
-                reading = self._read(pid)
-                if reading is None:  # gone, or not ours to read
-                    self._seen.pop(pid, None)
-                    continue
-                ident, cpu_s, pid_rss = reading
-                rss += pid_rss
-                last = self._seen.get(pid)
-                # A new identity is a reused pid: a new process, whose first reading is a baseline.
-                if last is not None and last.ident == ident and now > last.at:
-                    cpu += max(0.0, 100.0 * (cpu_s - last.cpu_s) / (now - last.at))
-                self._seen[pid] = _Seen(ident, cpu_s, now)
+        out = []
+        with self._lock:  # one lock and one clock reading for the whole sample
+            seen, read = self._seen, self._read
+            for _, pids in requests:
+                rss = 0
+                cpu = 0.0  # percent of one CPU, summed
+                for pid in pids:
+                    reading = read(pid)
+                    if reading is None:  # gone, or not ours to read
+                        seen.pop(pid, None)
+                        continue
+                    ident, cpu_s, pid_rss = reading
+                    rss += pid_rss
+                    last = seen.get(pid)
+                    # A new identity is a reused pid: a new process, whose first reading is a baseline.
+                    if last is not None and last.ident == ident and now > last.at:
+                        cpu += max(0.0, 100.0 * (cpu_s - last.cpu_s) / (now - last.at))
+                    seen[pid] = _Seen(ident, cpu_s, now)
+                out.append(Usage(vram_used=rss, utilization=min(100.0, cpu / self._cpus)))
             if now - self._last_sweep > _EVICT_AFTER_S / 2:
                 self._seen = {p: e for p, e in self._seen.items() if now - e.at < _EVICT_AFTER_S}
                 self._procs = {p: proc for p, proc in self._procs.items() if p in self._seen}
                 self._stat.keep_only(self._seen)
                 self._last_sweep = now
-        return Usage(vram_used=rss, utilization=min(100.0, cpu / self._cpus))
+        return out
 
     def _read(self, pid: int) -> tuple[float, float, int] | None:
         """(identity, CPU seconds, RSS bytes) of one process, or None when it cannot be read."""
