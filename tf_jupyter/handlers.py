@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -22,6 +23,8 @@ from tf_remoting.client import RemotingError
 from tf_remoting.quantities import QuantityError, parse_bytes, parse_percent
 
 AUTH_RESOURCE = "kernels"
+STATUS_OF = {"NOT_FOUND": 404, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 409, "INVALID_ARGUMENT": 400,
+             "FAILED_PRECONDITION": 409, "UNAVAILABLE": 503, "UNAUTHENTICATED": 502}
 
 
 def _above_zero(digits: int) -> str:
@@ -42,8 +45,6 @@ _VRAM_HINT = ("write a size above 0 with an optional unit (Ki, Mi, Gi, Ti, Pi or
               "only spaces around them, e.g. 4Gi or 512Mi; at most 18 digits before the point without a unit, "
               "15 with K, 12 with M, 9 with G, 6 with T, 3 with P")
 _COMPUTE_HINT = "write a whole percent from 1 to 100 with an optional %, e.g. 25 or 25%"
-STATUS_OF = {"NOT_FOUND": 404, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 409, "INVALID_ARGUMENT": 400,
-             "FAILED_PRECONDITION": 409, "UNAVAILABLE": 503, "UNAUTHENTICATED": 502}
 
 
 def allowed_methods(handler: type) -> list[str]:
@@ -52,13 +53,13 @@ def allowed_methods(handler: type) -> list[str]:
             and getattr(handler, m.lower(), None) is not getattr(web.RequestHandler, m.lower(), None)]
 
 
-def quantity(body: dict[str, Any], name: str, parse: Any, pattern: re.Pattern[str], what: str,
+def quantity(body: dict[str, Any], name: str, parse: Callable[[Any], int], pattern: re.Pattern[str], what: str,
              hint: str) -> int | None:
     """body[name] read by `parse` (its message when it cannot), a string also held to `pattern`."""
     if name not in body:
         return None
     value = body[name]
-    parsed = int(parse(value))
+    parsed = parse(value)
     if isinstance(value, str) and not pattern.fullmatch(value):
         raise QuantityError(f"invalid {what} {value!r}: {hint}")
     return parsed
