@@ -160,7 +160,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         kernelspecs.specs?.kernelspecs,
         model.profiles,
         model.state.pool,
-        model.state.connection === 'connected' && !model.stale()
+        model.live()
       )
     );
     const redecorate = () => decorator.schedule();

@@ -6,7 +6,6 @@
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { fitsNow } from './availability';
 import { formatBytes, formatPercent } from './format';
 
 export type Mode = 'soft' | 'mps' | 'exclusive' | 'host' | 'unknown' | '?';
@@ -440,22 +439,6 @@ export interface IProfile {
   display_name: string;
 }
 
-/**
- * Whether a profile's slice fits now on one up worker (as the Jupyter side's cache sees it),
- * in words for the panel: "fits now" or "would wait: 2 in the queue".
- */
-export function availability(profile: IProfile, pool: IPool | null): { fits: boolean; text: string } {
-  if (!pool) {
-    return { fits: false, text: 'pool unknown' };
-  }
-  const fits = fitsNow(profile, pool);
-  if (fits && pool.queue_length === 0) {
-    return { fits: true, text: 'fits now' };
-  }
-  const waiting = pool.queue_length ? `${pool.queue_length} in the queue` : 'no free slice now';
-  return { fits: false, text: `would wait: ${waiting}` };
-}
-
 /** Settings of the extension (see schema/plugin.json). */
 export interface ISettings {
   refreshSeconds: number;
@@ -537,6 +520,11 @@ export class VgpuModel {
 
   stale(): boolean {
     return isStale(this._state, this._now(), this._settings.staleSeconds);
+  }
+
+  /** Whether the figures are live: connected and not stale. */
+  live(): boolean {
+    return this._state.connection === 'connected' && !this.stale();
   }
 
   /** A message of the events WebSocket. */

@@ -98,7 +98,8 @@ def start_kernel(lab: JupyterServerProcess, name: str) -> str:
     return str(body["id"])
 
 
-def test_launcher_cards_and_kernel_picker_say_fits_or_queue(page: Any, lab: JupyterServerProcess) -> None:
+def test_launcher_cards_and_kernel_picker_say_fits_or_queue(page: Any, lab: JupyterServerProcess,
+                                                            tmp_path: Path) -> None:
     log = BrowserLog(page)
     open_lab(page, lab, "launcher")
     cards = page.locator('.jp-LauncherCard[data-tf-vgpu-kernelspec="vgpu-small"]')
@@ -133,6 +134,9 @@ def test_launcher_cards_and_kernel_picker_say_fits_or_queue(page: Any, lab: Jupy
         wait_for(lambda: nb_badge.inner_text() == "queue: 1 waiting", 20,
                  f"the card shows the queue: {nb_badge.inner_text()!r}")
         assert console_badge.inner_text() == "queue: 1 waiting"
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        page.locator(".jp-Launcher-content").screenshot(path=str(tmp_path / "launcher.png"))
+        shutil.copyfile(tmp_path / "launcher.png", IMAGES / "launcher.png")
 
         # The kernel picker (File > New > Notebook asks for a kernel) says the same.
         menu(page, "File", "New", "Notebook", command="notebook:create-new")

@@ -75,7 +75,7 @@ def test_sidebar_status_bar_and_notification(tf_worker_factory, jupyter_server_f
             # With 4 of 5 GiB leased, a 640 MiB slice fits now and a 16 GiB one would wait.
             profiles = panel.locator(".tf-vgpu-profiles")
             profiles.locator(".tf-vgpu-profile", has_text="tiny").filter(has_text="fits now").wait_for(timeout=10_000)
-            assert "would wait" in profiles.locator(".tf-vgpu-profile", has_text="large").inner_text()
+            assert "no free slice now" in profiles.locator(".tf-vgpu-profile", has_text="large").inner_text()
 
             # A small slice brought near its limit: text and colour in the row, and a notification.
             nb = {"cells": [], "metadata": {"kernelspec": {"name": tiny, "display_name": "tiny", "language": "python"}},

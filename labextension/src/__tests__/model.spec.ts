@@ -2,7 +2,6 @@ import { describe, expect, it } from 'vitest';
 
 import { formatBytes, formatBytesPair, formatDuration, formatPercent } from '../format';
 import {
-  availability,
   emptyState,
   EventsMessage,
   IKernel,
@@ -146,33 +145,6 @@ describe('formatting', () => {
     );
     expect(statusText({ ...kernel, slice: undefined })).toBeNull();
     expect(statusText(undefined)).toBeNull();
-  });
-});
-
-describe('availability', () => {
-  const profile = {
-    name: 'small',
-    vram: 4 * GiB,
-    compute: 10,
-    count: 1,
-    qos: 'medium',
-    whole_device: false,
-    description: '',
-    kernelspec: 'vgpu-small',
-    display_name: 'Python 3 · vGPU 4 GiB · 10 %'
-  };
-  it('fits when one up device has the VRAM and compute free and nobody waits', () => {
-    expect(availability(profile, pool)).toEqual({ fits: true, text: 'fits now' });
-    expect(availability({ ...profile, vram: 5 * GiB }, pool).fits).toBe(false);
-    expect(availability({ ...profile, count: 2 }, pool).fits).toBe(false);
-    expect(availability({ ...profile, whole_device: true }, pool).fits).toBe(false);
-    expect(availability(profile, { ...pool, queue_length: 2 })).toEqual({
-      fits: false,
-      text: 'would wait: 2 in the queue'
-    });
-    const down = { ...pool, workers: pool.workers.map(w => ({ ...w, up: false })) };
-    expect(availability(profile, down).text).toBe('would wait: no free slice now');
-    expect(availability(profile, null).text).toBe('pool unknown');
   });
 });
 
@@ -322,6 +294,20 @@ describe('staleness and connection', () => {
     expect(isStale({ ...state, connection: 'disconnected' }, now + 11_000, 10)).toBe(false);
     const down = run([hello, { type: 'worker', worker: '127.0.0.1:5000', up: false }]);
     expect(isStale(down.state, down.now + 60_000, 10)).toBe(false);
+  });
+
+  it('is live only while connected and not stale', () => {
+    let t = 1000;
+    const model = new VgpuModel(undefined, () => t);
+    expect(model.live()).toBe(false); // connecting
+    model.apply(hello);
+    expect(model.live()).toBe(true);
+    t = 12_000;
+    expect(model.live()).toBe(false); // stale: a worker is up and nothing came for 11 s
+    model.apply(sample(MiB));
+    expect(model.live()).toBe(true);
+    model.setConnection('disconnected', 'closed');
+    expect(model.live()).toBe(false);
   });
 
   it('backs off 1, 2, 4 ... 30 s', () => {

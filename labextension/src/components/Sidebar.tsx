@@ -1,9 +1,9 @@
 import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
+import { kernelAvailability, sliceText } from '../availability';
 import { formatBytes, formatBytesPair, formatDuration, formatPercent } from '../format';
 import {
-  availability,
   IDevice,
   IKernel,
   IProfile,
@@ -154,8 +154,8 @@ function QueueRow(props: { entry: IQueueEntry; now: number }): JSX.Element {
 
 function ProfileRow(props: { model: VgpuModel; profile: IProfile; onStart?: (kernelspec: string) => void }) {
   const p = props.profile;
-  const a = availability(p, props.model.state.pool);
-  const slice = p.display_name.replace(/^Python 3 · /, '');
+  const a = kernelAvailability(p, props.model.state.pool, props.model.live());
+  const slice = p.display_name.replace(/^Python 3 · /, '') || sliceText(p);
   return (
     <li className="tf-vgpu-profile" aria-label={`profile ${p.name}`}>
       <button
@@ -166,7 +166,10 @@ function ProfileRow(props: { model: VgpuModel; profile: IProfile; onStart?: (ker
       >
         {p.name}
       </button>{' '}
-      {slice} · <span className={a.fits ? 'tf-vgpu-fits' : 'tf-vgpu-waits'}>{a.text}</span>
+      {slice} ·{' '}
+      <span className={a.fits === null ? 'tf-vgpu-dim' : a.fits ? 'tf-vgpu-fits' : 'tf-vgpu-waits'} title={a.description}>
+        {a.text}
+      </span>
     </li>
   );
 }
