@@ -156,12 +156,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     // Launcher cards and kernel pickers: slice and "fits now" / "queue: N waiting", live.
     const kernelspecs = app.serviceManager.kernelspecs;
     const decorator = new KernelListDecorator(() =>
-      kernelViews(
-        kernelspecs.specs?.kernelspecs,
-        model.profiles,
-        model.state.pool,
-        model.live()
-      )
+      model.settings.kernelListAvailability
+        ? kernelViews(kernelspecs.specs?.kernelspecs, model.profiles, model.state.pool, model.live())
+        : kernelViews(null, [], null, false)
     );
     const redecorate = () => decorator.schedule();
     model.changed.connect(redecorate);

@@ -447,6 +447,7 @@ export interface ISettings {
   showKernels: boolean;
   showQueue: boolean;
   showProfiles: boolean;
+  kernelListAvailability: boolean;
   warningThreshold: number;
   notifications: boolean;
 }
@@ -458,6 +459,7 @@ export const DEFAULT_SETTINGS: ISettings = {
   showKernels: true,
   showQueue: true,
   showProfiles: true,
+  kernelListAvailability: true,
   warningThreshold: 0.9,
   notifications: true
 };

@@ -132,6 +132,23 @@ describe('decorateKernelSelect', () => {
   });
 });
 
+describe('turned off (setting kernelListAvailability false)', () => {
+  it('empty views take every decoration away again', () => {
+    document.body.innerHTML = launcherHtml() + pickerHtml();
+    const views = kernelViews(specs, [], pool, true);
+    decorateLauncher(document.body, views);
+    const select = document.querySelector('select')!;
+    decorateKernelSelect(select, views);
+    const none = kernelViews(null, [], null, false);
+    expect(none.byKernelspec.size).toBe(0);
+    decorateLauncher(document.body, none);
+    decorateKernelSelect(select, none);
+    expect(badges(document.body)).toEqual([]);
+    expect(document.querySelectorAll('[data-tf-vgpu-kernelspec], [aria-description]').length).toBe(0);
+    expect(Array.from(select.options).map(o => o.text)).toContain('Python 3 · vGPU 4 GiB · 10 %');
+  });
+});
+
 describe('KernelListDecorator', () => {
   let views: IKernelViews;
   let decorator: KernelListDecorator;
