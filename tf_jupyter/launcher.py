@@ -101,6 +101,9 @@ class Launcher:
             self.lease_id = info["lease_id"]
             self.kernel_id = info.get("kernel_id", "")
             self.ttl = float(info.get("ttl") or 60)
+            # Placed by a provisioner outside a Jupyter server: nothing outlives this process to
+            # release the lease (jupyter console just exits), so it is ours to release.
+            self.owns_lease = bool(info.get("release_on_exit"))
             return
         self.pool, self.client, self.lease_id = await standalone_lease(find_profile(self.profile_name))
         self.ttl = float(self.pool.lease_ttl)

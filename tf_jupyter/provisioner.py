@@ -10,7 +10,9 @@ which attaches its relay. A restart keeps the lease; a shutdown releases it.
 - In any other client that honours provisioners (nbclient, papermill, jupyter console), there is no
   server pool: it reads the same configuration the launcher would (`c.TfVgpu.*`, or the local
   worker) and places from this process, which is already running, instead of from a fresh
-  launcher process.
+  launcher process. Such clients may exit without shutting the kernel down through the provisioner
+  (jupyter console does), so the launcher releases the lease when its kernel exits; a restart
+  therefore gets a new lease, and a hard kill (`shutdown_kernel(now=True)`) is released here.
 
 Clients that run the kernelspec's argv themselves (VS Code) skip the provisioner: the launcher then
 places and allocates on its own (see tf_jupyter.launcher).
@@ -99,12 +101,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
         pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, profile.qos))
 
     async def _place_standalone(self, profile: Profile) -> None:
-        if self.lease_id:  # a restart keeps the slice while the worker still has it
-            async with self._client() as client:
-                with contextlib.suppress(RemotingError):
-                    if client is not None:
-                        await client.renew(self.lease_id)
-                        return
+        # The launcher released the previous lease (if any) when its kernel exited: always a new one.
         pool, client, lease_id = await standalone_lease(profile, labels={"client": "jupyter_client",
                                                                          "client_pid": str(os.getpid())})
         try:
@@ -139,7 +136,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
                 labels={"jupyter_kernel_id": self.kernel_id or ""})
         tls = reach["tls"]
         env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "kernel_id": kernel.id,
-                                       "ttl": reach["ttl"],
+                                       "ttl": reach["ttl"], "release_on_exit": pool is None,
                                        "tls_ca": tls["tls_ca"] or "", "tls_cert": tls["client_cert"] or "",
                                        "tls_key": tls["client_key"] or "",
                                        "tls_server_name": tls["server_name"] or ""})

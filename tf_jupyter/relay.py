@@ -92,17 +92,19 @@ class Relay:
                 await channels.send(channel, parts)
 
     async def _downstream(self, channels: KernelChannels) -> None:
-        while True:
-            channel, parts = await channels.recv()
-            sock = self.sockets.get(channel)
-            if sock is None:
-                continue
-            try:
-                _send_now(sock, parts)
-            except zmq.Again:
-                log.warning("dropping a message for a peer that is not reading (channel %d)", channel)
-            except zmq.ZMQError as exc:  # e.g. unroutable identity after a client left
-                log.debug("could not deliver on channel %d: %s", channel, exc)
+        channels.deliver_to(self._deliver)
+        await channels.recv()  # returns only at the end, with KernelClosed
+
+    def _deliver(self, channel: int, parts: list[bytes]) -> None:
+        sock = self.sockets.get(channel)
+        if sock is None:
+            return
+        try:
+            _send_now(sock, parts)
+        except zmq.Again:
+            log.warning("dropping a message for a peer that is not reading (channel %d)", channel)
+        except zmq.ZMQError as exc:  # e.g. unroutable identity after a client left
+            log.debug("could not deliver on channel %d: %s", channel, exc)
 
     def close(self) -> None:
         for sock in self.sockets.values():

@@ -275,6 +275,7 @@ class KernelChannels:
         self.chunk_size = 1 << 20
         self._ever_opened = False
         self._stream_opened = False
+        self._sink: Callable[[int, list[bytes]], None] | None = None
 
     async def open(self, timeout: float = 30.0) -> None:
         """Connect (the first time); later reconnects happen by themselves."""
@@ -300,6 +301,17 @@ class KernelChannels:
         self._unacked[channel].append((seq, frames))
         for batch in batches(frames):
             self._outbox.put_nowait(pb.ChannelsRequest(frames=batch))
+
+    def deliver_to(self, sink: Callable[[int, list[bytes]], None]) -> None:
+        """Hand each message to ``sink(channel, parts)`` as it arrives instead of queueing it for
+        recv() (a relay saves a task switch per message); recv() then only reports the end."""
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item is None:
+                self._inbox.put_nowait(None)
+                break
+            sink(*item)
+        self._sink = sink
 
     async def recv(self, timeout: float | None = None) -> tuple[int, list[bytes]]:
         """The next message from the kernel, as (channel, parts). Raises KernelClosed at the end."""
@@ -399,7 +411,10 @@ class KernelChannels:
                     if seq <= self.received.get(channel, 0):
                         continue  # already delivered before a reconnect
                     self.received[channel] = seq
-                    self._inbox.put_nowait((channel, parts))
+                    if self._sink is not None:
+                        self._sink(channel, parts)
+                    else:
+                        self._inbox.put_nowait((channel, parts))
                     self._unacked_count += 1
                 self._maybe_ack()
             elif kind == "opened":
