@@ -21,10 +21,11 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from tf_remoting.quantities import format_bytes, format_percent
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidArgument",
     "LedgerUnavailable",
     "Ledger",
+    "LiveRows",
 ]
 
 MAX_VRAM = 2**62
@@ -134,36 +136,53 @@ def _copy_kernel(rec: KernelRecord) -> KernelRecord:
 @dataclass
 class _View:
     """Active leases and live (not exited) kernels as of ``data_version``, plus this Ledger's own
-    writes since. ``leases``/``kernels`` are ordered lists built on demand from the dicts."""
+    writes since. ``leases``/``kernels`` are ordered tuples built on demand from the dicts.
+
+    Records in the view are never changed in place (a write puts a new copy), so the tuples can
+    be handed out as they are (``Ledger.live``).
+    """
 
     data_version: int
     lease_by_id: dict[str, LeaseRecord]
     kernel_by_id: dict[str, KernelRecord]
-    _leases: list[LeaseRecord] | None = None
-    _kernels: list[KernelRecord] | None = None
+    _leases: tuple[LeaseRecord, ...] | None = None
+    _kernels: tuple[KernelRecord, ...] | None = None
+    _usage: dict[str, tuple[int, int]] | None = None
 
     @property
-    def leases(self) -> list[LeaseRecord]:
+    def leases(self) -> tuple[LeaseRecord, ...]:
         if self._leases is None:
-            self._leases = sorted(self.lease_by_id.values(), key=lambda r: (r.created_at, r.id))
+            self._leases = tuple(sorted(self.lease_by_id.values(), key=lambda r: (r.created_at, r.id)))
         return self._leases
 
     @property
-    def kernels(self) -> list[KernelRecord]:
+    def kernels(self) -> tuple[KernelRecord, ...]:
         if self._kernels is None:
-            self._kernels = sorted(self.kernel_by_id.values(), key=lambda r: (r.started_at, r.id))
+            self._kernels = tuple(sorted(self.kernel_by_id.values(), key=lambda r: (r.started_at, r.id)))
         return self._kernels
+
+    @property
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """Device uuid -> (VRAM leased, compute leased), devices with leases only."""
+        if self._usage is None:
+            usage: dict[str, tuple[int, int]] = {}
+            for lease in self.lease_by_id.values():
+                for s in lease.slices:
+                    vram, compute = usage.get(s.device_uuid, (0, 0))
+                    usage[s.device_uuid] = (vram + s.vram, compute + s.compute)
+            self._usage = usage
+        return self._usage
 
     def put_lease(self, rec: LeaseRecord) -> None:
         if rec.released_at is None:
             self.lease_by_id[rec.id] = _copy_lease(rec)
         else:
             self.lease_by_id.pop(rec.id, None)
-        self._leases = None
+        self._leases = self._usage = None
 
     def drop_lease(self, lease_id: str) -> None:
         if self.lease_by_id.pop(lease_id, None) is not None:
-            self._leases = None
+            self._leases = self._usage = None
 
     def put_kernel(self, rec: KernelRecord) -> None:
         if rec.status != "exited":
@@ -175,6 +194,15 @@ class _View:
     def drop_kernel(self, kernel_id: str) -> None:
         if self.kernel_by_id.pop(kernel_id, None) is not None:
             self._kernels = None
+
+
+@dataclass(frozen=True)
+class LiveRows:
+    """What ``Ledger.live`` returns: shared, read-only records."""
+
+    leases: tuple[LeaseRecord, ...]  # active, oldest first
+    kernels: tuple[KernelRecord, ...]  # not exited, oldest first
+    device_usage: Mapping[str, tuple[int, int]]  # every device, zeros included
 
 
 class LedgerError(Exception):
@@ -739,13 +767,19 @@ class Ledger:
 
     def device_usage(self) -> dict[str, tuple[int, int]]:
         """Device uuid -> (VRAM leased, compute leased) for every device, zeros included."""
-        usage: dict[str, tuple[int, int]] = {}
         with self._lock:
-            for lease in self._current_view().leases:
-                for s in lease.slices:
-                    vram, compute = usage.get(s.device_uuid, (0, 0))
-                    usage[s.device_uuid] = (vram + s.vram, compute + s.compute)
+            usage = self._current_view().usage
         return {d.uuid: usage.get(d.uuid, (0, 0)) for d in self.devices}
+
+    def live(self) -> LiveRows:
+        """Active leases, live kernels and device_usage() at once, without copies: for the
+        telemetry tick, which reads them every second. The records are shared: change nothing in
+        them (leases(), kernels() and get() give copies to change)."""
+        with self._lock:
+            view = self._current_view()
+            usage = view.usage
+            return LiveRows(view.leases, view.kernels,
+                            MappingProxyType({d.uuid: usage.get(d.uuid, (0, 0)) for d in self.devices}))
 
     def check(self) -> list[str]:
         """Consistency problems, as sentences: devices leased past capacity, slices without a lease.

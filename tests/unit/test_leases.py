@@ -781,3 +781,25 @@ def test_steady_reads_ask_sqlite_only_for_the_data_version(open_ledger, clock):
     finally:
         ledger._conn.set_trace_callback(None)
     assert statements and set(statements) == {"PRAGMA data_version"}
+
+
+def test_live_rows_are_the_views_records_and_stay_as_they_were(open_ledger, clock):
+    ledger = open_ledger([h100(0), h100(1)])
+    lease = ledger.allocate("alice", GiB, 10, count=2)
+    other = ledger.allocate("bob", 2 * GiB, 20)
+    ledger.add_kernel(kernel("k1", lease.id))
+    live = ledger.live()
+    assert list(live.leases) == ledger.leases() and list(live.kernels) == ledger.kernels()
+    assert dict(live.device_usage) == ledger.device_usage() == {"GPU-0": (3 * GiB, 30), "GPU-1": (GiB, 10)}
+    with pytest.raises(TypeError):
+        live.device_usage["GPU-0"] = (0, 0)  # type: ignore[index]
+    before = [vars(x).copy() for x in live.leases]
+    clock.now += 5
+    ledger.renew("alice", lease.id)
+    ledger.resize("bob", other.id, GiB, 5)
+    ledger.update_kernel("k1", status="running", pid=7)
+    assert [vars(x) for x in live.leases] == before  # writes put new records in the view
+    again = ledger.live()
+    assert again.leases[0].expires_at == clock.now + 60 and again.kernels[0].pid == 7
+    assert dict(again.device_usage) == {"GPU-0": (2 * GiB, 15), "GPU-1": (GiB, 10)}
+    assert ledger.live().leases is ledger.live().leases  # nothing rebuilt while nothing changed
