@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
@@ -56,7 +57,7 @@ class _Snapshot:
     def __init__(self) -> None:
         self.devices: list[DeviceInfo] = []
         self.samples: dict[str, DeviceSample] = {}  # newest sample of each listed device
-        self.leased: dict[str, tuple[int, int]] = {}
+        self.leased: Mapping[str, tuple[int, int]] = {}
         self.leases: list[dict[str, Any]] = []
         self.kernels = 0
 
@@ -126,7 +127,7 @@ class Metrics:
         self._thread: threading.Thread | None = None
 
     def update(self, devices: list[DeviceInfo], samples: list[DeviceSample],
-               leased: dict[str, tuple[int, int]], leases: list[dict[str, Any]], kernels: int) -> None:
+               leased: Mapping[str, tuple[int, int]], leases: list[dict[str, Any]], kernels: int) -> None:
         """Replace the figures; series of devices and leases no longer listed are no longer served.
 
         leased: device uuid -> (vram bytes leased, compute percent leased).

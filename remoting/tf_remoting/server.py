@@ -346,7 +346,7 @@ class Worker:
     async def tick(self) -> None:
         """One sample: kernel exits, expiries, usage, watchdog, metrics, Watch subscribers."""
         self.supervisor.reap()
-        all_kernels = self.ledger.kernels()
+        all_kernels = self.ledger.live().kernels  # the ledger's own records (no copies): read only
         states = self.supervisor.states([rec.id for rec in all_kernels])  # one poll() for all nannies
         for rec in all_kernels:
             state = states[rec.id]
@@ -361,7 +361,7 @@ class Worker:
                          f"lease {lease.id} of {lease.principal} expired (no heartbeat for "
                          f"{lease.ttl_seconds} s): slice reclaimed and its kernels stopped")
 
-        active = self.ledger.leases()
+        active = self.ledger.live().leases
         if active:
             self._idle_since = time.monotonic()
         elif self.config.idle_exit and time.monotonic() - self._idle_since > self.config.idle_exit:
@@ -370,6 +370,7 @@ class Worker:
         kernels_by_lease: dict[str, list[KernelRecord]] = {}
         for k in all_kernels:
             kernels_by_lease.setdefault(k.lease_id, []).append(k)
+        kernel_ids = {lease_id: [k.id for k in ks if k.status != "exited"] for lease_id, ks in kernels_by_lease.items()}
         query = []
         for lease in active:
             pids = {k.pid for k in kernels_by_lease.get(lease.id, []) if k.pid}
@@ -378,9 +379,10 @@ class Worker:
         device_samples, usage = await asyncio.to_thread(self.sampler.sample, query)
         self.device_samples = {s.uuid: s for s in device_samples}
         self.usage = usage
-        leased = self.ledger.device_usage()
+        leased = self.ledger.live().device_usage
 
         lease_samples = []
+        observed_at = time.monotonic()
         for lease in active:
             used_total = 0
             for s in lease.slices:
@@ -389,10 +391,9 @@ class Worker:
                 lease_samples.append(pb.LeaseSample(
                     lease_id=lease.id, principal=lease.principal, device_uuid=s.device_uuid,
                     vram_used=u.vram_used, vram_limit=s.vram, utilization=u.utilization,
-                    compute_limit=s.compute, mode=lease.mode,
-                    kernel_ids=[k.id for k in kernels_by_lease.get(lease.id, []) if k.status != "exited"]))
+                    compute_limit=s.compute, mode=lease.mode, kernel_ids=kernel_ids.get(lease.id, [])))
             limit = sum(s.vram for s in lease.slices)
-            for action in self.watchdog.observe(lease.id, used_total, limit, time.monotonic()):
+            for action in self.watchdog.observe(lease.id, used_total, limit, observed_at):
                 self.watchdog_act(lease, action.kind, action.message, kernels_by_lease.get(lease.id, []))
 
         self.metrics.update(self.devices, device_samples, leased, [
