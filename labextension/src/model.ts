@@ -6,7 +6,7 @@
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
-import { formatBytes, formatPercent } from './format';
+import { formatBytes, formatBytesPair, formatPercent } from './format';
 
 export type Mode = 'soft' | 'mps' | 'exclusive' | 'host' | 'unknown' | '?';
 
@@ -418,12 +418,8 @@ export function statusText(kernel: IKernel | undefined): string | null {
   }
   const used = kernel.usage ? kernel.usage.vram_used : 0;
   const util = kernel.usage ? Math.round(kernel.usage.utilization) : 0;
-  return `vGPU ${formatBytesPairGiB(used, kernel.slice.vram)} · ${util} %`;
-}
-
-function formatBytesPairGiB(used: number, limit: number): string {
-  const gib = 1024 ** 3;
-  return `${(used / gib).toFixed(1)} / ${(limit / gib).toFixed(1)} GiB`;
+  // One unit for both, the limit's (or the use's, when over it): MiB for slices under 1 GiB.
+  return `vGPU ${formatBytesPair(used, kernel.slice.vram)} · ${util} %`;
 }
 
 /** A vGPU profile as from `GET profiles`. */

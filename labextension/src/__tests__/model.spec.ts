@@ -143,6 +143,9 @@ describe('formatting', () => {
     expect(statusText({ ...kernel, usage: { vram_used: 3.1 * GiB, utilization: 42.4 } })).toBe(
       'vGPU 3.1 / 8.0 GiB · 42 %'
     );
+    expect(
+      statusText({ ...kernel, slice: { vram: 640 * MiB, compute: 10, count: 1 }, usage: { vram_used: 621 * MiB, utilization: 0 } })
+    ).toBe('vGPU 621.0 / 640.0 MiB · 0 %');
     expect(statusText({ ...kernel, slice: undefined })).toBeNull();
     expect(statusText(undefined)).toBeNull();
   });
