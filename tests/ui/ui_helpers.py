@@ -76,21 +76,36 @@ def wait_for(predicate: Any, timeout: float, what: str, page: Any = None) -> Non
             time.sleep(0.1)
 
 
-def run_cell(page: Any, code: str, expect: str) -> None:
+def run_cell(page: Any, code: str, expect: str, timeout: float = 90) -> None:
+    """Type `code` into the last cell, run it, wait for an output containing `expect`.
+
+    A notebook that was just opened may still be loading its document: a late load can wipe what
+    was typed (the code is then nowhere in the notebook and nothing ran), so it is typed and run
+    again, at most twice. Code that did run is never run twice."""
     notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
-    cell = notebook.locator(".jp-Cell .cm-content").last
-    cell.wait_for(timeout=60_000)
-    # The page may still be restoring the notebook: type until the text is really in the cell.
-    deadline = time.monotonic() + 30
-    while code not in cell.inner_text():
-        assert time.monotonic() < deadline, f"could not type into the cell: {cell.inner_text()!r}"
-        cell.click()
-        page.keyboard.press("Control+a")
-        page.keyboard.press("Delete")
-        page.keyboard.type(code)
-        time.sleep(0.3)
-    page.keyboard.press("Shift+Enter")
-    notebook.locator(".jp-OutputArea-output", has_text=expect).wait_for(timeout=90_000)
+    output = notebook.locator(".jp-OutputArea-output", has_text=expect)
+    deadline = time.monotonic() + timeout
+    for _ in range(3):
+        cell = notebook.locator(".jp-Cell .cm-content").last
+        cell.wait_for(timeout=60_000)
+        typing_deadline = time.monotonic() + 30
+        while code not in cell.inner_text():
+            assert time.monotonic() < typing_deadline, f"could not type into the cell: {cell.inner_text()!r}"
+            cell.click()
+            page.keyboard.press("Control+a")
+            page.keyboard.press("Delete")
+            page.keyboard.type(code)
+            time.sleep(0.3)
+        page.keyboard.press("Shift+Enter")
+        while time.monotonic() < deadline:
+            if output.count():
+                return
+            if code not in notebook.inner_text():
+                break  # the document was reloaded under us: type it again
+            page.wait_for_timeout(200)
+        else:
+            raise AssertionError(f"no output {expect!r} within {timeout} s: {notebook.inner_text()[-500:]!r}")
+    raise AssertionError(f"the cell was wiped three times: {notebook.inner_text()[-500:]!r}")
 
 
 OURS = re.compile(r"tf-jupyter-vgpu|tf-vgpu", re.IGNORECASE)
