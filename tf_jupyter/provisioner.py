@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -113,6 +114,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         pool = Pool.current()
+        began = time.monotonic()
         profile = self._profile()
         if pool is not None:
             await self._place_in_server(pool, profile)
@@ -121,6 +123,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
             await self._place_standalone(profile)
             assert self._reach is not None
             reach = self._reach
+        placed = time.monotonic()
         kwargs = await super().pre_launch(**kwargs)  # writes the connection file: its key is known from here
         # Start the kernel on the worker now, from this already-running process, so that it boots
         # while the launcher process starts up; the launcher then only attaches its relay to it.
@@ -134,6 +137,8 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
                 signature_scheme=self.connection_info.get("signature_scheme") or "hmac-sha256",
                 cwd=kwargs.get("cwd") or os.getcwd(), env=passthrough_env(env),
                 labels={"jupyter_kernel_id": self.kernel_id or ""})
+        self.log.debug("vGPU kernel %s: slice placed in %.0f ms, kernel %s started on %s in %.0f ms", self.kernel_id,
+                  (placed - began) * 1e3, kernel.id, self.worker, (time.monotonic() - placed) * 1e3)
         tls = reach["tls"]
         env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "kernel_id": kernel.id,
                                        "ttl": reach["ttl"], "release_on_exit": pool is None,
