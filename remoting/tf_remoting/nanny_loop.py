@@ -45,6 +45,10 @@ PORT_NAMES = {
 MAX_PEERS = 128          # routed peer sockets kept per channel (least recently used go)
 DRAIN_LIMIT = 2000       # messages read from one socket per loop turn
 REAP_INTERVAL = 0.05     # seconds between checks whether the kernel exited
+# Client messages wait until our iopub subscription has reached the kernel (its first iopub message,
+# ipykernel's `iopub_welcome`): a kernel that answers before that would publish into the void. A
+# kernel that never greets gets them after this many seconds from the nanny's start.
+IOPUB_WAIT = 10.0
 
 
 class Nanny:
@@ -75,6 +79,9 @@ class Nanny:
         self.stopping = False
         self._next_reap = 0.0
         self._want_pollout = False
+        self.iopub_ready = False
+        self._held: list[tuple[int, list[bytes]]] = []  # client messages waiting for iopub_ready
+        self._iopub_deadline = time.monotonic() + IOPUB_WAIT
 
     # ------------------------------------------------------------------ start
 
@@ -113,7 +120,10 @@ class Nanny:
             out: list[pb.Frame] = []
             for sock, _event in ready:
                 if sock is self.iopub:
-                    out.extend(self._drain(self.iopub, pb.CHANNEL_IOPUB, None))
+                    published = self._drain(self.iopub, pb.CHANNEL_IOPUB, None)
+                    out.extend(published)
+                    if published and not self.iopub_ready:
+                        self._release_held()
                 elif isinstance(sock, zmq.Socket):
                     channel, peer = self.socket_owner[sock]
                     out.extend(self._drain(sock, channel, peer))
@@ -129,6 +139,10 @@ class Nanny:
                     self._send(pb.ChannelsResponse(frames=batch))
             if self.exit_code is None:
                 now = time.monotonic()
+                if not self.iopub_ready and now >= self._iopub_deadline:
+                    log.warning("no iopub message from the kernel within %.0f s; forwarding client messages "
+                                "anyway (output published before our subscription is lost)", IOPUB_WAIT)
+                    self._release_held()
                 if now >= self._next_reap:
                     self._next_reap = now + REAP_INTERVAL
                     code = self.proc.poll()
@@ -167,6 +181,12 @@ class Nanny:
         return delivered or time.monotonic() - self.exited_at > LINGER_AFTER_EXIT
 
     # ------------------------------------------------------------------ kernel side
+
+    def _release_held(self) -> None:
+        self.iopub_ready = True
+        held, self._held = self._held, []
+        for channel, parts in held:
+            self._peer_socket(channel, parts[0]).send_multipart(parts[1:])
 
     def _drain(self, sock: zmq.Socket, channel: int, peer: bytes | None) -> list[pb.Frame]:
         frames: list[pb.Frame] = []
@@ -281,7 +301,10 @@ class Nanny:
                 if channel not in ROUTED or not parts or not self.dedup.accept(channel, seq):
                     continue
                 if self.exit_code is None:
-                    self._peer_socket(channel, parts[0]).send_multipart(parts[1:])
+                    if self.iopub_ready:
+                        self._peer_socket(channel, parts[0]).send_multipart(parts[1:])
+                    else:
+                        self._held.append((channel, parts))
         elif kind == "ack":
             for pos in req.ack.received:
                 self.buffer.ack(pos.channel, pos.seq)
