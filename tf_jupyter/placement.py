@@ -202,22 +202,27 @@ class PoolState:
 
     def __init__(self, devices: Iterable[DeviceView]) -> None:
         self._devices: list[DeviceView] = []
-        self._pos: dict[str, int] = {}
+        self._pos: dict[tuple[str, str], int] = {}  # (worker, device uuid): workers on one host may
+        # report the same uuid (the host device is "host-vm" on each of them)
         self._by_worker: dict[str, list[int]] = {}
         self._where: list[tuple[int, tuple[int, int, int]] | None] = []
         self._bands: list[list[tuple[int, int, int]]] = []  # used devices: (vram_free, compute_free, i)
         self._fresh: list[tuple[int, int, int]] = []  # untouched devices: (-vram_free, -compute_free, i)
         for d in devices:
-            if d.uuid in self._pos:
-                raise ValueError(f"device uuid {d.uuid} appears twice in the pool")
+            if (d.worker, d.uuid) in self._pos:
+                raise ValueError(f"device uuid {d.uuid} appears twice on worker {d.worker}")
             self.update(d)
 
     @property
     def devices(self) -> list[DeviceView]:
         return list(self._devices)
 
-    def device(self, uuid: str) -> DeviceView:
-        return self._devices[self._pos[uuid]]
+    def device(self, uuid: str, worker: str | None = None) -> DeviceView:
+        """A device by uuid (and worker, where several workers report that uuid)."""
+        found = [i for (w, u), i in self._pos.items() if u == uuid and worker in (None, w)]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} devices with uuid {uuid}" + (f" on worker {worker}" if worker else ""))
+        return self._devices[found[0]]
 
     def devices_used(self) -> int:
         """How many devices hold at least one lease."""
@@ -253,17 +258,15 @@ class PoolState:
     # ------------------------------------------------------------------ updates
 
     def update(self, device: DeviceView) -> None:
-        """Replace a device's view (fresh inventory); a new uuid is added."""
-        i = self._pos.get(device.uuid)
+        """Replace a device's view (fresh inventory); a new (worker, uuid) is added."""
+        i = self._pos.get((device.worker, device.uuid))
         if i is None:
             i = len(self._devices)
             self._devices.append(replace(device))
             self._where.append(None)
-            self._pos[device.uuid] = i
+            self._pos[(device.worker, device.uuid)] = i
             self._by_worker.setdefault(device.worker, []).append(i)
         else:
-            if self._devices[i].worker != device.worker:
-                raise ValueError(f"device {device.uuid} moved from worker {self._devices[i].worker} to {device.worker}")
             self._devices[i] = replace(device)
         self._index(i)
 
@@ -275,7 +278,7 @@ class PoolState:
 
     def apply(self, candidate: Candidate, request: Request) -> None:
         """Take the request's slices from the candidate's devices; ValueError if they no longer fit."""
-        positions = [self._pos[u] for u in candidate.devices]
+        positions = [self._pos[(candidate.worker, u)] for u in candidate.devices]
         for i in positions:
             if not fits(self._devices[i], request):
                 raise ValueError(f"{request.describe()} no longer fits on device {self._devices[i].uuid}")
@@ -291,7 +294,7 @@ class PoolState:
     def free(self, candidate: Candidate, request: Request) -> None:
         """Give back what :meth:`apply` took (capped at each device's totals)."""
         for u in candidate.devices:
-            i = self._pos[u]
+            i = self._pos[(candidate.worker, u)]
             d = self._devices[i]
             if request.whole_device:
                 d.vram_free, d.compute_free = d.vram_total, d.compute_capacity

@@ -160,10 +160,18 @@ def test_pool_state_updates():
     assert state.device("b").vram_free == 0
     state.free(Candidate("w2", ("b",)), Request(0, 100, whole_device=True))
     assert state.device("b").untouched
-    with pytest.raises(ValueError, match="appears twice"):
-        PoolState([dev("w1", "a"), dev("w2", "a")])
-    with pytest.raises(ValueError, match="moved from worker w1 to w2"):
-        state.update(dev("w2", "a"))
+    with pytest.raises(ValueError, match="appears twice on worker w1"):
+        PoolState([dev("w1", "a"), dev("w1", "a")])
+
+
+def test_pool_state_tells_apart_workers_that_report_the_same_uuid():
+    # Two workers on one host both report the host device as "host-vm".
+    state = PoolState([dev("w1", "host-vm", 8, free_gib=2), dev("w2", "host-vm", 8)])
+    assert state.place_and_commit(Request(4 * GiB, 10)) == Candidate("w2", ("host-vm",))
+    assert state.device("host-vm", "w2").vram_free == 4 * GiB
+    assert state.device("host-vm", "w1").vram_free == 2 * GiB
+    with pytest.raises(KeyError, match="2 devices with uuid host-vm"):
+        state.device("host-vm")
 
 
 def test_pool_state_copies_its_input():
