@@ -5,7 +5,6 @@ import {
   emptyState,
   EventsMessage,
   IKernel,
-  IPool,
   isNearLimit,
   isStale,
   IVgpuState,
@@ -16,40 +15,7 @@ import {
 } from '../model';
 import { backoffDelay } from '../server';
 
-const GiB = 1024 ** 3;
-const MiB = 1024 ** 2;
-
-const pool: IPool = {
-  policy: 'binpack',
-  queue_length: 0,
-  workers: [
-    {
-      address: '127.0.0.1:5000',
-      up: true,
-      error: '',
-      worker_id: 'w1',
-      version: '0.1.0',
-      backend: 'host',
-      leases: 1,
-      devices: [
-        {
-          uuid: 'host-0',
-          name: 'host device',
-          index: 0,
-          kind: 'host',
-          vram_total: 8 * GiB,
-          vram_leased: 4 * GiB,
-          vram_used: GiB,
-          compute_capacity: 100,
-          compute_leased: 10,
-          utilization: 3,
-          modes: ['host'],
-          memory_enforcement: 'watchdog'
-        }
-      ]
-    }
-  ]
-};
+import { GiB, MiB, pool } from './fixtures';
 
 const kernel: IKernel = {
   kernel_id: 'k1',
