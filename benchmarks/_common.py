@@ -1,12 +1,14 @@
-"""Helpers shared by the benchmarks: statistics, the machine and versions, the result table."""
+"""Helpers shared by the benchmarks: statistics, the machine and versions, the result table, a worker and server."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import statistics
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -142,3 +144,27 @@ def write_json(path: str | Path, rows: list[Row], **extra: Any) -> None:
         "argv": sys.argv,
     }
     Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def with_worker_and_server(worker_args: list[str], run: Callable[[Any, Any], Awaitable[Any]], timeout: float,
+                           settings: dict[str, Any] | None = None) -> Any:
+    """Start a worker (host device) and a Jupyter server using it, run ``run(worker, server)`` within
+    ``timeout`` s, print both logs' tails if it fails, and stop both."""
+    from tf_jupyter.pytest_plugin import JupyterServerProcess
+    from tf_remoting.pytest_plugin import WorkerProcess
+
+    worker = WorkerProcess(worker_args)
+    server = None
+    try:
+        worker.start()
+        server = JupyterServerProcess(workers=[worker], settings=settings).start()
+        return asyncio.run(asyncio.wait_for(run(worker, server), timeout))
+    except BaseException:
+        print(f"worker log:\n{worker.log()[-3000:]}", file=sys.stderr, flush=True)
+        if server is not None:
+            print(f"server log:\n{server.log()[-3000:]}", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if server is not None:
+            server.cleanup()
+        worker.cleanup()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Row, machine, median, table, versions, write_json  # noqa: E402
+from _common import Row, machine, median, table, versions, with_worker_and_server, write_json  # noqa: E402
 
 from tf_jupyter.pytest_plugin import JupyterServerProcess, KernelWebSocket  # noqa: E402
 from tf_remoting.pytest_plugin import WorkerProcess  # noqa: E402
@@ -98,21 +98,8 @@ def main() -> int:
     print(f"machine: {info['cores']} cores ({info['usable_cores']} usable), {info.get('cpu', '?')}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     started = time.monotonic()
-    worker = WorkerProcess(["--host-vram", "8Gi", "--sample-interval", "1"])
-    server = None
-    try:
-        worker.start()
-        server = JupyterServerProcess(workers=[worker]).start()
-        times = asyncio.run(asyncio.wait_for(bench(args, server, worker), args.timeout))
-    except BaseException:
-        log(f"worker log:\n{worker.log()[-3000:]}")
-        if server is not None:
-            log(f"server log:\n{server.log()[-3000:]}")
-        raise
-    finally:
-        if server is not None:
-            server.cleanup()
-        worker.cleanup()
+    times = with_worker_and_server(["--host-vram", "8Gi", "--sample-interval", "1"],
+                                   lambda worker, server: bench(args, server, worker), args.timeout)
     total = time.monotonic() - started
 
     row = Row(f"start → ready via Jupyter server ({args.kernelspec} vs python3; POST → kernel_info_reply)", "ms",

@@ -39,7 +39,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, median, versions  # noqa: E402
+from _common import machine, median, versions, with_worker_and_server  # noqa: E402
 
 from tf_jupyter.pytest_plugin import JupyterServerProcess  # noqa: E402
 from tf_remoting.client import RuntimeClient  # noqa: E402
@@ -242,22 +242,11 @@ def main() -> int:
     print(f"machine: {info['cores']} cores ({info['usable_cores']} usable), {info.get('cpu', '?')}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
     started = time.monotonic()
-    worker = WorkerProcess(["--host-vram", f"{max(8, args.kernels * 64 // 1024 + 1)}Gi", "--sample-interval", "1"])
-    server = None
-    try:
-        worker.start()
-        # The production refresh interval (the test fixture's 1 s would poll GetInventory 5 times as often).
-        server = JupyterServerProcess(workers=[worker], settings={"refresh_interval": 5.0}).start()
-        out = asyncio.run(asyncio.wait_for(bench(args, worker, server), args.timeout))
-    except BaseException:
-        log(f"worker log:\n{worker.log()[-3000:]}")
-        if server is not None:
-            log(f"server log:\n{server.log()[-3000:]}")
-        raise
-    finally:
-        if server is not None:
-            server.cleanup()
-        worker.cleanup()
+    # The production refresh interval (the test fixture's 1 s would poll GetInventory 5 times as often).
+    vram = f"{max(8, args.kernels * 64 // 1024 + 1)}Gi"
+    out = with_worker_and_server(["--host-vram", vram, "--sample-interval", "1"],
+                                 lambda worker, server: bench(args, worker, server), args.timeout,
+                                 settings={"refresh_interval": 5.0})
     total = time.monotonic() - started
 
     idle, loaded = out["idle"], out["loaded"]
