@@ -47,7 +47,10 @@ DRAIN_LIMIT = 2000       # messages read from one socket per loop turn
 REAP_INTERVAL = 0.05     # seconds between checks whether the kernel exited
 # Client messages wait until our iopub subscription has reached the kernel (its first iopub message,
 # ipykernel's `iopub_welcome`): a kernel that answers before that would publish into the void. A
-# kernel that never greets gets them after this many seconds from the nanny's start.
+# kernel that never greets (a plain PUB socket) gets them this long after our iopub connection's
+# handshake, time for the subscription to arrive; or, if even that never comes, IOPUB_WAIT seconds
+# after the nanny's start.
+SUBSCRIPTION_GRACE = 0.5
 IOPUB_WAIT = 10.0
 
 
@@ -81,7 +84,9 @@ class Nanny:
         self._want_pollout = False
         self.iopub_ready = False
         self._held: list[tuple[int, list[bytes]]] = []  # client messages waiting for iopub_ready
-        self._iopub_deadline = time.monotonic() + IOPUB_WAIT
+        self._iopub_connected = False
+        self._started = time.monotonic()
+        self._iopub_deadline = self._started + IOPUB_WAIT
 
     # ------------------------------------------------------------------ start
 
@@ -90,8 +95,10 @@ class Nanny:
         self.iopub.setsockopt(zmq.RCVHWM, 0)
         self.iopub.setsockopt(zmq.LINGER, 0)
         self.iopub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.iopub_monitor = self.iopub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.iopub.connect(self.endpoint(pb.CHANNEL_IOPUB))
         self.poller.register(self.iopub, zmq.POLLIN)
+        self.poller.register(self.iopub_monitor, zmq.POLLIN)
         self.listener = listener
         self.poller.register(self.listener.fileno(), zmq.POLLIN)
         log.info("kernel pid %d started, nanny pid %d", self.proc.pid, os.getpid())
@@ -124,6 +131,8 @@ class Nanny:
                     out.extend(published)
                     if published and not self.iopub_ready:
                         self._release_held()
+                elif sock is self.iopub_monitor:
+                    self._on_iopub_connected()
                 elif isinstance(sock, zmq.Socket):
                     channel, peer = self.socket_owner[sock]
                     out.extend(self._drain(sock, channel, peer))
@@ -140,8 +149,10 @@ class Nanny:
             if self.exit_code is None:
                 now = time.monotonic()
                 if not self.iopub_ready and now >= self._iopub_deadline:
-                    log.warning("no iopub message from the kernel within %.0f s; forwarding client messages "
-                                "anyway (output published before our subscription is lost)", IOPUB_WAIT)
+                    why = ("its iopub connection is up" if self._iopub_connected
+                           else "no iopub connection either (output may be lost)")
+                    log.info("no greeting on iopub from the kernel, %s; forwarding client messages %.1f s after "
+                             "the nanny started", why, now - self._started)
                     self._release_held()
                 if now >= self._next_reap:
                     self._next_reap = now + REAP_INTERVAL
@@ -181,6 +192,17 @@ class Nanny:
         return delivered or time.monotonic() - self.exited_at > LINGER_AFTER_EXIT
 
     # ------------------------------------------------------------------ kernel side
+
+    def _on_iopub_connected(self) -> None:
+        # One event is all we wait for; later reconnects need no hold (the kernel is up).
+        with contextlib.suppress(zmq.Again):
+            self.iopub_monitor.recv_multipart(zmq.NOBLOCK)
+        self.poller.unregister(self.iopub_monitor)
+        self.iopub.disable_monitor()
+        self.iopub_monitor.close()
+        self._iopub_connected = True
+        if not self.iopub_ready:
+            self._iopub_deadline = min(self._iopub_deadline, time.monotonic() + SUBSCRIPTION_GRACE)
 
     def _release_held(self) -> None:
         self.iopub_ready = True
