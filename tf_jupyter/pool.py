@@ -88,7 +88,7 @@ class Pool:
                  queue_timeout: float = 300.0, lease_ttl: int = 60) -> None:
         self.token = token
         self.token_file = ""  # when set, re-read on every refresh: tokens rotate without a restart
-        self._token_mtime = 0.0
+        self._token_stat: tuple[int, int, int] | None = None  # (mtime_ns, inode, size) last read
         self.dns = dns
         self.tls = {"tls_ca": tls_ca or None, "client_cert": tls_cert or None, "client_key": tls_key or None,
                     "server_name": tls_server_name or None}
@@ -166,14 +166,18 @@ class Pool:
     def follow_token_file(self, path: str) -> None:
         self.token_file = path
         with contextlib.suppress(OSError):
-            self._token_mtime = os.stat(path).st_mtime
+            st = os.stat(path)
+            self._token_stat = (st.st_mtime_ns, st.st_ino, st.st_size)
 
     def _check_token(self) -> None:
         if not self.token_file:
             return
         try:
-            mtime = os.stat(self.token_file).st_mtime
-            if mtime == self._token_mtime:
+            # mtime alone misses a same-second replace on coarse-timestamp filesystems; a kubelet
+            # Secret update swaps the file (new inode), an in-place rewrite usually changes the size.
+            st = os.stat(self.token_file)
+            key = (st.st_mtime_ns, st.st_ino, st.st_size)
+            if key == self._token_stat:
                 return
             from tf_jupyter.launcher import read_token
 
@@ -181,7 +185,7 @@ class Pool:
         except (OSError, ValueError) as exc:
             log.warning("cannot re-read token file %s: %s (keeping the current token)", self.token_file, exc)
             return
-        self._token_mtime = mtime
+        self._token_stat = key
         if token != self.token:
             log.info("token file %s changed: using the new token", self.token_file)
             self.token = token
