@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
 
+from jupyter_core.utils import ensure_async
 from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from tornado import web, websocket
@@ -51,6 +52,14 @@ def allowed_methods(handler: type) -> list[str]:
     """The methods a handler class answers: those it (or a Jupyter/tf_jupyter base) defines, not tornado's 405s."""
     return [m for m in web.RequestHandler.SUPPORTED_METHODS if m in handler.SUPPORTED_METHODS
             and getattr(handler, m.lower(), None) is not getattr(web.RequestHandler, m.lower(), None)]
+
+
+async def authorize_read(handler: JupyterHandler) -> None:
+    """403 unless the authorizer lets the (authenticated) user read AUTH_RESOURCE, as @authorized says it."""
+    allowed = await ensure_async(handler.authorizer.is_authorized(handler, handler.current_user, "read",
+                                                                  AUTH_RESOURCE))
+    if not allowed:
+        raise web.HTTPError(403, f"User is not authorized to read on resource: {AUTH_RESOURCE}.")
 
 
 def quantity(body: dict[str, Any], name: str, parse: Callable[[Any], int], pattern: re.Pattern[str], what: str,
@@ -182,6 +191,7 @@ class EventsHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
+        await authorize_read(self)  # what @authorized does for the REST handlers (it cannot wrap a WebSocket)
         if self.request.headers.get("Upgrade", "").lower() != "websocket":
             raise web.HTTPError(400, "this is a WebSocket: connect to ws://<server>/tf-vgpu/api/events")
         await super().get(*args, **kwargs)
@@ -224,6 +234,7 @@ class NotFoundHandler(VgpuHandler):
         await super().prepare()
         if self.current_user is None:
             raise web.HTTPError(403)
+        await authorize_read(self)  # who may not read the API learns nothing of it, not even its paths
         path = self.request.path
         kernels = "/tf-vgpu/api/kernels/"
         if kernels in path and path.split(kernels, 1)[1].strip("/"):

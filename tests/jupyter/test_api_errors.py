@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -162,6 +163,72 @@ async def test_wrong_token_is_403_on_every_route(env: dict[str, Any]) -> None:
     # And nothing was resized by the refused PATCH.
     status, kernel = await alice.request("GET", kernel_path(env), timeout=TIMEOUT)
     assert status == 200 and kernel["slice"]["compute"] == 10
+
+
+# A jupyter_server Authorizer (ServerApp.authorizer_class) that refuses the vGPU API and logs what it was asked;
+# loaded by the server process from its own root directory.
+DENY_VGPU_API = """
+from pathlib import Path
+
+from jupyter_server.auth.authorizer import Authorizer
+
+
+class DenyVgpuApi(Authorizer):
+    def is_authorized(self, handler, user, action, resource):
+        if not handler.request.path.startswith("/tf-vgpu/"):
+            return True
+        with open(Path(__file__).with_name("asked.log"), "a") as log:
+            log.write(f"{handler.request.method} {handler.request.path} {action} {resource}\\n")
+        return False
+"""
+
+
+class DenyingServer(JupyterServerProcess):
+    """A Jupyter server whose authorizer refuses everything under /tf-vgpu/ (the rest stays allowed)."""
+
+    def __init__(self, worker: WorkerProcess) -> None:
+        super().__init__(workers=[worker])
+        (self.root / "deny_vgpu_api.py").write_text(DENY_VGPU_API)
+        self.config["ServerApp"] = {"authorizer_class": "deny_vgpu_api.DenyVgpuApi"}
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.root), env.get("PYTHONPATH")]))
+        return env
+
+    def asked(self) -> list[str]:
+        path = self.root / "asked.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+
+async def test_authorizer_refusal_is_403_on_every_route(env: dict[str, Any]) -> None:
+    """Authenticated but not authorized: every route, the events WebSocket included, asks jupyter_server's
+    authorizer about resource "kernels" and answers 403 with a JSON message, not the data."""
+    server = DenyingServer(env["worker"])
+    env["servers"].append(server)
+    await asyncio.to_thread(server.start)
+    expected = []
+    for pattern, handler in routes():
+        path = pattern.replace(r"(?P<kernel_id>[\w-]+)", env["kernel_id"]).replace(".*", "no-such-path")
+        assert "(" not in path, f"a route with a parameter this test does not know: {pattern}"
+        if "events" in pattern:
+            with pytest.raises(HTTPClientError) as info:
+                await asyncio.wait_for(server.websocket(path), TIMEOUT)
+            assert info.value.code == 403
+            expected.append(f"GET {path} read kernels")
+            continue
+        methods = [m for m in ("get", "patch", "post", "put", "delete")
+                   if any(m in k.__dict__ for k in handler.__mro__ if k.__module__.startswith("tf_jupyter"))] or ["get"]
+        for method in methods:
+            body = {"compute": "20%"} if method != "get" else None
+            status, answer = await server.request(method.upper(), path, body, timeout=TIMEOUT)
+            assert_error(status, answer, 403, "not authorized", "kernels")
+            expected.append(f"{method.upper()} {path} {'read' if method == 'get' else 'write'} kernels")
+    assert sorted(server.asked()) == sorted(expected)
+    assert len(expected) >= 8, expected
+    # The server itself still answers: only the vGPU API was refused.
+    status, _ = await server.request("GET", "/api/status", timeout=TIMEOUT)
+    assert status == 200
 
 
 # ---------------------------------------------------------------------------- a second principal
