@@ -1,8 +1,12 @@
 """Who is calling: bearer tokens mapped to principals.
 
 The token file has one token per line, either `TOKEN` (principal "default") or
-`PRINCIPAL TOKEN`; blank lines and `#` comments are skipped. It is re-read when its modification
-time changes, so tokens rotate without restarting the worker or its kernels.
+`PRINCIPAL TOKEN`; blank lines and `#` comments are skipped. In place of a token a line may hold
+its digest, `sha256:` and 64 hex digits (`PRINCIPAL sha256:HEX`): the worker compares the digest of
+a presented token, so the file need not hold any token at all. Use digests on shared hosts: kernels
+run as the worker's user and can read its token file. `tf-jupyter worker token new|hash` makes
+such lines. The file is re-read when it changes (modification time, inode or size), so tokens
+rotate without restarting the worker or its kernels.
 
 Kernels get a token of their own, scoped to their lease: `%vgpu` inside the kernel can read and
 resize that lease and nothing else.
@@ -37,8 +41,24 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+DIGEST_PREFIX = "sha256:"
+
+
+def _entry_digest(word: str, number: int) -> bytes:
+    """The digest a token-file entry stands for: a `sha256:HEX` digest as is, a token hashed."""
+    if word[:len(DIGEST_PREFIX)].lower() == DIGEST_PREFIX:
+        hex_part = word[len(DIGEST_PREFIX):]
+        if len(hex_part) != 64 or any(c not in "0123456789abcdefABCDEF" for c in hex_part):
+            raise ValueError(f"token file line {number}: a digest is 'sha256:' and 64 hex digits")
+        return bytes.fromhex(hex_part)
+    if len(word) < 16:
+        raise ValueError(f"token file line {number}: tokens must be at least 16 characters")
+    return _digest(word)
+
+
 def parse_token_file(text: str) -> dict[bytes, str]:
-    """Token digest -> principal. Raises ValueError naming the bad line (never the token)."""
+    """Token digest -> principal. Each entry is a token or `sha256:HEX` (the digest of one).
+    Raises ValueError naming the bad line (never the token)."""
     table: dict[bytes, str] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -50,10 +70,9 @@ def parse_token_file(text: str) -> dict[bytes, str]:
         elif len(words) == 2:
             principal, token = words
         else:
-            raise ValueError(f"token file line {number}: expected 'TOKEN' or 'PRINCIPAL TOKEN'")
-        if len(token) < 16:
-            raise ValueError(f"token file line {number}: tokens must be at least 16 characters")
-        table[_digest(token)] = principal
+            raise ValueError(f"token file line {number}: expected 'TOKEN', 'PRINCIPAL TOKEN' or "
+                             "'PRINCIPAL sha256:HEX'")
+        table[_entry_digest(token, number)] = principal
     if not table:
         raise ValueError("token file has no tokens")
     return table
@@ -63,7 +82,7 @@ class TokenTable:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._mtime = -1.0
+        self._file_key: tuple[int, int, int] | None = None  # (mtime_ns, inode, size) of the table read
         self._checked = 0.0
         self._table: dict[bytes, str] = {}
         self._kernel_tokens: dict[bytes, Caller] = {}
@@ -75,12 +94,12 @@ class TokenTable:
             return
         self._checked = now
         try:
-            mtime = os.stat(self.path).st_mtime
+            key = file_key(self.path)
         except OSError as exc:
             if force:
                 raise ValueError(f"cannot read token file {self.path}: {exc.strerror}") from exc
             return  # keep the last good table while the file is being replaced
-        if mtime == self._mtime:
+        if key == self._file_key:
             return
         try:
             table = parse_token_file(self.path.read_text())
@@ -88,7 +107,7 @@ class TokenTable:
             if force:
                 raise
             return
-        self._table, self._mtime = table, mtime
+        self._table, self._file_key = table, key
 
     def principals(self) -> set[str]:
         return set(self._table.values())
@@ -140,3 +159,40 @@ def ensure_token_file(path: Path) -> bool:
 
 def token_digest_hex(token: str) -> str:
     return _digest(token).hex()
+
+
+def file_key(path: str | Path) -> tuple[int, int, int]:
+    """What says a file changed: mtime alone misses a rewrite within the filesystem's timestamp
+    granularity and a replace that keeps the mtime (`cp -p`, `mv` of an older file); a kubelet Secret
+    update swaps the file (a new inode)."""
+    st = os.stat(path)
+    return (st.st_mtime_ns, st.st_ino, st.st_size)
+
+
+def new_token() -> str:
+    """A random token (256 bits): long enough that its digest cannot be guessed back."""
+    return secrets.token_urlsafe(32)
+
+
+def digest_line(principal: str, token: str) -> str:
+    """The worker's token-file line for this token: `PRINCIPAL sha256:HEX`."""
+    if not principal or any(c.isspace() for c in principal) or principal.startswith("#"):
+        raise ValueError("a principal is one word that does not start with '#'")
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ValueError("tokens are one word of at least 16 characters")
+    return f"{principal} {DIGEST_PREFIX}{token_digest_hex(token)}"
+
+
+def hash_token_file(text: str) -> str:
+    """A token file with every plain token replaced by its digest; comments, blank lines and digest
+    lines are kept as they are. Raises ValueError (as parse_token_file) on a malformed line."""
+    parse_token_file(text)
+    out = []
+    for raw in text.splitlines():
+        words = raw.split()
+        if not words or words[0].startswith("#") or words[-1].lower().startswith(DIGEST_PREFIX):
+            out.append(raw)
+            continue
+        principal = words[0] if len(words) == 2 else "default"
+        out.append(digest_line(principal, words[-1]))
+    return "\n".join(out) + "\n"

@@ -227,15 +227,44 @@ def test_daemonset_runs_our_cli_with_real_flags() -> None:
         "labels"].items()
 
 
+def _entries(text: str) -> list[list[str]]:
+    return [line.split() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
 def test_token_secret_is_in_the_worker_token_format() -> None:
     from tf_remoting.auth import parse_token_file
 
+    worker_tables = []
     for secret in _kind("Secret"):
         for text in secret["stringData"].values():
-            assert parse_token_file(text)  # raises on a malformed line
+            worker_tables.append(parse_token_file(text))  # raises on a malformed line
+            # Kernels run in the worker's container and can read its token file: digests only.
+            for words in _entries(text):
+                assert words[-1].startswith("sha256:"), f"a plain token in the workers' Secret: {words[0]}"
     client = yaml.safe_load((DEPLOY / "jupyterhub" / "client-token-secret.yaml").read_text())
     for text in client["stringData"].values():
-        assert parse_token_file(text)
+        client_table = parse_token_file(text)
+        # The client Secret holds the token itself, and its digest is a line of the workers' Secret.
+        assert not any(words[-1].startswith("sha256:") for words in _entries(text))
+        for digest, principal in client_table.items():
+            assert any(table.get(digest) == principal for table in worker_tables), principal
+
+
+def test_systemd_worker_token_file_is_documented_with_digests() -> None:
+    """Wherever a worker's token file is shown (worker.toml, the guide), it is made of digest lines."""
+    toml_text = (DEPLOY / "systemd" / "worker.toml").read_text()
+    assert "sha256:" in toml_text
+    guide = (ROOT / "docs" / "admin-guide.md").read_text()
+    section = guide[guide.index("### 2. Tokens"):guide.index("### 3.")]
+    # The guide makes the worker's line with the CLI's digest command, and says why.
+    line = next(ln for ln in section.splitlines() if "/etc/tf-jupyter/tokens" in ln and "tee" in ln)
+    argv = shlex.split(line.split("|")[0])
+    assert argv[:3] == ["tf-jupyter", "worker", "token"]
+    from tf_remoting.cli import build_token_parser
+
+    args = build_token_parser().parse_args(argv[3:])
+    assert args.action == "new" and args.client_file
+    assert "kernels" in section and "digest" in section
 
 
 def test_headless_service_selects_the_workers() -> None:
@@ -277,7 +306,11 @@ def test_worker_command_lines_in_docs_use_real_flags() -> None:
             if "..." in rest or "…" in rest:  # an abbreviation, not a command line
                 continue
             args = shlex.split(rest.split(" #")[0])
-            if command == "worker":
+            if command == "worker" and args[:1] == ["token"]:
+                from tf_remoting.cli import build_token_parser
+
+                build_token_parser().parse_args(args[1:])
+            elif command == "worker":
                 _parse_worker_argv(args)
             else:
                 jupyter_cli_parser().parse_args(["pool", *args])

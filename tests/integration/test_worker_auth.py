@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import os
 import secrets
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import pytest
 from certs import CertPair, have_openssl, make_ca, make_cert
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tf_remoting.auth import hash_token_file, parse_token_file
 from tf_remoting.client import (
     PermissionDenied,
     RemotingError,
@@ -270,6 +274,89 @@ async def _rotated(address: str, old: str, new: str) -> bool:
 
 async def _refused(address: str, token: str) -> bool:
     return not await accepted(address, token)
+
+
+# ---------------------------------------------------------------------------------------- digests
+# Kernels run as the worker's user and can read its token file: the file holds digests
+# (`PRINCIPAL sha256:HEX`), which are no use as tokens.
+
+
+def _token_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tf_remoting", "token", *args], input=stdin,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_token_file_digest_lines() -> None:
+    token = secrets.token_urlsafe(32)
+    digest = hashlib.sha256(token.encode()).digest()
+    text = f"# team a\nalice sha256:{digest.hex()}\nsha256:{digest.hex().upper()[:-1]}1\nbob {'b' * 20}\n"
+    table = parse_token_file(text)
+    assert table[digest] == "alice"
+    assert "default" in table.values() and "bob" in table.values()
+    for bad in ("alice sha256:abc", f"alice sha256:{'g' * 64}", f"alice sha256:{digest.hex()}00",
+                "alice sha256:"):
+        with pytest.raises(ValueError, match="line 1: a digest is 'sha256:' and 64 hex digits"):
+            parse_token_file(bad)
+    # hash_token_file: same principals and digests, no token left in it; digest lines and comments kept.
+    hashed = hash_token_file(text)
+    assert parse_token_file(hashed) == table
+    assert "b" * 20 not in hashed and "# team a" in hashed
+    assert hash_token_file(hashed) == hashed
+
+
+def test_token_cli_new_and_hash(tmp_path: Path) -> None:
+    client_file = tmp_path / "alice.token"
+    made = _token_cli("new", "--principal", "alice", "--client-file", str(client_file))
+    assert made.returncode == 0, made.stderr
+    principal, token = client_file.read_text().split()
+    assert principal == "alice" and len(token) >= 40
+    assert os.stat(client_file).st_mode & 0o777 == 0o600
+    assert made.stdout == f"alice sha256:{hashlib.sha256(token.encode()).hexdigest()}\n"
+    assert token not in made.stdout + made.stderr
+    again = _token_cli("new", "--client-file", str(client_file))
+    assert again.returncode == 2 and "exists" in again.stderr
+    assert client_file.read_text().split() == [principal, token]  # never overwritten
+    hashed = _token_cli("hash", stdin=f"# comment\nbob {'x' * 20}\n")
+    assert hashed.returncode == 0, hashed.stderr
+    assert hashed.stdout == f"# comment\nbob sha256:{hashlib.sha256(b'x' * 20).hexdigest()}\n"
+    bad = _token_cli("hash", stdin="bob short\n")
+    assert bad.returncode == 2 and "at least 16 characters" in bad.stderr
+
+
+async def test_worker_with_digest_token_file(tf_worker_factory, tmp_path):
+    worker = tf_worker_factory(["--host-vram", "1Gi"])
+    client_file = tmp_path / "alice.token"
+    alice_line = _token_cli("new", "--principal", "alice", "--client-file", str(client_file)).stdout
+    alice_token = client_file.read_text().split()[1]
+    bob_line = _token_cli("hash", stdin=f"bob {worker.other_token}\n").stdout
+    worker.token_file.write_text(f"# digests only\n{alice_line}{bob_line}")
+    text = worker.token_file.read_text()
+    assert alice_token not in text and worker.other_token not in text and worker.token not in text
+    worker.start()
+    async with RuntimeClient(worker.address, alice_token, timeout=CALL_TIMEOUT) as alice, \
+            worker.client(worker.other_token) as bob:
+        lease = await alice.allocate(vram=64 * MiB, compute=1)
+        try:
+            assert lease.principal == "alice"
+            assert lease.id not in [le.id for le in await bob.list_leases()]
+        finally:
+            await alice.release(lease.id)
+    # What a kernel could read in the file is no token: neither the digest nor the whole entry.
+    alice_hex = alice_line.split()[1].removeprefix("sha256:")
+    for stolen in (alice_hex, "sha256:" + alice_hex, alice_line.strip(), worker.token):
+        assert not await accepted(worker.address, stolen), stolen
+    # Rotation with digests: a same-size file swapped in with the old mtime is still noticed
+    # (the reload key is mtime_ns, inode and size, not mtime alone).
+    new_token = secrets.token_urlsafe(32)
+    before = os.stat(worker.token_file)
+    tmp = worker.token_file.with_suffix(".tmp")
+    tmp.write_text(hash_token_file(f"# digests only\nalice {new_token}\n") + bob_line)
+    assert tmp.stat().st_size == before.st_size
+    os.utime(tmp, ns=(before.st_atime_ns, before.st_mtime_ns))
+    tmp.replace(worker.token_file)
+    await wait_until(lambda: _rotated(worker.address, alice_token, new_token), timeout=3.0)
+    assert await accepted(worker.address, worker.other_token)
+    assert_secrets_not_logged(worker, alice_token, new_token, worker.other_token)
 
 
 # ---------------------------------------------------------------------------------------- TLS
