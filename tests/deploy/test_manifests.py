@@ -136,6 +136,24 @@ def test_jupyterhub_values_configure_real_traits() -> None:
     secret = yaml.safe_load((DEPLOY / "jupyterhub" / "client-token-secret.yaml").read_text())
     keys = set(secret["stringData"])
     assert any(settings["token_file"] == f"{mount['mountPath']}/{k}" for k in keys)
+    # Z2JH >= 2.0 keeps single-user pods off private IPs: an egress rule lets them reach the workers'
+    # gRPC port, selected by the labels the manifests really put on the namespace and the worker pods.
+    (namespace,) = _kind("Namespace")
+    (daemonset,) = _kind("DaemonSet")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    rules = values["singleuser"]["networkPolicy"]["egress"]
+    reaching = []
+    for rule in rules:
+        ports = {(p["port"], p.get("protocol", "TCP")) for p in rule.get("ports", [])}
+        for peer in rule.get("to", []):
+            ns_labels = peer["namespaceSelector"]["matchLabels"]
+            assert ns_labels.items() <= namespace["metadata"]["labels"].items(), ns_labels
+            assert namespace["metadata"]["name"] == service["metadata"]["namespace"]
+            assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
+            reaching.append(ports)
+    container_port = next(p["containerPort"] for p in daemonset["spec"]["template"]["spec"]["containers"][0]["ports"]
+                          if p["name"] == "grpc")
+    assert any(ports == {(container_port, "TCP")} for ports in reaching), reaching
 
 
 def test_binder_postbuild_writes_real_traits_and_worker_flags() -> None:
