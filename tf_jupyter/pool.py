@@ -113,6 +113,10 @@ class Pool:
         """The pool of the Jupyter server in this process, if there is one."""
         return cls._current
 
+    def qos_for(self, profile_qos: str) -> str:
+        """The QoS a kernel of a profile runs with: the profile's, or default_qos where it left the default."""
+        return profile_qos if profile_qos != "medium" else self.default_qos
+
     def _add_worker(self, address: str) -> WorkerState:
         state = WorkerState(address, RuntimeClient(address, self.token, timeout=10.0, **self.tls))  # type: ignore[arg-type]
         self.workers[address] = state

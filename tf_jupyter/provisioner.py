@@ -85,6 +85,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
             await client.close()
 
     async def _place_in_server(self, pool: Pool, profile: Profile) -> None:
+        qos = pool.qos_for(profile.qos)  # the queue, the lease and idle release all see this one
         if not self.lease_id or pool.lease(self.worker, self.lease_id) is None:
             pool.emit("kernel_placing", f"placing a {profile.slice_text} kernel", kernel_id=self.kernel_id)
 
@@ -95,11 +96,11 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
             placed = await pool.allocate(
                 Request(vram=profile.vram, compute=profile.compute, count=profile.count,
                         whole_device=profile.whole_device),
-                qos=profile.qos if profile.qos != "medium" else pool.default_qos, profile=profile.name,
+                qos=qos, profile=profile.name,
                 on_queued=queued,
                 labels={"jupyter_kernel_id": self.kernel_id, "client": "jupyter_server"})
             self.worker, self.lease_id = placed.worker, placed.lease.id
-        pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, profile.qos))
+        pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, qos))
 
     async def _place_standalone(self, profile: Profile) -> None:
         # The launcher released the previous lease (if any) when its kernel exited: always a new one.

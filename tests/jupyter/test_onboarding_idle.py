@@ -78,3 +78,43 @@ async def test_critical_kernels_are_never_idle_released(tf_worker, jupyter_serve
     assert "idle_warning" not in kinds and "idle_release" not in kinds
     status, k = await server.request("GET", f"/tf-vgpu/api/kernels/{s['kernel']['id']}")
     assert status == 200 and k["qos"] == "critical"
+
+
+async def test_default_qos_critical_exempts_kernels_from_idle_release(tf_worker, jupyter_server_factory):
+    """c.TfVgpu.default_qos = critical applies to kernels whose profile leaves QoS at medium: the queue, the
+    lease on the worker, the API and idle release all see critical. A kernel of an explicitly low profile
+    beside it is the yardstick: once it has been released, the critical one, idle for longer, was exempt."""
+    from tf_jupyter.profiles import Profile, kernelspec
+    from tf_remoting.proto import pb
+
+    server = jupyter_server_factory(workers=[tf_worker], settings={
+        "idle_release": 1.0, "idle_warning": 1.0, "default_qos": "critical"})
+    for profile in (Profile("plain", vram=1 << 30, compute=10), Profile("yardstick", vram=1 << 30, compute=10,
+                                                                        qos="low")):
+        spec_dir = server.root / "data" / "kernels" / profile.kernelspec_name
+        spec_dir.mkdir(parents=True)
+        (spec_dir / "kernel.json").write_text(json.dumps(kernelspec(profile)))
+    server.start()
+    events = await server.websocket("/tf-vgpu/api/events")
+    kernel_ids = {}
+    for name in ("plain", "yardstick"):
+        status, s = await server.request("POST", "/api/sessions", {
+            "path": f"{name}.ipynb", "type": "notebook", "name": f"{name}.ipynb", "kernel": {"name": f"vgpu-{name}"}})
+        assert status == 201, server.log()
+        kernel_ids[name] = s["kernel"]["id"]
+    kinds: dict[str, list[str]] = {name: [] for name in kernel_ids}
+    deadline = time.monotonic() + 40
+    while "idle_release" not in kinds["yardstick"]:
+        msg = json.loads(await asyncio.wait_for(events.read_message(), max(0.1, deadline - time.monotonic())))
+        for name, kernel_id in kernel_ids.items():
+            if msg.get("type") == "event" and msg.get("kernel_id") == kernel_id:
+                kinds[name].append(msg["kind"])
+    events.close()
+    assert "idle_warning" not in kinds["plain"] and "idle_release" not in kinds["plain"], kinds
+    status, k = await server.request("GET", f"/tf-vgpu/api/kernels/{kernel_ids['plain']}")
+    assert status == 200 and k["qos"] == "critical"
+    status, _ = await server.request("GET", f"/api/kernels/{kernel_ids['plain']}")
+    assert status == 200
+    async with tf_worker.client() as client:
+        [lease] = [x for x in await client.list_leases() if x.id == k["lease_id"]]
+    assert lease.qos == pb.QOS_CRITICAL
