@@ -121,9 +121,15 @@ def test_jupyterhub_values_configure_real_traits() -> None:
     files = values["singleuser"]["extraFiles"]
     settings = {}
     for spec in files.values():
-        # Jupyter reads c.TfVgpu from jupyter_server_config.json in a config directory (not from .d/)
-        assert Path(spec["mountPath"]).name == "jupyter_server_config.json", spec["mountPath"]
-        assert str(Path(spec["mountPath"]).parent) in ("/etc/jupyter", "/usr/local/etc/jupyter")
+        # tf_jupyter reads c.TfVgpu from jupyter_server_config.json and jupyter_server_config.d/*.json
+        # in a Jupyter config directory (tf_jupyter.config.load_jupyter_config)
+        mount = Path(spec["mountPath"])
+        if mount.parent.name == "jupyter_server_config.d":
+            assert mount.suffix == ".json", mount
+            mount = mount.parent
+        else:
+            assert mount.name == "jupyter_server_config.json", mount
+        assert str(mount.parent) in ("/etc/jupyter", "/usr/local/etc/jupyter")
         settings.update(spec["data"]["TfVgpu"])
     _assert_tfvgpu(settings, "deploy/jupyterhub/values.yaml")
     assert settings["embedded_worker"] == "off"

@@ -127,3 +127,44 @@ def test_dashboard_structure() -> None:
     for expr in _dashboard_exprs():
         for var in re.findall(r"\$(\w+)", expr):
             assert var in variables, f"${var} in {expr!r} is not a dashboard variable"
+
+
+# ------------------------------------------------------------------------------------------ docs
+
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+ALERT = re.compile(r"\bTfVgpu[A-Z]\w*")  # alert names; `TfVgpu.` (the config class) does not match
+
+
+def _alert_names() -> set[str]:
+    return {r["alert"] for r in _rules()}
+
+
+def test_docs_name_only_real_metrics_and_alerts() -> None:
+    """Every tf_vgpu_ metric and TfVgpu* alert the docs mention is exported / defined."""
+    exported = set(METRIC_NAMES) | set(JUPYTER_METRIC_NAMES)
+    alerts = _alert_names()
+    seen_metrics = seen_alerts = 0
+    for path in [*DOCS, ROOT / "README.md"]:
+        text = path.read_text()
+        for name in METRIC.findall(text):
+            if name.endswith("_"):  # a prefix, as in `tf_vgpu_queue_*`
+                assert any(m.startswith(name) for m in exported), f"{path.name}: no metric starts with {name}"
+            else:
+                assert _exported(name), f"{path.name}: {name} is not a metric anyone exports"
+                seen_metrics += 1
+        for name in ALERT.findall(text):
+            assert name in alerts, f"{path.name}: {name} is not an alert in alerts.yaml ({sorted(alerts)})"
+            seen_alerts += 1
+    assert seen_metrics >= 10 and seen_alerts >= 5
+
+
+def test_admin_guide_lists_every_metric_and_alert() -> None:
+    guide = (ROOT / "docs" / "admin-guide.md").read_text()
+    mentioned = set(METRIC.findall(guide))
+    missing = sorted((set(METRIC_NAMES) | set(JUPYTER_METRIC_NAMES)) - mentioned)
+    assert not missing, f"docs/admin-guide.md's metric tables miss {missing}"
+    missing_alerts = sorted(_alert_names() - set(ALERT.findall(guide)))
+    assert not missing_alerts, f"docs/admin-guide.md's alert list misses {missing_alerts}"
+    # The guide must not claim the queue has no alert, or that no setting verifies another TLS name.
+    assert "no \"waiting too long\" alert" not in guide and "exports\nno Prometheus metrics" not in guide
+    assert "tls_server_name" in guide and "no setting yet to verify" not in " ".join(guide.split())
