@@ -143,6 +143,9 @@ class Worker:
         self.usage: dict[str, Usage] = {}  # "<lease>/<device>" -> usage
         self.subscribers: list[tuple[asyncio.Queue[pb.WatchResponse], Caller, bool]] = []
         self.pending_events: list[pb.Event] = []
+        # This process's WORKER_STARTED: it is sent before anyone can be watching, so every Watch
+        # opened later (a client reconnecting after a restart) begins with it.
+        self.started_event: pb.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.stop_event = asyncio.Event()
         self._idle_since = time.monotonic()
@@ -209,7 +212,7 @@ class Worker:
     # ------------------------------------------------------------------ events
 
     def emit(self, kind: int, message: str, lease_id: str = "", kernel_id: str = "",
-             principal: str = "") -> None:
+             principal: str = "") -> pb.Event:
         event = pb.Event(kind=kind, time=time.time(), lease_id=lease_id, kernel_id=kernel_id,
                          principal=principal, message=message)
         self.metrics.event(pb.EventKind.Name(kind).removeprefix("EVENT_KIND_").lower())
@@ -219,6 +222,7 @@ class Worker:
                 if caller.lease_scope and lease_id and lease_id != caller.lease_scope:
                     continue
                 _offer(queue, pb.WatchResponse(time=event.time, events=[event]))
+        return event
 
     # ------------------------------------------------------------------ conversions
 
@@ -764,6 +768,8 @@ class RuntimeServicer:
         w = self.worker
         queue: asyncio.Queue[pb.WatchResponse] = asyncio.Queue(maxsize=64)
         entry = (queue, caller, bool(request.all_leases) and not caller.lease_scope)
+        if w.started_event is not None and not caller.lease_scope:  # a kernel's own watch: its lease only
+            queue.put_nowait(pb.WatchResponse(time=w.started_event.time, events=[w.started_event]))
         w.subscribers.append(entry)
         try:
             while True:
@@ -925,7 +931,8 @@ async def serve(config: WorkerConfig, address_file: str = "", stop: asyncio.Even
              "TLS" + (" + client certificates" if config.tls_client_ca else "") if creds else "plaintext",
              f"; metrics on http://{config.metrics_addr}:{metrics_port}/metrics" if metrics_port else "",
              adopted)
-    worker.emit(pb.EVENT_KIND_WORKER_STARTED, f"worker {worker.worker_id} started; re-adopted {adopted} kernel(s)")
+    worker.started_event = worker.emit(pb.EVENT_KIND_WORKER_STARTED,
+                                       f"worker {worker.worker_id} started; re-adopted {adopted} kernel(s)")
     if address_file:
         tmp = address_file + ".tmp"
         Path(tmp).write_text(worker.address)
