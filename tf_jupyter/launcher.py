@@ -134,6 +134,9 @@ class Launcher:
             renewer = self.client.keep_alive(self.lease_id, interval=max(0.5, self.ttl / 3),
                                              token_source=(lambda: read_token(token_file)) if token_file else None)
             channels = self.client.channels(self.kernel_id, reconnect_timeout=120.0)
+            # %vgpu push / pull move files between the kernel's directory and ours: a Jupyter server
+            # starts us in the notebook's directory.
+            channels.serve_transfers(os.getcwd())
             await channels.open()
             relaying = asyncio.create_task(relay.run(channels))
             orphaned = asyncio.create_task(_parent_gone(self.parent_pid))

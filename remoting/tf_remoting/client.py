@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ import grpc
 
 from tf_remoting.channels import CHANNELS, GRPC_MAX_MESSAGE, Reassembler, batches, encode
 from tf_remoting.proto import pb, pb_grpc
+from tf_remoting.quantities import format_bytes
 
 log = logging.getLogger("tf_remoting.client")
 
@@ -226,6 +228,16 @@ class RuntimeClient:
         except grpc.RpcError as exc:
             raise error_from(exc) from None
 
+    async def request_transfer(self, kernel_id: str, direction: int, client_path: str, kernel_path: str,
+                               timeout: float = 300.0) -> pb.TransferResult:
+        """From inside a kernel: have the client attached to it move a file (see RequestTransfer)."""
+        request = pb.TransferRequest(kernel_id=kernel_id, direction=direction, client_path=client_path,
+                                     kernel_path=kernel_path, timeout_seconds=int(timeout))
+        return await self._call(self.stub.RequestTransfer, request, timeout=timeout + 10)
+
+    async def complete_transfer(self, result: pb.TransferResult) -> None:
+        await self._call(self.stub.CompleteTransfer, result)
+
     async def get_file(self, kernel_id: str, path: str) -> bytes:
         chunks = []
         try:
@@ -239,6 +251,47 @@ class RuntimeClient:
 
 RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
              grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class TransferError(Exception):
+    """A file the kernel asked for cannot move on this side (outside the directory, missing...)."""
+
+
+def confined_path(root: str | Path, relative: str) -> Path:
+    """`relative` inside `root`; absolute paths, `..` and symlinks cannot leave it."""
+    if not relative or os.path.isabs(relative) or "\x00" in relative:
+        raise TransferError(f"{relative!r} must be a path relative to {root}")
+    base = Path(root).resolve()
+    target = (base / relative).resolve()
+    if target == base or base not in target.parents:
+        raise TransferError(f"{relative!r} is outside {base}")
+    return target
+
+
+async def move_file(client: RuntimeClient, kernel_id: str, ask: pb.TransferAsk, root: str | Path) -> str:
+    """Do what the kernel asked: push a file from `root` into its directory, or pull one into `root`.
+    Returns a sentence saying what moved."""
+    local = confined_path(root, ask.client_path)
+    if ask.direction == pb.TRANSFER_TO_KERNEL:
+        if not local.is_file():
+            raise TransferError(f"{ask.client_path!r} is not a file in {Path(root).resolve()}")
+        data = await asyncio.to_thread(local.read_bytes)
+        await client.put_file(kernel_id, ask.kernel_path, data, mode=local.stat().st_mode & 0o777)
+        return f"pushed {ask.client_path} ({format_bytes(len(data))}) to {ask.kernel_path} in the kernel's directory"
+    if ask.direction == pb.TRANSFER_FROM_KERNEL:
+        if local.is_dir():
+            raise TransferError(f"{ask.client_path!r} is a directory in {Path(root).resolve()}")
+        data = await client.get_file(kernel_id, ask.kernel_path)
+
+        def write() -> None:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}.tf-download")
+            tmp.write_bytes(data)
+            os.replace(tmp, local)
+
+        await asyncio.to_thread(write)
+        return f"pulled {ask.kernel_path} ({format_bytes(len(data))}) to {ask.client_path} in the notebook's directory"
+    raise TransferError(f"unknown transfer direction {ask.direction}")
 
 
 class KernelClosed(Exception):
@@ -276,6 +329,12 @@ class KernelChannels:
         self._ever_opened = False
         self._stream_opened = False
         self._sink: Callable[[int, list[bytes]], None] | None = None
+        self._transfer_root: str | None = None
+        self._transfers: set[asyncio.Task[None]] = set()
+
+    def serve_transfers(self, directory: str | Path) -> None:
+        """Answer the kernel's `%vgpu push` / `pull` with files under `directory` (this side's)."""
+        self._transfer_root = str(directory)
 
     async def open(self, timeout: float = 30.0) -> None:
         """Connect (the first time); later reconnects happen by themselves."""
@@ -423,6 +482,27 @@ class KernelChannels:
                 self.exit_code = resp.exited.exit_code
                 self._send_ack()
                 return
+            elif kind == "transfer":
+                task = asyncio.create_task(self._transfer(resp.transfer))
+                self._transfers.add(task)
+                task.add_done_callback(self._transfers.discard)
+
+    async def _transfer(self, ask: pb.TransferAsk) -> None:
+        result = pb.TransferResult(transfer_id=ask.transfer_id)
+        if self._transfer_root is None:
+            result.message = "this client of the kernel serves no directory, so it cannot move files"
+        else:
+            try:
+                result.message = await move_file(self.client, self.kernel_id, ask, self._transfer_root)
+                result.ok = True
+            except RemotingError as exc:
+                result.message = exc.message
+            except (TransferError, OSError) as exc:
+                result.message = str(exc)
+        try:
+            await self.client.complete_transfer(result)
+        except RemotingError as exc:  # the kernel stopped waiting (timeout, worker restart)
+            log.info("transfer %s: could not report its end: %s", ask.transfer_id, exc)
 
     def _on_opened(self, opened: pb.ChannelsOpened) -> None:
         if opened.chunk_size:

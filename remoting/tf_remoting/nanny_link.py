@@ -61,6 +61,13 @@ class NannyLink(asyncio.Protocol):
             merged += records.popleft()
         return bytes(merged)
 
+    def inject(self, response: bytes) -> None:
+        """Queue a serialized ChannelsResponse of the worker's own (not from the nanny) for the client."""
+        if self._records and self._records[-1] is None:
+            return  # the stream is ending
+        self._records.append(response)
+        self._ready.set()
+
     def send(self, payload: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(_LEN.pack(len(payload)) + payload)

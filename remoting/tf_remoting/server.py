@@ -54,7 +54,9 @@ ENFORCEMENT = {"watchdog": pb.MEMORY_ENFORCEMENT_WATCHDOG, "cgroup": pb.MEMORY_E
 KERNEL_STATUS = {"starting": pb.KERNEL_STATUS_STARTING, "running": pb.KERNEL_STATUS_RUNNING,
                  "exited": pb.KERNEL_STATUS_EXITED}
 # Calls a kernel's own token (scoped to its lease) may make.
-KERNEL_TOKEN_METHODS = {"GetInventory", "ListLeases", "Resize", "KernelState", "Watch", "Renew"}
+KERNEL_TOKEN_METHODS = {"GetInventory", "ListLeases", "Resize", "KernelState", "Watch", "Renew",
+                        "RequestTransfer"}
+TRANSFER_TIMEOUT = 300.0  # seconds a kernel waits for its Jupyter side to move a file, by default
 MAX_FILE = 2 << 30
 MAX_PATH = 4096
 MAX_ENV = 256
@@ -142,6 +144,10 @@ class Worker:
         self.device_samples: dict[str, DeviceSample] = {}
         self.usage: dict[str, Usage] = {}  # "<lease>/<device>" -> usage
         self.subscribers: list[tuple[asyncio.Queue[pb.WatchResponse], Caller, bool]] = []
+        # The newest Channels stream of each kernel (its Jupyter side), and transfers it was asked
+        # for: transfer id -> (principal, kernel id, stream, answer).
+        self.attached: dict[str, nanny_link.NannyLink] = {}
+        self.transfers: dict[str, tuple[str, str, nanny_link.NannyLink, asyncio.Future[pb.TransferResult]]] = {}
         self.pending_events: list[pb.Event] = []
         # This process's WORKER_STARTED: it is sent before anyone can be watching, so every Watch
         # opened later (a client reconnecting after a restart) begins with it.
@@ -737,6 +743,7 @@ class RuntimeServicer:
             return
 
         link.send(first)
+        w.attached[rec.id] = link
 
         async def upstream() -> None:
             async for raw in request_iterator:
@@ -760,6 +767,12 @@ class RuntimeServicer:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump
             link.close()
+            if w.attached.get(rec.id) is link:
+                del w.attached[rec.id]
+            for _principal, _kernel, asked, answer in w.transfers.values():
+                if asked is link and not answer.done():
+                    answer.set_result(pb.TransferResult(
+                        message="the Jupyter side's connection to this kernel closed before the transfer finished"))
 
     # ------------------------------------------------------------------ telemetry
 
@@ -846,6 +859,53 @@ class RuntimeServicer:
                     return
 
 
+    # ------------------------------------------------------------------ transfers (%vgpu push / pull)
+
+    @rpc
+    async def RequestTransfer(self, request: pb.TransferRequest, context: Any, caller: Caller) -> pb.TransferResult:
+        w = self.worker
+        rec = w.ledger.get_kernel(caller.principal, request.kernel_id)
+        w.check_scope(caller, rec.lease_id)
+        if request.direction not in (pb.TRANSFER_TO_KERNEL, pb.TRANSFER_FROM_KERNEL):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "direction must be TO_KERNEL or FROM_KERNEL")
+        _confined(rec.cwd, request.kernel_path)
+        client_path = request.client_path
+        if not client_path or len(client_path) > MAX_PATH or "\x00" in client_path or os.path.isabs(client_path):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "give the notebook-side path relative to the notebook's directory")
+        link = w.attached.get(rec.id)
+        if link is None:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"no Jupyter-side client is connected to kernel {rec.id}, so no file can move to or "
+                           "from its notebook directory")
+        transfer_id = uuid.uuid4().hex
+        answer: asyncio.Future[pb.TransferResult] = asyncio.get_running_loop().create_future()
+        w.transfers[transfer_id] = (rec.principal, rec.id, link, answer)
+        link.inject(pb.ChannelsResponse(transfer=pb.TransferAsk(
+            transfer_id=transfer_id, direction=request.direction, client_path=client_path,
+            kernel_path=request.kernel_path)).SerializeToString())
+        timeout = request.timeout_seconds or TRANSFER_TIMEOUT
+        try:
+            result = await asyncio.wait_for(answer, timeout)
+        except TimeoutError:
+            raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                           f"the Jupyter side did not finish the transfer within {timeout:g} s") from None
+        finally:
+            del w.transfers[transfer_id]
+        result.transfer_id = transfer_id
+        return result
+
+    @rpc
+    async def CompleteTransfer(self, request: pb.TransferResult, context: Any,
+                               caller: Caller) -> pb.CompleteTransferResponse:
+        pending = self.worker.transfers.get(request.transfer_id)
+        if pending is None or pending[0] != caller.principal:
+            raise RpcError(grpc.StatusCode.NOT_FOUND, f"no transfer {request.transfer_id!r} is waiting")
+        if not pending[3].done():
+            pending[3].set_result(request)
+        return pb.CompleteTransferResponse()
+
+
 def _handlers(servicer: RuntimeServicer) -> grpc.GenericRpcHandler:
     """The Runtime service's method table. Channels is registered with raw bytes in and out."""
     unary = {
@@ -858,6 +918,8 @@ def _handlers(servicer: RuntimeServicer) -> grpc.GenericRpcHandler:
         "StartKernel": (pb.StartKernelRequest, pb.Kernel),
         "Signal": (pb.SignalRequest, pb.Kernel),
         "KernelState": (pb.KernelStateRequest, pb.Kernel),
+        "RequestTransfer": (pb.TransferRequest, pb.TransferResult),
+        "CompleteTransfer": (pb.TransferResult, pb.CompleteTransferResponse),
     }
     table: dict[str, grpc.RpcMethodHandler] = {
         name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=req.FromString,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
+from tf_remoting.client import FailedPrecondition
+from tf_remoting.proto import pb
 from tf_remoting.session import start_remote_kernel
 
 GiB = 1 << 30
@@ -174,18 +178,43 @@ async def test_push_pull_on_a_shared_filesystem(tf_worker):
             await client.release(lease.id)
 
 
-async def test_push_pull_on_a_remote_worker_say_what_is_needed(tf_worker_factory):
+async def test_push_pull_on_a_remote_worker_move_files_through_the_client(tf_worker_factory, tmp_path):
     worker = tf_worker_factory(["--host-vram", "4Gi", "--no-shares-filesystem"]).start()
+    notebook_dir = tmp_path / "notebooks"
+    notebook_dir.mkdir()
+    (notebook_dir / "data.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "secret.txt").write_text("not yours")
     async with worker.client() as client:
         lease, kernel, remote = await start_kernel(client)
+        assert "serves no directory" in usage_error(await remote.execute("%vgpu push data.csv"))
+        # What the kernel launcher does on the Jupyter side: serve the notebook's directory.
+        remote.channels.serve_transfers(notebook_dir)
         try:
-            for line in ("%vgpu push data.csv", "%vgpu pull results/model.pt"):
-                message = usage_error(await remote.execute(line))
-                assert "Jupyter-side relay" in message
-                assert "put_file / get_file" in message
-                assert kernel.id in message
+            result = await remote.execute("%vgpu push data.csv inputs/data.csv")
+            assert result.status == "ok", result.reply
+            assert "Pushed data.csv" in result.stdout()
+            assert (await remote.execute("print(open('inputs/data.csv').read())")).stdout() == "a,b\n1,2\n\n"
+            await remote.execute("import pathlib; pathlib.Path('model.bin').write_bytes(bytes(range(256)) * 4096)")
+            result = await remote.execute("%vgpu pull model.bin results/model.bin")
+            assert result.status == "ok", result.reply
+            assert (notebook_dir / "results" / "model.bin").read_bytes() == bytes(range(256)) * 4096
+            # One argument: the same name on the other side.
+            assert (await remote.execute("%vgpu pull model.bin")).status == "ok"
+            assert (notebook_dir / "model.bin").stat().st_size == 256 * 4096
+
+            # Bad requests get a clear error and move nothing.
+            assert "is not a file" in usage_error(await remote.execute("%vgpu push missing.csv"))
+            assert "is outside" in usage_error(await remote.execute("%vgpu push ../secret.txt"))
+            assert "is outside" in usage_error(await remote.execute("%vgpu pull model.bin ../stolen.bin"))
+            assert not (tmp_path / "stolen.bin").exists()
+            assert "leaves the kernel's working directory" in usage_error(
+                await remote.execute("%vgpu pull ../../../etc/hostname"))
+            assert "no file 'nothing.bin' in the kernel's directory" in usage_error(await remote.execute("%vgpu pull nothing.bin"))
             # The magic's other commands work there as well.
             assert "files" in (await remote.execute("%vgpu status")).data()
         finally:
             await remote.close()
-            await client.release(lease.id)
+        # With no Jupyter side attached, nobody can move the files: the worker says so.
+        with pytest.raises(FailedPrecondition, match="no Jupyter-side client"):
+            await client.request_transfer(kernel.id, pb.TRANSFER_TO_KERNEL, "data.csv", "data.csv", timeout=10)
+        await client.release(lease.id)

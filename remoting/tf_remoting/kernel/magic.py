@@ -31,12 +31,11 @@ HELP = """%vgpu — this kernel's vGPU slice
                                  ask the worker for a bigger or smaller slice on the same device,
                                  e.g. --vram 8Gi --compute 50; on success the in-kernel caps
                                  (PyTorch, CuPy) follow. A flag left out keeps its current value.
-  %vgpu push LOCAL [REMOTE]      notebook directory -> kernel directory
-  %vgpu pull REMOTE [LOCAL]      kernel directory -> notebook directory
-                                 When the kernel shares the notebook's filesystem there is nothing
-                                 to move. Otherwise moving files needs the Jupyter side: a kernel
-                                 cannot reach the notebook host (use tf-jupyter's API, or
-                                 RuntimeClient.put_file / get_file from the notebook host).
+  %vgpu push LOCAL [REMOTE]      copy a file from the notebook's directory to the kernel's
+  %vgpu pull REMOTE [LOCAL]      copy a file from the kernel's directory to the notebook's
+                                 Paths are relative to each directory (up to 2 GiB a file). The
+                                 kernel's Jupyter side does the copy. When the kernel shares the
+                                 notebook's filesystem there is nothing to move.
   %vgpu help                     this text
 
 Sizes: 4Gi, 512Mi, 1.5Gi (binary) or 4G (decimal). Percentages: 50 or 50%.
@@ -46,6 +45,7 @@ COMMANDS = ("status", "watch", "resize", "push", "pull", "help")
 WATCH_DEFAULT = 10.0
 WATCH_MAX = 3600.0
 RPC_TIMEOUT = 5.0
+TRANSFER_TIMEOUT = 600.0
 
 
 def _fail(message: str) -> UsageError:
@@ -428,13 +428,26 @@ def transfer(command: str, args: list[str]) -> None:
         print(f"Nothing to move: this kernel shares the notebook's filesystem and runs in {cwd}, so "
               f"{args[0]!r} is the same file on both sides ({state}).")
         return
-    raise _fail(
-        f"%vgpu {command}: this kernel runs on a remote worker (its files are in {cwd} there) and cannot "
-        "reach the notebook's directory on the Jupyter host. Moving files needs the Jupyter-side relay, "
-        "which is not built yet. From the notebook host, use tf-jupyter's API or "
-        "tf_remoting.client.RuntimeClient.put_file / get_file with this kernel's id "
-        f"({os.environ.get('TF_VGPU_KERNEL_ID', '?')})."
-    )
+    import grpc
+
+    from tf_remoting.proto import pb
+
+    kernel_id = os.environ.get("TF_VGPU_KERNEL_ID")
+    if not kernel_id:
+        raise _fail(f"%vgpu {command}: this kernel does not know its id (no TF_VGPU_KERNEL_ID in its environment)")
+    first, second = args[0], args[-1] if len(args) == 2 else os.path.basename(args[0].rstrip("/"))
+    client_path, kernel_path = (first, second) if command == "push" else (second, first)
+    direction = pb.TRANSFER_TO_KERNEL if command == "push" else pb.TRANSFER_FROM_KERNEL
+    request = pb.TransferRequest(kernel_id=kernel_id, direction=direction, client_path=client_path,
+                                 kernel_path=kernel_path, timeout_seconds=int(TRANSFER_TIMEOUT))
+    try:
+        with _stub() as (stub, metadata):
+            result = stub.RequestTransfer(request, metadata=metadata, timeout=TRANSFER_TIMEOUT + 10)
+    except grpc.RpcError as exc:
+        raise _rpc_failure(command, exc) from None
+    if not result.ok:
+        raise _fail(f"%vgpu {command}: {result.message}")
+    print(result.message[:1].upper() + result.message[1:] + ".")
 
 
 # ---------------------------------------------------------------------------- the magic

@@ -73,6 +73,12 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_LEASE_RELEASED: _ClassVar[EventKind]
     EVENT_KIND_LEASE_RESIZED: _ClassVar[EventKind]
     EVENT_KIND_KERNEL_STARTED: _ClassVar[EventKind]
+
+class TransferDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_DIRECTION_UNSPECIFIED: _ClassVar[TransferDirection]
+    TRANSFER_TO_KERNEL: _ClassVar[TransferDirection]
+    TRANSFER_FROM_KERNEL: _ClassVar[TransferDirection]
 DEVICE_KIND_UNSPECIFIED: DeviceKind
 DEVICE_KIND_GPU: DeviceKind
 DEVICE_KIND_HOST: DeviceKind
@@ -116,6 +122,9 @@ EVENT_KIND_LEASE_CREATED: EventKind
 EVENT_KIND_LEASE_RELEASED: EventKind
 EVENT_KIND_LEASE_RESIZED: EventKind
 EVENT_KIND_KERNEL_STARTED: EventKind
+TRANSFER_DIRECTION_UNSPECIFIED: TransferDirection
+TRANSFER_TO_KERNEL: TransferDirection
+TRANSFER_FROM_KERNEL: TransferDirection
 
 class Device(_message.Message):
     __slots__ = ("uuid", "name", "kind", "index", "vram_total", "multiprocessors", "compute_capacity", "modes", "memory_enforcement", "vram_leased", "compute_leased", "vram_used", "utilization")
@@ -442,14 +451,16 @@ class KernelExited(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ...) -> None: ...
 
 class ChannelsResponse(_message.Message):
-    __slots__ = ("opened", "frames", "exited")
+    __slots__ = ("opened", "frames", "exited", "transfer")
     OPENED_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     EXITED_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     opened: ChannelsOpened
     frames: FrameBatch
     exited: KernelExited
-    def __init__(self, opened: _Optional[_Union[ChannelsOpened, _Mapping]] = ..., frames: _Optional[_Union[FrameBatch, _Mapping]] = ..., exited: _Optional[_Union[KernelExited, _Mapping]] = ...) -> None: ...
+    transfer: TransferAsk
+    def __init__(self, opened: _Optional[_Union[ChannelsOpened, _Mapping]] = ..., frames: _Optional[_Union[FrameBatch, _Mapping]] = ..., exited: _Optional[_Union[KernelExited, _Mapping]] = ..., transfer: _Optional[_Union[TransferAsk, _Mapping]] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
     __slots__ = ("include_devices", "all_leases")
@@ -566,3 +577,45 @@ class FileChunk(_message.Message):
     data: bytes
     size: int
     def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
+
+class TransferRequest(_message.Message):
+    __slots__ = ("kernel_id", "direction", "client_path", "kernel_path", "timeout_seconds")
+    KERNEL_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PATH_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    kernel_id: str
+    direction: TransferDirection
+    client_path: str
+    kernel_path: str
+    timeout_seconds: int
+    def __init__(self, kernel_id: _Optional[str] = ..., direction: _Optional[_Union[TransferDirection, str]] = ..., client_path: _Optional[str] = ..., kernel_path: _Optional[str] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class TransferAsk(_message.Message):
+    __slots__ = ("transfer_id", "direction", "client_path", "kernel_path")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_PATH_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    direction: TransferDirection
+    client_path: str
+    kernel_path: str
+    def __init__(self, transfer_id: _Optional[str] = ..., direction: _Optional[_Union[TransferDirection, str]] = ..., client_path: _Optional[str] = ..., kernel_path: _Optional[str] = ...) -> None: ...
+
+class TransferResult(_message.Message):
+    __slots__ = ("transfer_id", "ok", "message", "size")
+    TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    transfer_id: str
+    ok: bool
+    message: str
+    size: int
+    def __init__(self, transfer_id: _Optional[str] = ..., ok: _Optional[bool] = ..., message: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
+class CompleteTransferResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -99,6 +99,16 @@ class RuntimeStub:
                 request_serializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.GetFileRequest.SerializeToString,
                 response_deserializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.FileChunk.FromString,
                 _registered_method=True)
+        self.RequestTransfer = channel.unary_unary(
+                '/tensorfusion.remoting.v1.Runtime/RequestTransfer',
+                request_serializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferRequest.SerializeToString,
+                response_deserializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferResult.FromString,
+                _registered_method=True)
+        self.CompleteTransfer = channel.unary_unary(
+                '/tensorfusion.remoting.v1.Runtime/CompleteTransfer',
+                request_serializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferResult.SerializeToString,
+                response_deserializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.CompleteTransferResponse.FromString,
+                _registered_method=True)
 
 
 class RuntimeServicer:
@@ -194,6 +204,23 @@ class RuntimeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestTransfer(self, request, context):
+        """From inside a kernel (%vgpu push / pull, kernel token): move a file between the kernel's
+        working directory and the directory of the client attached to its Channels stream (the
+        Jupyter side, which the kernel cannot reach). The worker asks that client with a
+        ChannelsResponse.transfer and answers when the client calls CompleteTransfer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteTransfer(self, request, context):
+        """The attached client reports how a transfer it was asked for ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RuntimeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -261,6 +288,16 @@ def add_RuntimeServicer_to_server(servicer, server):
                     servicer.GetFile,
                     request_deserializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.GetFileRequest.FromString,
                     response_serializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.FileChunk.SerializeToString,
+            ),
+            'RequestTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestTransfer,
+                    request_deserializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferRequest.FromString,
+                    response_serializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferResult.SerializeToString,
+            ),
+            'CompleteTransfer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteTransfer,
+                    request_deserializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferResult.FromString,
+                    response_serializer=tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.CompleteTransferResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -614,6 +651,60 @@ class Runtime:
             '/tensorfusion.remoting.v1.Runtime/GetFile',
             tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.GetFileRequest.SerializeToString,
             tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.FileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfusion.remoting.v1.Runtime/RequestTransfer',
+            tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferRequest.SerializeToString,
+            tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteTransfer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorfusion.remoting.v1.Runtime/CompleteTransfer',
+            tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.TransferResult.SerializeToString,
+            tf__remoting_dot___proto_dot_tensorfusion_dot_remoting_dot_v1_dot_runtime__pb2.CompleteTransferResponse.FromString,
             options,
             channel_credentials,
             insecure,
