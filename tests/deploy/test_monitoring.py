@@ -70,8 +70,46 @@ def test_every_metric_used_is_exported() -> None:
 
 
 def test_dashboard_shows_every_exported_metric() -> None:
+    """The workers' metrics and the Jupyter servers' (queue length, oldest wait, pool workers)."""
     used = {name for expr in _dashboard_exprs() for name in METRIC.findall(expr)}
     assert set(METRIC_NAMES) - used == set()
+    assert set(JUPYTER_METRIC_NAMES) - used == set()
+
+
+def test_scrape_config_has_a_jupyter_server_job() -> None:
+    """The queue metrics live on jupyter_server's /metrics: a job scrapes them, with auth explained."""
+    path = ROOT / "deploy" / "kubernetes" / "prometheus-scrape.yaml"
+    text = path.read_text()
+    jobs = {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
+    server = jobs["tf-jupyter-server"]
+    # jupyter_server wants a token on /metrics: a bearer token, or authenticate_prometheus = False.
+    assert "c.ServerApp.authenticate_prometheus = False" in text
+    for job in jobs.values():
+        if job["job_name"].startswith("tf-jupyter-server") and "authorization" in job:
+            assert job["authorization"]["type"] == "Bearer"
+            assert job["authorization"].get("credentials_file") or job["authorization"].get("credentials")
+    # Z2JH single-user pods: KubeSpawner's labels and port name; each server under /user/NAME/.
+    keep = next(r for r in server["relabel_configs"] if r.get("action") == "keep")
+    assert keep["regex"] == "singleuser-server;notebook-port"
+    assert keep["source_labels"] == ["__meta_kubernetes_pod_label_component",
+                                     "__meta_kubernetes_pod_container_port_name"]
+    path_rule = next(r for r in server["relabel_configs"] if r.get("target_label") == "__metrics_path__")
+    assert path_rule["replacement"] == "/user/$1/metrics"
+    # Static Jupyter hosts end up with the same job label.
+    hosts = [j for name, j in jobs.items() if name.startswith("tf-jupyter-server-")]
+    assert all(any(r.get("target_label") == "job" and r.get("replacement") == "tf-jupyter-server"
+                   for r in j["relabel_configs"]) for j in hosts)
+
+
+def test_dashboard_has_queue_panels() -> None:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    by_metric: dict[str, list[str]] = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            for name in METRIC.findall(target["expr"]):
+                by_metric.setdefault(name, []).append(panel["title"])
+    assert by_metric.get("tf_vgpu_queue_length"), "no panel shows the queue length"
+    assert by_metric.get("tf_vgpu_queue_oldest_wait_seconds"), "no panel shows the oldest wait"
 
 
 def test_event_kinds_in_expressions_are_real() -> None:
