@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 
@@ -15,15 +16,28 @@ def run_cli(*args, timeout=60):
 async def test_pool_table_and_json(tf_worker):
     async with tf_worker.client() as client:
         lease = await client.allocate(vram=1 << 30, compute=10, profile="small")
+        kernel = await client.start_kernel(lease.id, key=secrets.token_hex(16).encode())
+        other = await client.allocate(vram=1 << 30, compute=5)  # a lease without kernels
         out = run_cli("pool", "--worker", tf_worker.address, "--token-file", str(tf_worker.token_file))
         assert out.returncode == 0, out.stderr
         assert "host device (no GPU)" in out.stdout
-        assert lease.id in out.stdout and "small" in out.stdout and "1 GiB / 10 %" in out.stdout
+        rows = {line.split()[0]: line for line in out.stdout.splitlines() if line.strip()}
+        assert "small" in rows[lease.id] and "1 GiB / 10 %" in rows[lease.id]
+        assert rows[lease.id].endswith(f"{kernel.id} (running)")  # the KERNELS column
+        assert rows[other.id].endswith(" -")
         out = run_cli("pool", "--worker", tf_worker.address, "--token-file", str(tf_worker.token_file), "--json")
+        assert out.returncode == 0, out.stderr
         data = json.loads(out.stdout)
         assert data["backend"] == "host"
-        assert data["leases"][0]["id"] == lease.id
+        leases = {x["id"]: x for x in data["leases"]}
+        assert leases.keys() == {lease.id, other.id}
+        [listed] = leases[lease.id]["kernels"]
+        assert listed["id"] == kernel.id
+        assert listed["status"] == "KERNEL_STATUS_RUNNING"
+        assert listed["lease_id"] == lease.id and int(listed["pid"]) == kernel.pid > 0
+        assert "kernels" not in leases[other.id]  # empty lists are left out of proto JSON
         await client.release(lease.id)
+        await client.release(other.id)
 
 
 def test_pool_reports_unreachable_worker(tmp_path):
