@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
 import shutil
@@ -359,3 +360,24 @@ def test_systemd_analyze_accepts_the_unit(tmp_path: Path) -> None:
     problems = [line for line in (result.stdout + result.stderr).splitlines()
                 if line.strip() and "is not executable" not in line]
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_renders_the_manifests(tmp_path: Path) -> None:
+    """`kubectl kustomize deploy/kubernetes` (offline: no cluster) builds exactly the listed objects."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
+    result = subprocess.run(["kubectl", "kustomize", str(DEPLOY / "kubernetes")], capture_output=True,
+                            text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    sources = [d for name in kustomization["resources"] for d in _load_all(DEPLOY / "kubernetes" / name)]
+    assert sorted(d["kind"] for d in rendered) == sorted(d["kind"] for d in sources)
+    assert {d["kind"] for d in rendered} == {"Namespace", "Secret", "Service", "DaemonSet", "NetworkPolicy"}
+    namespace = kustomization["namespace"]
+    by_key = {(d["kind"], d["metadata"]["name"]): d for d in rendered}
+    for source in sources:
+        out = by_key[(source["kind"], source["metadata"]["name"])]
+        if source["kind"] != "Namespace":
+            assert out["metadata"]["namespace"] == namespace
+        assert out == source, f"kustomize changed {source['kind']} {source['metadata']['name']}"
