@@ -359,6 +359,37 @@ async def test_worker_with_digest_token_file(tf_worker_factory, tmp_path):
     assert_secrets_not_logged(worker, alice_token, new_token, worker.other_token)
 
 
+async def test_pool_follows_a_token_file_swapped_with_the_same_mtime(tf_worker_factory, tmp_path):
+    """The Jupyter side's token follower notices a replaced file whose mtime and size did not change
+    (a new inode: how a kubelet updates a mounted Secret, or `mv` of a file written earlier)."""
+    from tf_jupyter.pool import Pool
+
+    worker = tf_worker_factory(["--host-vram", "1Gi"])
+    old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    worker.token_file.write_text(hash_token_file(f"alice {old}\nalice {new}\n"))
+    worker.start()
+    client_file = tmp_path / "token"
+    client_file.write_text(f"alice {old}\n")
+    pool = Pool([worker.address], old)
+    pool.follow_token_file(str(client_file))
+    try:
+        await pool.refresh(force=True)
+        assert pool.workers[worker.address].up
+        before = os.stat(client_file)
+        staged = tmp_path / "token.new"
+        staged.write_text(f"alice {new}\n")
+        os.utime(staged, ns=(before.st_atime_ns, before.st_mtime_ns))
+        staged.replace(client_file)
+        # The worker drops the old token; the pool must have switched to the new one by itself.
+        worker.token_file.write_text(hash_token_file(f"alice {new}\n"))
+        await wait_until(lambda: _refused(worker.address, old), timeout=3.0)
+        await pool.refresh(force=True)
+        assert pool.token == new
+        assert pool.workers[worker.address].up, pool.workers[worker.address].error
+    finally:
+        await pool.stop()
+
+
 # ---------------------------------------------------------------------------------------- TLS
 
 
