@@ -12,12 +12,17 @@ with the server's events WebSocket open (as a browser has it). Two phases on the
   watchdog, the Watch stream to the server) and lease renewals.
 
 For each phase the worker's CPU share is ``cpu_times`` delta ÷ wall time over ``--seconds``
-(psutil, sampled at 1 Hz), and the sample → browser latency is, for every ``sample`` message that
+(psutil, sampled at 1 Hz). Of that, the part spent sampling is the worker's own
+``tf_vgpu_sampling_cpu_seconds_total`` (CPU time of its telemetry ticks: process-tree and device
+sampling, ledger checks, watchdog, building Watch samples) scraped from its metrics port at the
+start and end of the window; the rest is the idle floor, gRPC (lease renewals, the Watch stream
+to the server) and the kernels' nannies' sockets. The sample → browser latency is, for every ``sample`` message that
 arrives on ``/tf-vgpu/api/events``, arrival time minus the sample's ``time`` (the worker's clock;
 same machine). For reference the run also times a bare psutil sweep (CPU times + RSS) over the
 same kernel and nanny processes, in this process: the floor of what sampling them can cost.
 
-Targets (shared/design/BASELINES.md): worker sampling ≤ 1 % of a core at 64 kernels; sample →
+Targets (shared/design/BASELINES.md): worker sampling ≤ 1 % of a core at 64 kernels (held to the
+sampling share; the whole worker's share is printed beside it); sample →
 browser ≤ 1.5 s at 1 Hz (held to the slowest sample seen).
 """
 
@@ -86,6 +91,24 @@ class Events:
         self.ws.close()
 
 
+def sampling_cpu_seconds(metrics_url: str) -> float:
+    """The worker's tf_vgpu_sampling_cpu_seconds_total, scraped."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("tf_vgpu_sampling_cpu_seconds_total "):
+                return float(line.split()[1])
+    raise RuntimeError(f"{metrics_url} has no tf_vgpu_sampling_cpu_seconds_total")
+
+
+async def sampling_share(metrics_url: str, seconds: float) -> float:
+    """Share of one core the worker's telemetry ticks took over `seconds`."""
+    began, cpu = time.monotonic(), sampling_cpu_seconds(metrics_url)
+    await asyncio.sleep(seconds)
+    return (sampling_cpu_seconds(metrics_url) - cpu) / (time.monotonic() - began)
+
+
 async def cpu_share(proc: psutil.Process, seconds: float) -> tuple[float, list[float]]:
     """(share of one core over the whole window, per-second shares) of `proc`, sampled at 1 Hz."""
     def cpu() -> float:
@@ -148,6 +171,7 @@ async def profile(pid: int, seconds: float, path: Path) -> list[tuple[float, str
 async def bench(args: argparse.Namespace, worker: WorkerProcess, server: JupyterServerProcess) -> dict[str, Any]:
     assert worker.proc is not None
     wproc = psutil.Process(worker.proc.pid)
+    metrics_url = f"http://127.0.0.1:{args.metrics_port}/metrics"
     events = Events(await server.websocket("/tf-vgpu/api/events"))
     out: dict[str, Any] = {}
     client = RuntimeClient(worker.address, worker.token, timeout=120)
@@ -157,8 +181,10 @@ async def bench(args: argparse.Namespace, worker: WorkerProcess, server: Jupyter
         await asyncio.sleep(3)  # the server's Watch is up and a few samples have flowed
         log(f"idle phase: {args.seconds:.0f} s")
         events.reset()
-        idle, idle_per_s = await cpu_share(wproc, args.seconds)
-        out["idle"] = {"cpu_share": idle, "per_second": idle_per_s, "latencies": list(events.latencies)}
+        (idle, idle_per_s), idle_sampling = await asyncio.gather(cpu_share(wproc, args.seconds),
+                                                                 sampling_share(metrics_url, args.seconds))
+        out["idle"] = {"cpu_share": idle, "per_second": idle_per_s, "latencies": list(events.latencies),
+                       "sampling_share": idle_sampling}
 
         log(f"starting {args.kernels} leases with a kernel each ({args.concurrency} at a time)")
         started = time.monotonic()
@@ -202,8 +228,10 @@ async def bench(args: argparse.Namespace, worker: WorkerProcess, server: Jupyter
         log(f"loaded phase: {args.seconds:.0f} s ({len(inv.leases)} leases, {len(pids)} kernel+nanny processes)")
         events.reset()
         rss_before = wproc.memory_info().rss
-        loaded, loaded_per_s = await cpu_share(wproc, args.seconds)
+        (loaded, loaded_per_s), loaded_sampling = await asyncio.gather(cpu_share(wproc, args.seconds),
+                                                                       sampling_share(metrics_url, args.seconds))
         out["loaded"] = {"cpu_share": loaded, "per_second": loaded_per_s, "latencies": list(events.latencies),
+                         "sampling_share": loaded_sampling,
                          "leases_per_sample": sorted(set(events.lease_counts)), "leases": len(inv.leases),
                          "processes": len(pids), "start_seconds": start_s, "worker_rss": rss_before,
                          "kernels_running": len(kernels), "start_retries": retries}
@@ -244,7 +272,11 @@ def main() -> int:
     started = time.monotonic()
     # The production refresh interval (the test fixture's 1 s would poll GetInventory 5 times as often).
     vram = f"{max(8, args.kernels * 64 // 1024 + 1)}Gi"
-    out = with_worker_and_server(["--host-vram", vram, "--sample-interval", "1"],
+    from tf_jupyter.pytest_plugin import free_port
+
+    args.metrics_port = free_port()
+    out = with_worker_and_server(["--host-vram", vram, "--sample-interval", "1", "--metrics-port",
+                                  str(args.metrics_port)],
                                  lambda worker, server: bench(args, worker, server), args.timeout,
                                  settings={"refresh_interval": 5.0})
     total = time.monotonic() - started
@@ -252,12 +284,16 @@ def main() -> int:
     idle, loaded = out["idle"], out["loaded"]
     lat_idle, lat = idle["latencies"], loaded["latencies"]
     lat_max = max(lat, default=float("nan"))
-    cpu_met = pct(loaded["cpu_share"]) <= CPU_TARGET
+    cpu_met = pct(loaded["sampling_share"]) <= CPU_TARGET
     lat_met = bool(lat) and lat_max <= LATENCY_TARGET
     figures = [
-        {"figure": f"worker CPU, {loaded['leases']} kernels, 1 Hz sampling", "unit": "% core",
+        {"figure": f"worker sampling CPU, {loaded['leases']} kernels, 1 Hz", "unit": "% core",
+         "measured": pct(loaded["sampling_share"]), "baseline": out["sweep_share"],
+         "baseline_text": "bare psutil sweep of the kernels+nannies", "target": CPU_TARGET, "better": "lower",
+         "met": cpu_met},
+        {"figure": f"  whole worker CPU, {loaded['leases']} kernels", "unit": "% core",
          "measured": pct(loaded["cpu_share"]), "baseline": pct(idle["cpu_share"]),
-         "baseline_text": "idle worker (no kernels)", "target": CPU_TARGET, "better": "lower", "met": cpu_met},
+         "baseline_text": "idle worker (no kernels)", "target": None, "better": "lower", "met": None},
         {"figure": "  worker CPU above idle (the 64 kernels' share)", "unit": "% core",
          "measured": pct(loaded["cpu_share"] - idle["cpu_share"]), "baseline": out["sweep_share"],
          "baseline_text": "bare psutil sweep of the kernels+nannies", "target": None, "better": "lower",
@@ -280,8 +316,9 @@ def main() -> int:
     print(f"worker CPU, idle:   {pct(idle['cpu_share']):.2f} % of a core over {len(idle['per_second'])} s "
           f"(per second min/max {pct(min(idle['per_second'])):.1f}/{pct(max(idle['per_second'])):.1f} %)")
     print(f"worker CPU, loaded: {pct(loaded['cpu_share']):.2f} % of a core over {len(loaded['per_second'])} s "
-          f"(per second min/max {pct(min(loaded['per_second'])):.1f}/{pct(max(loaded['per_second'])):.1f} %) "
-          f"(target ≤ {CPU_TARGET} %): {'met' if cpu_met else 'NOT MET'}")
+          f"(per second min/max {pct(min(loaded['per_second'])):.1f}/{pct(max(loaded['per_second'])):.1f} %)")
+    print(f"  of which sampling (tf_vgpu_sampling_cpu_seconds_total): {pct(loaded['sampling_share']):.2f} % "
+          f"(idle: {pct(idle['sampling_share']):.2f} %) (target ≤ {CPU_TARGET} %): {'met' if cpu_met else 'NOT MET'}")
     print(f"bare psutil sweep of {loaded['processes']} processes: {out['sweep_ms']:.2f} ms "
           f"= {out['sweep_share']:.2f} % of a core at 1 Hz (the floor)")
     print(f"sample → browser, idle:   n={len(lat_idle)} median {median(lat_idle):.3f} s, "

@@ -31,6 +31,7 @@ METRIC_NAMES: frozenset[str] = frozenset({
     "tf_vgpu_rpc_errors_total",
     "tf_vgpu_events_total",
     "tf_vgpu_worker_info",
+    "tf_vgpu_sampling_cpu_seconds_total",
 })
 
 
@@ -120,6 +121,9 @@ class Metrics:
         self.rpc_errors = Counter("tf_vgpu_rpc_errors", "RPCs answered with an error status",
                                   ("method", "code"), registry=r)
         self.events = Counter("tf_vgpu_events", "Events published, by kind", ("kind",), registry=r)
+        self.sampling_cpu = Counter("tf_vgpu_sampling_cpu_seconds",
+                                    "CPU time the worker spent on telemetry ticks (process and device sampling, "
+                                    "ledger checks, watchdog, building Watch samples)", registry=r)
         self.worker_info = Gauge("tf_vgpu_worker_info", "Worker version and device backend (always 1)",
                                  ("version", "backend"), registry=r)
         self.set_worker_info(__version__ if version is None else version, backend)

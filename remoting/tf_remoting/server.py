@@ -355,6 +355,7 @@ class Worker:
 
     async def tick(self) -> None:
         """One sample: kernel exits, expiries, usage, watchdog, metrics, Watch subscribers."""
+        cpu_began = time.thread_time()  # this tick's CPU time, counted in tf_vgpu_sampling_cpu_seconds
         self.supervisor.reap()
         all_kernels = self.ledger.live().kernels  # the ledger's own records (no copies): read only
         states = self.supervisor.states([rec.id for rec in all_kernels])  # one poll() for all nannies
@@ -386,7 +387,9 @@ class Worker:
             pids = {k.pid for k in kernels_by_lease.get(lease.id, []) if k.pid}
             for s in lease.slices:
                 query.append((f"{lease.id}/{s.device_uuid}", s.device_uuid, pids))
-        device_samples, usage = await asyncio.to_thread(self.sampler.sample, query)
+        cpu = time.thread_time() - cpu_began
+        device_samples, usage, sampling_cpu = await asyncio.to_thread(self._sample_timed, query)
+        cpu_began = time.thread_time()
         self.device_samples = {s.uuid: s for s in device_samples}
         self.usage = usage
         leased = self.ledger.live().device_usage
@@ -423,6 +426,12 @@ class Worker:
                     if (all_leases or s.principal == caller.principal) and caller.may_use(s.lease_id)]
             _offer(queue, pb.WatchResponse(time=now, devices=devices if not caller.lease_scope else [],
                                            leases=mine))
+        self.metrics.sampling_cpu.inc(cpu + sampling_cpu + time.thread_time() - cpu_began)
+
+    def _sample_timed(self, query: list[tuple[str, str, set[int]]]) -> tuple[Any, Any, float]:
+        began = time.thread_time()
+        device_samples, usage = self.sampler.sample(query)
+        return device_samples, usage, time.thread_time() - began
 
     def watchdog_act(self, lease: LeaseRecord, kind: str, message: str, kernels: list[KernelRecord]) -> None:
         live = [k for k in kernels if k.status != "exited"]
