@@ -315,6 +315,35 @@ async def test_unknown_kernel_is_not_found(worker):
     await assert_serving(worker)
 
 
+async def test_transfer_requests_are_checked(worker, kernel):
+    """RequestTransfer (what %vgpu push / pull call) and CompleteTransfer refuse bad input."""
+    push = pb.TRANSFER_TO_KERNEL
+    async with client_of(worker) as alice, client_of(worker, worker.other_token) as bob:
+        await expect(bob.request_transfer(kernel.kernel_id, push, "a.txt", "a.txt", timeout=5), DENIED,
+                     "belongs to another principal")
+        await expect(alice.request_transfer("f" * 16, push, "a.txt", "a.txt", timeout=5), NOT_FOUND,
+                     "does not exist")
+        await expect(alice.request_transfer(kernel.kernel_id, pb.TRANSFER_DIRECTION_UNSPECIFIED, "a", "a",
+                                            timeout=5), INVALID, "direction must be")
+        await expect(alice.request_transfer(kernel.kernel_id, push, "/etc/passwd", "a.txt", timeout=5), INVALID,
+                     "relative to the notebook's directory")
+        await expect(alice.request_transfer(kernel.kernel_id, push, "a.txt", "../../a.txt", timeout=5), DENIED,
+                     "leaves the kernel's working directory")
+        await expect(alice.request_transfer(kernel.kernel_id, push, "a.txt", "a.txt", timeout=5), PRECONDITION,
+                     "no Jupyter-side client is connected")
+        await expect(bob.complete_transfer(pb.TransferResult(transfer_id="0" * 32, ok=True)), NOT_FOUND,
+                     "no transfer")
+        # A client that serves no directory answers at once, with a reason, instead of hanging the kernel.
+        channels = alice.channels(kernel.kernel_id, reconnect_timeout=5)
+        try:
+            await channels.open(timeout=CALL_TIMEOUT)
+            result = await alice.request_transfer(kernel.kernel_id, push, "a.txt", "a.txt", timeout=20)
+            assert not result.ok and "serves no directory" in result.message
+        finally:
+            await channels.close()
+    await assert_serving(worker)
+
+
 async def test_signal_unspecified_is_invalid(worker, kernel):
     async with client_of(worker) as client:
         await expect(client.signal(kernel.kernel_id, pb.SIGNAL_UNSPECIFIED), INVALID,
