@@ -230,6 +230,7 @@ async def standalone_lease(profile: Profile, labels: dict[str, str] | None = Non
                 tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_server_name=settings.tls_server_name,
                 policy=settings.placement_policy,
                 queue_timeout=settings.queue_timeout, lease_ttl=settings.lease_ttl)
+    pool.default_qos = settings.default_qos
     pool.follow_token_file(token_file)
     await pool.start(watch=True)
 
@@ -240,7 +241,7 @@ async def standalone_lease(profile: Profile, labels: dict[str, str] | None = Non
     try:
         placed = await pool.allocate(Request(vram=profile.vram, compute=profile.compute, count=profile.count,
                                              whole_device=profile.whole_device),
-                                     qos=profile.qos, profile=profile.name, on_queued=queued,
+                                     qos=pool.qos_for(profile.qos), profile=profile.name, on_queued=queued,
                                      labels=labels or {"client": "launcher", "launcher_pid": str(os.getpid())})
     except QueueTimeout as exc:
         await pool.stop()

@@ -192,3 +192,95 @@ async def test_kernel_manager_restart_and_a_hard_kill_free_the_slice(tf_worker, 
     while (left := await _leases(tf_worker)) and time.monotonic() < deadline:
         await asyncio.sleep(0.25)
     assert not left, [(x.id, x.profile) for x in left]
+
+
+def launch_kernelspec(name: str, connection_file: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Run a kernelspec's argv the way VS Code (or any client that skips provisioners) does."""
+    spec = json.loads((Path(__file__).parents[2] / "kernels" / name / "kernel.json").read_text())
+    argv = [str(connection_file) if arg == "{connection_file}" else arg for arg in spec["argv"]]
+    assert argv[:3] == ["python", "-m", "tf_jupyter.launcher"], argv  # found on PATH, as a client would
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=connection_file.parent)
+
+
+def test_kernel_launcher_run_directly(tf_worker, user_env, tmp_path):
+    """No provisioner handoff: the launcher reads the user's config (here default_qos = critical), places and
+    leases itself, relays the connection file's ports, exits with the kernel's exit code and releases the lease;
+    SIGTERM stops the kernel and frees the lease; an unknown profile exits 2 saying so."""
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.connect import write_connection_file
+
+    from tf_remoting.proto import pb
+
+    config = Path(user_env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.json"
+    settings = json.loads(config.read_text())
+    settings["TfVgpu"]["default_qos"] = "critical"
+    config.write_text(json.dumps(settings))
+    env = subprocess_env(user_env)
+    log = tmp_path / "launcher.log"
+
+    def start(n: int) -> tuple[subprocess.Popen[bytes], BlockingKernelClient]:
+        connection_file, _ = write_connection_file(str(tmp_path / "work" / f"kernel-{n}.json"), ip="127.0.0.1",
+                                                   key=os.urandom(16).hex().encode())
+        proc = launch_kernelspec("vgpu-small", Path(connection_file), env, log)
+        kc = BlockingKernelClient()
+        kc.load_connection_file(connection_file)
+        # No heartbeat channel: a client without a kernel manager that watches heartbeats gives up on any
+        # kernel silent for its first second (here: placing the slice and starting the kernel on the worker).
+        kc.start_channels(hb=False)
+        try:
+            kc.wait_for_ready(timeout=90)
+        except BaseException:
+            kc.stop_channels()
+            proc.kill()
+            proc.wait(10)
+            raise
+        return proc, kc
+
+    # The kernel works; its exit code is the launcher's.
+    proc, kc = start(1)
+    try:
+        printed: list[str] = []
+        reply = kc.execute_interactive("import os; print(6 * 7, os.environ['TF_VGPU_LEASE_ID'])", timeout=60,
+                                       output_hook=lambda msg: printed.append(msg["content"].get("text", "")))
+        assert reply["content"]["status"] == "ok", reply
+        value, lease_id = "".join(printed).split()
+        assert value == "42"
+        [lease] = leases(tf_worker)
+        assert lease.id == lease_id and lease.labels["client"] == "launcher", lease.labels
+        assert lease.qos == pb.QOS_CRITICAL  # the profile leaves QoS at medium: c.TfVgpu.default_qos applies
+        kc.execute("import os; os._exit(3)")
+        assert proc.wait(timeout=60) == 3, log.read_text()
+    finally:
+        kc.stop_channels()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert f"in lease {lease_id} on {tf_worker.address}" in log.read_text()
+    assert_no_leases_left(tf_worker)
+
+    # SIGTERM to the launcher stops the kernel on the worker and frees the lease.
+    proc, kc = start(2)
+    try:
+        [lease] = leases(tf_worker)
+        [kernel] = lease.kernels
+        assert kernel.status == pb.KERNEL_STATUS_RUNNING
+        proc.terminate()
+        proc.wait(timeout=60)
+    finally:
+        kc.stop_channels()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert_no_leases_left(tf_worker)
+    assert tf_worker.kernel_states()[kernel.id]["status"] == "exited", tf_worker.kernel_states()
+
+    # An unknown profile: exit code 2 and a message that says what exists.
+    connection_file, _ = write_connection_file(str(tmp_path / "work" / "kernel-3.json"), ip="127.0.0.1")
+    result = subprocess.run([sys.executable, "-m", "tf_jupyter.launcher", "--profile", "no-such", "-f",
+                             connection_file], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "unknown vGPU profile 'no-such'" in result.stderr and "tf-jupyter profiles list" in result.stderr, \
+        result.stderr
+    assert not leases(tf_worker)
