@@ -37,6 +37,7 @@ from tf_jupyter.launcher import (
     PARENT_ENV,
     TOKEN_ENV,
     TOKEN_FILE_ENV,
+    UnknownProfile,
     find_profile,
     read_token,
     standalone_lease,
@@ -184,6 +185,18 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        """Re-attach (kernel_id and connection come from the base classes); in a server, its API sees the kernel."""
         await super().load_provisioner_info(provisioner_info)
         saved = provisioner_info.get("tf_vgpu") or {}
         self.worker, self.lease_id = saved.get("worker", ""), saved.get("lease_id", "")
+        if saved.get("profile"):
+            self.profile = saved["profile"]
+        pool = Pool.current()
+        if pool is not None and self.lease_id:
+            try:
+                profile = self._profile()
+                name, qos = profile.name, profile.qos
+            except UnknownProfile as exc:  # removed since: the lease on the worker still holds the slice
+                log.warning("re-attached kernel %s: %s", self.kernel_id, exc)
+                name, qos = self.profile, "medium"
+            pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, name, pool.qos_for(qos)))
