@@ -33,19 +33,10 @@ an embedded worker on this machine (device auto) and logs which device backend s
 """
 
 
-def read_token(path: str) -> str:
-    """The first token in a token file (the `TOKEN` or `PRINCIPAL TOKEN` format)."""
-    with open(path) as f:
-        for line in f:
-            words = line.split()
-            if words and not words[0].startswith("#"):
-                return words[-1]
-    raise ValueError(f"no token in {path}")
-
-
 # --- pool -------------------------------------------------------------------------------------
 
 async def fetch_inventory(args: argparse.Namespace) -> pb.Inventory:
+    from tf_jupyter.launcher import read_token
     from tf_remoting.client import RuntimeClient
 
     client = RuntimeClient(args.worker, read_token(args.token_file), tls_ca=args.tls_ca,
