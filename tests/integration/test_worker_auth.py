@@ -81,6 +81,13 @@ async def call_every_rpc(channel: grpc.aio.Channel, metadata) -> dict[str, grpc.
         yield pb.PutFileRequest(header=pb.PutFileHeader(kernel_id="k" * 16, path="x"))
 
     await run("PutFile", stub.PutFile(one_put(), **kw))
+    await run("Renew", stub.Renew(pb.RenewRequest(lease_id="lease-x"), **kw))
+    await run("Resize", stub.Resize(pb.ResizeRequest(lease_id="lease-x", slice=pb.SliceRequest(vram=MiB, compute=1)),
+                                    **kw))
+    await run("Signal", stub.Signal(pb.SignalRequest(kernel_id="k" * 16, signal=pb.SIGNAL_INTERRUPT), **kw))
+    await run("RequestTransfer", stub.RequestTransfer(pb.TransferRequest(
+        kernel_id="k" * 16, direction=pb.TRANSFER_TO_KERNEL, client_path="a", kernel_path="a"), **kw))
+    await run("CompleteTransfer", stub.CompleteTransfer(pb.TransferResult(transfer_id="t"), **kw))
 
     async def one_open():
         yield pb.ChannelsRequest(open=pb.OpenChannels(kernel_id="k" * 16)).SerializeToString()
@@ -94,6 +101,8 @@ async def call_every_rpc(channel: grpc.aio.Channel, metadata) -> dict[str, grpc.
         err = out["Channels"]
         if err is None or err.code() != grpc.StatusCode.INTERNAL or "from Core" not in (err.details() or ""):
             break
+    service = pb.DESCRIPTOR.services_by_name["Runtime"]
+    assert set(out) == set(service.methods_by_name), "call_every_rpc must try every RPC of the service"
     return out
 
 
