@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from tf_jupyter.pytest_plugin import KernelWebSocket, text_of, wait_until
 
@@ -38,15 +39,26 @@ async def test_session_life_cycle(tf_worker, jupyter_server_factory):
         assert lease_in_kernel == lease_id
         assert cwd == str(server.notebooks)  # kernel starts next to the notebook (shared filesystem)
 
-        # Usage rises in the API after allocating memory in the kernel.
+        # Usage rises in the API and in the events WebSocket's samples after allocating memory in the kernel.
         before = info["usage"]["vram_used"]
-        await ws.execute("block = b'x' * (300 * 2**20)")
+        events = await server.websocket("/tf-vgpu/api/events")
+        try:
+            await ws.execute("block = b'x' * (300 * 2**20)")
 
-        async def risen():
-            _, k = await server.request("GET", f"/tf-vgpu/api/kernels/{kernel_id}")
-            return k["usage"]["vram_used"] >= before + 250 * 2**20
+            async def risen():
+                _, k = await server.request("GET", f"/tf-vgpu/api/kernels/{kernel_id}")
+                return k["usage"]["vram_used"] >= before + 250 * 2**20
 
-        await wait_until(risen, 20)
+            await wait_until(risen, 20)
+            sampled = []
+            deadline = time.monotonic() + 20
+            while not sampled or sampled[-1] < before + 250 * 2**20:
+                msg = json.loads(await asyncio.wait_for(events.read_message(), max(0.1, deadline - time.monotonic())))
+                if msg["type"] == "sample":
+                    sampled += [s["vram_used"] for s in msg["leases"]
+                                if s["kernel_id"] == kernel_id and s["lease_id"] == lease_id]
+        finally:
+            events.close()
 
         # Interrupt through the REST API (signal mode -> launcher -> worker Signal).
         msg_id = await ws.send("execute_request", {"code": "import time; time.sleep(60)", "silent": False})
