@@ -90,3 +90,28 @@ async def test_interrupt_by_message(kernel_ws):
             break
         await asyncio.sleep(0.5)
     assert text_of(result) == "2"
+
+
+async def test_widget_round_trip(kernel_ws):
+    """ipywidgets both ways: the kernel opens the widget's comm, the client moves the slider, the kernel reads the
+    value; the kernel sets a value, the client gets the update."""
+    server, kernel_id, ws = kernel_ws
+    result = await ws.execute("import ipywidgets\nslider = ipywidgets.IntSlider(value=1, max=100)\ndisplay(slider)")
+    assert result["reply"]["content"]["status"] == "ok", result
+    [opened] = [m for m in result["outputs"] if m["msg_type"] == "comm_open"
+                and m["content"]["data"]["state"].get("_model_name") == "IntSliderModel"]
+    assert opened["content"]["target_name"] == "jupyter.widget"
+    assert opened["content"]["data"]["state"]["value"] == 1
+    model_id = opened["content"]["comm_id"]
+    [view] = [m for m in result["outputs"] if m["msg_type"] == "display_data"]
+    assert view["content"]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] == model_id
+
+    await ws.send("comm_msg", {"comm_id": model_id, "data": {"method": "update", "state": {"value": 42},
+                                                             "buffer_paths": []}})
+    result = await ws.execute("print(slider.value)")
+    assert text_of(result).strip() == "42"
+
+    result = await ws.execute("slider.value = 7")
+    updates = [m["content"]["data"] for m in result["outputs"]
+               if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == model_id]
+    assert {"method": "update", "state": {"value": 7}, "buffer_paths": []} in updates, updates
