@@ -315,6 +315,7 @@ class KernelChannels:
         self.dropped: dict[int, int] = {c: 0 for c in CHANNELS}
         self.exit_code: int | None = None
         self.reconnects = 0
+        self.responses = 0  # gRPC messages received (a flood's output arrives coalesced)
         self._next_seq: dict[int, int] = {c: 1 for c in CHANNELS}
         self._unacked: dict[int, deque[tuple[int, list[pb.Frame]]]] = {c: deque(maxlen=keep_unacked)
                                                                         for c in CHANNELS}
@@ -458,6 +459,7 @@ class KernelChannels:
     async def _consume(self, call: Any) -> None:
         reassembler = Reassembler()
         async for resp in call:
+            self.responses += 1
             kind = resp.WhichOneof("kind")
             if kind == "frames":
                 if not self._stream_opened:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,13 @@ REAP_INTERVAL = 0.05     # seconds between checks whether the kernel exited
 # after the nanny's start.
 SUBSCRIPTION_GRACE = 0.5
 IOPUB_WAIT = 10.0
+# Output floods: when the last BURST_FRAMES frames for the worker all came within BURST_WINDOW
+# seconds, iopub frames are held up to HOLD seconds and go out together (one gRPC message instead
+# of one per print). A frame on any other channel (a reply) sends what is held at once, and a
+# request's few messages never make a burst, so its round trip does not wait.
+BURST_FRAMES = 16
+BURST_WINDOW = 0.020
+HOLD = 0.005
 
 
 class Nanny:
@@ -85,6 +93,9 @@ class Nanny:
         self.iopub_ready = False
         self._held: list[tuple[int, list[bytes]]] = []  # client messages waiting for iopub_ready
         self._iopub_connected = False
+        self._outgoing: list[pb.Frame] = []  # frames held during a flood (see HOLD)
+        self._hold_until = 0.0
+        self._recent: deque[float] = deque(maxlen=BURST_FRAMES)  # when the last frames came
         self._started = time.monotonic()
         self._iopub_deadline = self._started + IOPUB_WAIT
 
@@ -118,6 +129,8 @@ class Nanny:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         while True:
             timeout = 100 if self.exit_code is None else 20
+            if self._outgoing:
+                timeout = max(1, min(timeout, int((self._hold_until - time.monotonic()) * 1000) + 1))
             try:
                 ready = self.poller.poll(timeout)
             except zmq.ZMQError as exc:  # EINTR from a signal
@@ -143,9 +156,8 @@ class Nanny:
                         self._read_conn()
                     if self.conn is not None and _event & zmq.POLLOUT:
                         self._flush()
-            if out:
-                for batch in batches(out, MAX_BATCH_BYTES):
-                    self._send(pb.ChannelsResponse(frames=batch))
+            if out or self._outgoing:
+                self._send_frames(out)
             if self.exit_code is None:
                 now = time.monotonic()
                 if not self.iopub_ready and now >= self._iopub_deadline:
@@ -163,6 +175,27 @@ class Nanny:
                 self.write_state("exited")
                 return 0
 
+    def _send_frames(self, frames: list[pb.Frame], force: bool = False) -> None:
+        """Send frames to the worker, or hold iopub ones a few ms while the kernel floods output."""
+        now = time.monotonic()
+        self._recent.extend([now] * min(len(frames), BURST_FRAMES))
+        only_iopub = all(f.channel == pb.CHANNEL_IOPUB for f in frames)
+        if not force and only_iopub:
+            if not self._outgoing:
+                bursting = len(self._recent) == BURST_FRAMES and now - self._recent[0] < BURST_WINDOW
+                if bursting and frames:
+                    self._outgoing = frames
+                    self._hold_until = now + HOLD
+                    return
+            elif now < self._hold_until:
+                self._outgoing.extend(frames)
+                return
+        frames, self._outgoing = self._outgoing + frames, []
+        if not frames:
+            return
+        for batch in batches(frames, MAX_BATCH_BYTES):
+            self._send(pb.ChannelsResponse(frames=batch))
+
     def _on_sigterm(self, *_: object) -> None:
         self.stopping = True
         if self.proc.poll() is None:
@@ -170,6 +203,7 @@ class Nanny:
                 self.proc.terminate()
 
     def _on_kernel_exit(self, code: int) -> None:
+        self._send_frames([], force=True)  # what a flood held goes first
         # Collect what the kernel published just before it went.
         deadline = time.monotonic() + 0.2
         while time.monotonic() < deadline:
@@ -301,6 +335,7 @@ class Nanny:
     def _on_request(self, req: pb.ChannelsRequest) -> None:
         kind = req.WhichOneof("kind")
         if kind == "open":
+            self._outgoing.clear()  # held frames are in the replay buffer, which follows
             self.conn_opened = True
             positions = {p.channel: p.seq for p in req.open.last_received}
             frames, dropped = self.buffer.replay(positions)

@@ -209,7 +209,8 @@ async def test_push_pull_on_a_remote_worker_move_files_through_the_client(tf_wor
             assert not (tmp_path / "stolen.bin").exists()
             assert "leaves the kernel's working directory" in usage_error(
                 await remote.execute("%vgpu pull ../../../etc/hostname"))
-            assert "no file 'nothing.bin' in the kernel's directory" in usage_error(await remote.execute("%vgpu pull nothing.bin"))
+            missing = usage_error(await remote.execute("%vgpu pull nothing.bin"))
+            assert "no file 'nothing.bin' in the kernel's directory" in missing
             # The magic's other commands work there as well.
             assert "files" in (await remote.execute("%vgpu status")).data()
         finally:

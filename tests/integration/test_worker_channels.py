@@ -45,6 +45,19 @@ async def test_16_mib_output_is_chunked_and_arrives_whole(kernel):
     assert result.data() == "x" * (16 * 2**20)
 
 
+async def test_an_output_flood_arrives_coalesced_in_order(kernel):
+    client, lease, k, remote = kernel
+    before = remote.channels.responses
+    result = await remote.execute("for i in range(5000):\n    print(i, flush=True)", timeout=120)
+    assert result.status == "ok"
+    assert result.stdout() == "".join(f"{i}\n" for i in range(5000))  # each line once, in order
+    # The nanny holds a flood's iopub frames a few ms and sends them together: far fewer gRPC
+    # messages than stream messages (one each without it).
+    assert remote.channels.responses - before < 5000 / 5, remote.channels.responses - before
+    # And after the flood a request's reply is not held back with it.
+    assert (await remote.execute("1+1")).data() == "2"
+
+
 async def test_big_input_is_chunked(kernel):
     client, lease, k, remote = kernel
     code = "s = '" + "y" * (6 * 2**20) + "'\nlen(s)"
