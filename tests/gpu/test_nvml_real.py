@@ -20,21 +20,6 @@ pytestmark = pytest.mark.gpu
 
 MiB = 1024**2
 
-
-def _driver_answers() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-if not _driver_answers():
-    pytest.skip("no NVIDIA driver answers (pynvml.nvmlInit failed)", allow_module_level=True)
-
 # Allocates 512 MiB on GPU 0 and holds it until stdin closes: torch when installed, else the CUDA
 # driver API through ctypes (libcuda ships with the driver, so this needs nothing installed).
 ALLOCATE_512MB = r"""

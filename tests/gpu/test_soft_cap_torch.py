@@ -20,19 +20,6 @@ pytestmark = pytest.mark.gpu
 GiB = 1 << 30
 
 
-def _driver_answers() -> bool:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:
-        return False
-    pynvml.nvmlShutdown()
-    return True
-
-
-if not _driver_answers():
-    pytest.skip("no NVIDIA driver answers (pynvml.nvmlInit failed)", allow_module_level=True)
 # The kernel runs the worker's Python, which is this one: torch must be importable here.
 if importlib.util.find_spec("torch") is None:
     pytest.skip("torch is not installed", allow_module_level=True)
