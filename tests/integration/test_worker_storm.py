@@ -5,15 +5,12 @@ The ledger must grant exactly what fits, never more, and its books must balance 
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 
 import pytest
+from client_processes import ClientProcesses
 
 from tf_remoting.client import RuntimeClient
 from tf_remoting.pytest_plugin import WorkerProcess
@@ -32,7 +29,7 @@ from tf_remoting.client import RemotingError, RuntimeClient
 
 async def main():
     loop = asyncio.get_running_loop()
-    async with RuntimeClient(os.environ["TF_STORM_ADDRESS"], os.environ["TF_STORM_TOKEN"], timeout=60) as client:
+    async with RuntimeClient(os.environ["TF_CLIENT_ADDRESS"], os.environ["TF_CLIENT_TOKEN"], timeout=60) as client:
         await client.inventory()
         print(json.dumps({"ready": True}), flush=True)
         while True:
@@ -74,34 +71,14 @@ class Result:
     message: str = ""
 
 
-class Clients:
+class Clients(ClientProcesses):
     """PROCESSES client processes, half alice and half bob, driven line by line."""
 
     def __init__(self, worker: WorkerProcess) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[str]]] = []
-        for i in range(PROCESSES):
-            principal, token = ("alice", worker.token) if i % 2 == 0 else ("bob", worker.other_token)
-            env = {**os.environ, "TF_STORM_ADDRESS": worker.address, "TF_STORM_TOKEN": token}
-            proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT], env=env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-            self.procs.append((principal, proc))
-
-    async def _line(self, proc: subprocess.Popen[str]) -> object:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), TIMEOUT)  # type: ignore[union-attr]
-        if not line:
-            raise AssertionError(f"client process exited ({proc.poll()}):\n{proc.stderr.read()}")  # type: ignore[union-attr]
-        return json.loads(line)
-
-    async def ready(self) -> None:
-        for _, proc in self.procs:
-            assert await self._line(proc) == {"ready": True}
+        super().__init__(worker, CLIENT_SCRIPT, PROCESSES, TIMEOUT)
 
     async def _command(self, commands: list[dict]) -> list[list[dict]]:
-        # Write every command first, so that the processes fire at the same moment.
-        for (_, proc), cmd in zip(self.procs, commands, strict=True):
-            proc.stdin.write(json.dumps(cmd) + "\n")  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
-        return list(await asyncio.gather(*(self._line(proc) for _, proc in self.procs)))  # type: ignore[arg-type]
+        return await self.command([json.dumps(cmd) for cmd in commands])  # type: ignore[return-value]
 
     async def allocate(self, requests: list[tuple[int, int]]) -> list[Result]:
         """Spread the requests over the processes round-robin; all are sent at once."""
@@ -126,20 +103,6 @@ class Clients:
         released = [item for answer in answers for item in answer]
         assert all(item.get("released") is True for item in released), released
         assert sorted(item["id"] for item in released) == sorted(r.lease_id for r in results if r.lease_id)
-
-    def close(self) -> None:
-        for _, proc in self.procs:
-            if proc.stdin:
-                proc.stdin.close()
-        for _, proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            for stream in (proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
 
 
 @pytest.fixture

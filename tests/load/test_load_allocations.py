@@ -11,14 +11,11 @@ stopped, has no problems and no leases.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
 
 import pytest
+from client_processes import ClientProcesses
 
 from tf_remoting.leases import DeviceCapacity, Ledger
 from tf_remoting.pytest_plugin import WorkerProcess
@@ -66,7 +63,7 @@ async def main():
     loop = asyncio.get_running_loop()
     rng = random.Random(int(os.environ["TF_LOAD_SEED"]))
     pairs = int(os.environ["TF_LOAD_PAIRS"])
-    async with RuntimeClient(os.environ["TF_LOAD_ADDRESS"], os.environ["TF_LOAD_TOKEN"], timeout=60) as client:
+    async with RuntimeClient(os.environ["TF_CLIENT_ADDRESS"], os.environ["TF_CLIENT_TOKEN"], timeout=60) as client:
         await client.inventory()
         print(json.dumps({"ready": True}), flush=True)
         while True:
@@ -81,50 +78,17 @@ asyncio.run(main())
 """
 
 
-class Clients:
+class Clients(ClientProcesses):
     def __init__(self, worker: WorkerProcess) -> None:
-        self.procs: list[tuple[str, subprocess.Popen[str]]] = []
-        for i in range(PROCESSES):
-            principal, token = ("alice", worker.token) if i % 2 == 0 else ("bob", worker.other_token)
-            env = {**os.environ, "TF_LOAD_ADDRESS": worker.address, "TF_LOAD_TOKEN": token,
-                   "TF_LOAD_SEED": str(1000 + i), "TF_LOAD_PAIRS": str(PAIRS)}
-            proc = subprocess.Popen([sys.executable, "-c", CLIENT_SCRIPT], env=env, stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-            self.procs.append((principal, proc))
-
-    async def line(self, proc: subprocess.Popen[str]) -> dict:
-        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), TIMEOUT)  # type: ignore[union-attr]
-        if not line:
-            raise AssertionError(f"client process exited ({proc.poll()}):\n{proc.stderr.read()}")  # type: ignore[union-attr]
-        return json.loads(line)
-
-    async def ready(self) -> None:
-        for _, proc in self.procs:
-            assert await self.line(proc) == {"ready": True}
+        super().__init__(worker, CLIENT_SCRIPT, PROCESSES, TIMEOUT, env={"TF_LOAD_PAIRS": str(PAIRS)},
+                         per_process_env=lambda i: {"TF_LOAD_SEED": str(1000 + i)})
 
     async def storm(self) -> list[dict]:
-        for _, proc in self.procs:  # every process gets "go" before any answer is awaited
-            proc.stdin.write("go\n")  # type: ignore[union-attr]
-            proc.stdin.flush()  # type: ignore[union-attr]
-        answers = await asyncio.gather(*(self.line(proc) for _, proc in self.procs))
+        answers = await self.command(["go"] * len(self.procs))  # every process gets "go" before any answer
         out = []
         for (principal, _), answer in zip(self.procs, answers, strict=True):
-            out += [{**r, "principal": principal} for r in answer["results"]]
+            out += [{**r, "principal": principal} for r in answer["results"]]  # type: ignore[index]
         return out
-
-    def close(self) -> None:
-        for _, proc in self.procs:
-            if proc.stdin:
-                proc.stdin.close()
-        for _, proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            for stream in (proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
 
 
 async def watch_books(worker: WorkerProcess, stop: asyncio.Event, seen: list[tuple[int, int, int]]) -> None:
