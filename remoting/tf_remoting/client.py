@@ -27,6 +27,7 @@ from typing import Any
 
 import grpc
 
+from tf_remoting import paths
 from tf_remoting.channels import CHANNELS, GRPC_MAX_MESSAGE, Reassembler, batches, encode
 from tf_remoting.proto import pb, pb_grpc
 from tf_remoting.quantities import format_bytes
@@ -254,24 +255,13 @@ RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.Status
 
 
 class TransferError(Exception):
-    """A file the kernel asked for cannot move on this side (outside the directory, missing...)."""
-
-
-def confined_path(root: str | Path, relative: str) -> Path:
-    """`relative` inside `root`; absolute paths, `..` and symlinks cannot leave it."""
-    if not relative or os.path.isabs(relative) or "\x00" in relative:
-        raise TransferError(f"{relative!r} must be a path relative to {root}")
-    base = Path(root).resolve()
-    target = (base / relative).resolve()
-    if target == base or base not in target.parents:
-        raise TransferError(f"{relative!r} is outside {base}")
-    return target
+    """A file the kernel asked for cannot move on this side (missing, a directory...)."""
 
 
 async def move_file(client: RuntimeClient, kernel_id: str, ask: pb.TransferAsk, root: str | Path) -> str:
     """Do what the kernel asked: push a file from `root` into its directory, or pull one into `root`.
     Returns a sentence saying what moved."""
-    local = confined_path(root, ask.client_path)
+    local = paths.confined(root, ask.client_path, f"the notebook's directory ({Path(root).resolve()})")
     if ask.direction == pb.TRANSFER_TO_KERNEL:
         if not local.is_file():
             raise TransferError(f"{ask.client_path!r} is not a file in {Path(root).resolve()}")
@@ -499,7 +489,7 @@ class KernelChannels:
                 result.ok = True
             except RemotingError as exc:
                 result.message = exc.message
-            except (TransferError, OSError) as exc:
+            except (TransferError, paths.BadPath, paths.PathEscapes, OSError) as exc:
                 result.message = str(exc)
         try:
             await self.client.complete_transfer(result)

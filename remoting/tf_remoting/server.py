@@ -29,7 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import tf_remoting
 from tf_remoting import leases as ledger_mod
-from tf_remoting import nanny_link
+from tf_remoting import nanny_link, paths
 from tf_remoting.auth import AuthError, Caller, TokenTable, ensure_token_file, token_digest_hex
 from tf_remoting.channels import GRPC_MAX_MESSAGE
 from tf_remoting.config import WorkerConfig
@@ -58,7 +58,6 @@ KERNEL_TOKEN_METHODS = {"GetInventory", "ListLeases", "Resize", "KernelState", "
                         "RequestTransfer"}
 TRANSFER_TIMEOUT = 300.0  # seconds a kernel waits for its Jupyter side to move a file, by default
 MAX_FILE = 2 << 30
-MAX_PATH = 4096
 MAX_ENV = 256
 
 
@@ -509,20 +508,13 @@ def _file_error(relative: str, exc: OSError) -> RpcError:
 
 
 def _confined(root: str, relative: str) -> Path:
-    """A path inside root; `..`, absolute paths and symlinks cannot leave it."""
-    if not relative or len(relative) > MAX_PATH or "\x00" in relative:
-        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "give a non-empty relative path")
-    if os.path.isabs(relative):
-        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"path {relative!r} is absolute; paths are relative to the kernel's working directory")
-    if any(len(part.encode()) > 255 for part in relative.split("/")):
-        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "a path component is longer than 255 bytes")
-    base = Path(root).resolve()
-    target = (base / relative).resolve()
-    if target != base and base not in target.parents:
-        raise RpcError(grpc.StatusCode.PERMISSION_DENIED,
-                       f"path {relative!r} leaves the kernel's working directory")
-    return target
+    """A path inside a kernel's directory, or the status that says why not."""
+    try:
+        return paths.confined(root, relative, "the kernel's working directory")
+    except paths.BadPath as exc:
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+    except paths.PathEscapes as exc:
+        raise RpcError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
 
 
 class RuntimeServicer:
@@ -879,7 +871,8 @@ class RuntimeServicer:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "direction must be TO_KERNEL or FROM_KERNEL")
         _confined(rec.cwd, request.kernel_path)
         client_path = request.client_path
-        if not client_path or len(client_path) > MAX_PATH or "\x00" in client_path or os.path.isabs(client_path):
+        if not client_path or os.path.isabs(client_path) or "\x00" in client_path:
+            # The client confines it to its own directory; the worker only refuses what is never valid.
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            "give the notebook-side path relative to the notebook's directory")
         link = w.attached.get(rec.id)

@@ -344,6 +344,38 @@ async def test_transfer_requests_are_checked(worker, kernel):
     await assert_serving(worker)
 
 
+async def test_transfer_that_is_never_finished_times_out_or_ends_with_the_stream(worker, kernel):
+    push = pb.TRANSFER_TO_KERNEL
+    async with client_of(worker) as alice:
+        channels = alice.channels(kernel.kernel_id, reconnect_timeout=5)
+        asked: list[pb.TransferAsk] = []
+
+        async def never_answer(ask: pb.TransferAsk) -> None:  # a Jupyter side that hangs
+            asked.append(ask)
+
+        channels._transfer = never_answer  # type: ignore[method-assign]
+        try:
+            await channels.open(timeout=CALL_TIMEOUT)
+            with pytest.raises(RemotingError) as exc_info:
+                await alice.request_transfer(kernel.kernel_id, push, "a.txt", "a.txt", timeout=2)
+            assert exc_info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert "did not finish the transfer within 2 s" in exc_info.value.message
+            assert [a.client_path for a in asked] == ["a.txt"]
+            # The kernel's side is not left waiting when the Jupyter side's stream goes away.
+            pending = asyncio.create_task(alice.request_transfer(kernel.kernel_id, push, "b.txt", "b.txt",
+                                                                 timeout=60))
+            for _ in range(100):
+                if len(asked) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(asked) == 2
+        finally:
+            await channels.close()
+        result = await asyncio.wait_for(pending, CALL_TIMEOUT)
+        assert not result.ok and "closed before the transfer finished" in result.message
+    await assert_serving(worker)
+
+
 async def test_signal_unspecified_is_invalid(worker, kernel):
     async with client_of(worker) as client:
         await expect(client.signal(kernel.kernel_id, pb.SIGNAL_UNSPECIFIED), INVALID,

@@ -35,7 +35,7 @@ async def test_push_and_pull_between_the_notebook_directory_and_a_remote_kernel(
 
         result = await ws.execute("%vgpu push ../../etc/passwd")
         assert result["reply"]["content"]["status"] == "error"
-        assert "is outside" in result["reply"]["content"]["evalue"]
+        assert "leaves the notebook's directory" in result["reply"]["content"]["evalue"]
     finally:
         await ws.aclose()
         await server.request("DELETE", f"/api/sessions/{session['id']}")
