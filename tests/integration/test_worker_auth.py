@@ -106,6 +106,16 @@ async def call_every_rpc(channel: grpc.aio.Channel, metadata) -> dict[str, grpc.
     return out
 
 
+async def assert_principals_apart(alice: RuntimeClient, bob: RuntimeClient) -> None:
+    """alice's lease is alice's, and bob does not see it."""
+    lease = await alice.allocate(vram=64 * MiB, compute=1)
+    try:
+        assert lease.principal == "alice"
+        assert lease.id not in [le.id for le in await bob.list_leases()]
+    finally:
+        await alice.release(lease.id)
+
+
 def assert_secrets_not_logged(worker: WorkerProcess, *values: str | bytes) -> None:
     log = worker.log()
     assert log, "the worker wrote no log at all"
@@ -164,12 +174,7 @@ async def test_wrong_token_via_client_and_principals_apart(worker):
             with pytest.raises(Unauthenticated):
                 await client.inventory()
     async with worker.client() as alice, worker.client(worker.other_token) as bob:
-        lease = await alice.allocate(vram=64 * MiB, compute=1)
-        try:
-            assert lease.principal == "alice"
-            assert lease.id not in [le.id for le in await bob.list_leases()]
-        finally:
-            await alice.release(lease.id)
+        await assert_principals_apart(alice, bob)
 
 
 async def test_health_answers_without_token(worker):
@@ -344,12 +349,7 @@ async def test_worker_with_digest_token_file(tf_worker_factory, tmp_path):
     worker.start()
     async with RuntimeClient(worker.address, alice_token, timeout=CALL_TIMEOUT) as alice, \
             worker.client(worker.other_token) as bob:
-        lease = await alice.allocate(vram=64 * MiB, compute=1)
-        try:
-            assert lease.principal == "alice"
-            assert lease.id not in [le.id for le in await bob.list_leases()]
-        finally:
-            await alice.release(lease.id)
+        await assert_principals_apart(alice, bob)
     # What a kernel could read in the file is no token: neither the digest nor the whole entry.
     alice_hex = alice_line.split()[1].removeprefix("sha256:")
     for stolen in (alice_hex, "sha256:" + alice_hex, alice_line.strip(), worker.token):
