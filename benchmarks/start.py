@@ -40,21 +40,11 @@ async def start_to_ready(server: JupyterServerProcess, name: str, timeout: float
     status, kernel = await server.request("POST", "/api/kernels", {"name": name}, timeout=timeout)
     if status != 201:
         raise RuntimeError(f"POST /api/kernels {name}: {status} {kernel}")
-    ws = await KernelWebSocket.connect(server, kernel["id"])
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            msg_id = await ws.send("kernel_info_request", {})
-            try:
-                while True:
-                    msg = await ws.recv(timeout=1.0)
-                    if msg.get("parent_header", {}).get("msg_id") == msg_id and msg["msg_type"] == "kernel_info_reply":
-                        return time.perf_counter() - started, kernel["id"]
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
-    finally:
-        ws.close()
+    # connect() returns at the first kernel_info_reply on this connection: the kernel is ready.
+    ws = await KernelWebSocket.connect(server, kernel["id"], timeout=timeout)
+    ready = time.perf_counter() - started
+    ws.close()
+    return ready, kernel["id"]
 
 
 async def stop(server: JupyterServerProcess, worker: WorkerProcess, kernel_id: str) -> None:

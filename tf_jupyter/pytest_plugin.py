@@ -173,8 +173,19 @@ class KernelWebSocket:
         self.messages: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, server: JupyterServerProcess, kernel_id: str) -> KernelWebSocket:
-        return cls(await server.websocket(f"/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}"))
+    async def connect(cls, server: JupyterServerProcess, kernel_id: str, timeout: float = 120.0) -> KernelWebSocket:
+        """Open the channels WebSocket and wait until it is usable, as JupyterLab does: a
+        kernel_info_request, until its reply. jupyter_server "nudges" a new connection and, until
+        the nudge sees one iopub message, it swallows that first iopub message instead of
+        forwarding it; its own replies are forwarded only after the nudge. So a reply here means
+        nothing later is swallowed (a cell sent at once could lose its busy or idle status)."""
+        self = cls(await server.websocket(f"/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}"))
+        msg_id = await self.send("kernel_info_request", {})
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = await self.recv(max(0.1, deadline - time.monotonic()))
+            if msg["channel"] == "shell" and msg.get("parent_header", {}).get("msg_id") == msg_id:
+                return self
 
     async def send(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> str:
         msg = self.session.msg(msg_type, content)
