@@ -308,7 +308,7 @@ def main() -> int:
 
     if loaded["start_retries"]:
         print(f"\n{len(loaded['start_retries'])} kernel(s) exited at start and were started again in their lease "
-              "(Address already in use: the port race of tf_remoting.nanny.free_ports):")
+              "(Address already in use: the port race of tf_remoting.worker.nanny.free_ports):")
         for line in loaded["start_retries"]:
             print(f"  {line}")
     print(f"\n{loaded['leases']} kernels started and settled in {loaded['start_seconds']:.1f} s; "

@@ -7,7 +7,7 @@ startup module):
 - direct: a temporary kernelspec and jupyter_client's AsyncKernelManager / AsyncKernelClient
   (plain ZMQ);
 - through worker: a worker started for this run (`tf_remoting.pytest_plugin.WorkerProcess`, host
-  device) and `tf_remoting.session.RemoteKernel` (gRPC Channels stream -> worker -> nanny -> ZMQ);
+  device) and `tf_remoting.client.session.RemoteKernel` (gRPC Channels stream -> worker -> nanny -> ZMQ);
 - through launcher: the installed `vgpu-small` kernelspec (`python -m tf_jupyter.launcher`) started
   by the same AsyncKernelManager and spoken to by the same AsyncKernelClient (ZMQ -> launcher relay
   -> gRPC -> worker -> nanny -> ZMQ); the launcher finds the benchmark's worker through a temporary
@@ -42,8 +42,8 @@ from jupyter_client.kernelspec import KernelSpecManager  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 
 from tf_remoting.client import RuntimeClient, pb  # noqa: E402
+from tf_remoting.client.session import RemoteKernel  # noqa: E402
 from tf_remoting.pytest_plugin import WorkerProcess  # noqa: E402
-from tf_remoting.session import RemoteKernel  # noqa: E402
 
 GiB = 1 << 30
 MiB = 1 << 20

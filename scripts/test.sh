@@ -31,6 +31,8 @@ if ! .venv/bin/jupyter labextension list 2>&1 | grep -q 'tf-jupyter-vgpu.*enable
     exit 1
 fi
 .venv/bin/ruff check .
+# Type check both packages (settings in pyproject.toml: typed defs required, unused ignores reported).
+.venv/bin/mypy
 # TypeScript: type check, eslint and unit tests (vitest) of the extension.
 (cd labextension && { [ -d node_modules ] || npm install --no-audit --no-fund; } && npm run -s lint && npm test -s)
 exec .venv/bin/python -m pytest "$@"

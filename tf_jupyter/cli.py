@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
-        from tf_remoting.cli import main as worker_main
+        from tf_remoting.worker.cli import main as worker_main
 
         return worker_main(argv[1:])
     if argv[:1] == ["lab"]:

@@ -2,7 +2,7 @@
 
 The Jupyter side only chooses a *worker*: ``Allocate`` has no device field, and each worker picks
 its own devices by best fit (least VRAM left, then least compute left, then lowest index; see
-``tf_remoting.leases``). So a :class:`Candidate` names a worker and the devices that worker is
+``tf_remoting.worker.leases``). So a :class:`Candidate` names a worker and the devices that worker is
 expected to pick; the worker's ledger has the last word (``RESOURCE_EXHAUSTED`` -> next candidate).
 
 Policies rank the workers:

@@ -1,5 +1,5 @@
 import sys
 
-from tf_remoting.cli import main
+from tf_remoting.worker.cli import main
 
 sys.exit(main(prog="python -m tf_remoting"))

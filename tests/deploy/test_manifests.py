@@ -24,8 +24,8 @@ from traitlets.config import Config
 
 from tf_jupyter.cli import build_parser as jupyter_cli_parser
 from tf_jupyter.config import TfVgpu
-from tf_remoting.cli import build_parser as worker_parser
-from tf_remoting.config import WorkerConfig
+from tf_remoting.worker.cli import build_parser as worker_parser
+from tf_remoting.worker.config import WorkerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -59,7 +59,7 @@ def _parse_worker_argv(argv: list[str]) -> Any:
 
 def _check_worker_args(argv: list[str]) -> WorkerConfig:
     """The flags make a WorkerConfig that validates (the same path as `tf-jupyter worker`)."""
-    from tf_remoting.cli import config_from_args
+    from tf_remoting.worker.cli import config_from_args
 
     args = _parse_worker_argv(argv)
     if args.config and not Path(args.config).exists():
@@ -257,7 +257,7 @@ def _entries(text: str) -> list[list[str]]:
 
 
 def test_token_secret_is_in_the_worker_token_format() -> None:
-    from tf_remoting.auth import parse_token_file
+    from tf_remoting.worker.auth import parse_token_file
 
     worker_tables = []
     for secret in _kind("Secret"):
@@ -285,7 +285,7 @@ def test_systemd_worker_token_file_is_documented_with_digests() -> None:
     line = next(ln for ln in section.splitlines() if "/etc/tf-jupyter/tokens" in ln and "tee" in ln)
     argv = shlex.split(line.split("|")[0])
     assert argv[:3] == ["tf-jupyter", "worker", "token"]
-    from tf_remoting.cli import build_token_parser
+    from tf_remoting.worker.cli import build_token_parser
 
     args = build_token_parser().parse_args(argv[3:])
     assert args.action == "new" and args.client_file
@@ -332,7 +332,7 @@ def test_worker_command_lines_in_docs_use_real_flags() -> None:
                 continue
             args = shlex.split(rest.split(" #")[0])
             if command == "worker" and args[:1] == ["token"]:
-                from tf_remoting.cli import build_token_parser
+                from tf_remoting.worker.cli import build_token_parser
 
                 build_token_parser().parse_args(args[1:])
             elif command == "worker":

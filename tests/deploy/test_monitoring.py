@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 
 from tf_jupyter.metrics import JUPYTER_METRIC_NAMES
-from tf_remoting.metrics import METRIC_NAMES, Metrics
 from tf_remoting.proto import pb
+from tf_remoting.worker.metrics import METRIC_NAMES, Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"

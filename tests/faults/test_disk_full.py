@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from tf_remoting.client import Unavailable
+from tf_remoting.client.session import RemoteKernel
 from tf_remoting.proto import pb
-from tf_remoting.session import RemoteKernel
 
 GiB = 1 << 30
 

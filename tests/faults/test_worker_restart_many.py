@@ -10,8 +10,8 @@ import asyncio
 import secrets
 import time
 
+from tf_remoting.client.session import RemoteKernel
 from tf_remoting.proto import pb
-from tf_remoting.session import RemoteKernel
 
 KERNELS = 10
 LINES = 600

@@ -12,8 +12,8 @@ import secrets
 
 import pytest
 
+from tf_remoting.client.session import RemoteKernel
 from tf_remoting.proto import pb
-from tf_remoting.session import RemoteKernel
 
 pytestmark = pytest.mark.gpu
 

@@ -12,7 +12,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from tf_remoting.session import RemoteKernel
+from tf_remoting.client.session import RemoteKernel
 
 SILENT_KERNEL = Path(__file__).parent.parent / "kernels" / "silent_kernel.py"
 

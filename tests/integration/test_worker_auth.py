@@ -19,7 +19,6 @@ import pytest
 from certs import CertPair, have_openssl, make_ca, make_cert
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tf_remoting.auth import hash_token_file, parse_token_file
 from tf_remoting.client import (
     PermissionDenied,
     RemotingError,
@@ -27,9 +26,10 @@ from tf_remoting.client import (
     Unauthenticated,
     Unavailable,
 )
+from tf_remoting.client.session import start_remote_kernel
 from tf_remoting.proto import SERVICE_NAME, pb, pb_grpc
 from tf_remoting.pytest_plugin import WorkerProcess
-from tf_remoting.session import start_remote_kernel
+from tf_remoting.worker.auth import hash_token_file, parse_token_file
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -20,7 +20,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tf_remoting.channels import GRPC_MAX_MESSAGE
 from tf_remoting.client import (
     FailedPrecondition,
     InvalidArgument,
@@ -31,9 +30,10 @@ from tf_remoting.client import (
     RuntimeClient,
     channel_options,
 )
+from tf_remoting.client.session import RemoteKernel
+from tf_remoting.framing import GRPC_MAX_MESSAGE
 from tf_remoting.proto import pb, pb_grpc
 from tf_remoting.pytest_plugin import WorkerProcess
-from tf_remoting.session import RemoteKernel
 
 MiB = 1 << 20
 GiB = 1 << 30

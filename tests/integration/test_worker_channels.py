@@ -8,8 +8,8 @@ import secrets
 import pytest
 
 from tf_remoting.client import FailedPrecondition
+from tf_remoting.client.session import RemoteKernel
 from tf_remoting.proto import pb
-from tf_remoting.session import RemoteKernel
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from tf_remoting.client import InvalidArgument
+from tf_remoting.client.session import RemoteKernel
 from tf_remoting.proto import pb
-from tf_remoting.session import RemoteKernel
 
 GiB = 1 << 30
 

@@ -6,8 +6,8 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator
 
+from tf_remoting.client.session import start_remote_kernel
 from tf_remoting.proto import pb
-from tf_remoting.session import start_remote_kernel
 
 GiB = 1 << 30
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from tf_remoting.client import ResourceExhausted
+from tf_remoting.client.session import start_remote_kernel
 from tf_remoting.proto import pb
-from tf_remoting.session import start_remote_kernel
 
 GiB = 1 << 30
 

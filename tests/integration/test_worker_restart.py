@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import secrets
 
+from tf_remoting.client.session import RemoteKernel
 from tf_remoting.proto import pb
-from tf_remoting.session import RemoteKernel
 
 
 async def test_sigkill_restart_resumes_every_line_once(tf_worker):

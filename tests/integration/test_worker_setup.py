@@ -8,9 +8,9 @@ import urllib.request
 
 import pytest
 
+from tf_remoting.client.session import RemoteKernel
 from tf_remoting.devices.cgroup import cgroup_v2_memory_root
 from tf_remoting.pytest_plugin import WorkerProcess
-from tf_remoting.session import RemoteKernel
 
 
 async def test_unix_socket_config_file_and_startup_log(tf_worker_factory):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from tf_remoting.client.session import start_remote_kernel
 from tf_remoting.proto import pb
-from tf_remoting.session import start_remote_kernel
 
 MiB = 1 << 20
 

@@ -17,8 +17,8 @@ from collections import Counter
 import pytest
 from client_processes import ClientProcesses
 
-from tf_remoting.leases import DeviceCapacity, Ledger
 from tf_remoting.pytest_plugin import WorkerProcess
+from tf_remoting.worker.leases import DeviceCapacity, Ledger
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tf_remoting.channels import (
+from tf_remoting.framing import (
     CHUNK_SIZE,
     GRPC_MAX_MESSAGE,
     MAX_BATCH_BYTES,

@@ -16,7 +16,7 @@ import pytest
 
 from tf_remoting.devices import DeviceError, HostBackend, open_backend
 from tf_remoting.devices.cgroup import CgroupSlice, cgroup_v2_memory_root
-from tf_remoting.telemetry import Sampler, process_tree
+from tf_remoting.worker.telemetry import Sampler, process_tree
 
 MiB = 1024**2
 

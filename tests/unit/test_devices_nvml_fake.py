@@ -18,7 +18,7 @@ from fake_pynvml import FakeNvml, GiB  # noqa: E402
 
 from tf_remoting.devices import DeviceError, open_backend  # noqa: E402
 from tf_remoting.devices.nvml import NvmlBackend  # noqa: E402
-from tf_remoting.telemetry import Sampler  # noqa: E402
+from tf_remoting.worker.telemetry import Sampler  # noqa: E402
 
 GPU0, GPU1 = "GPU-fake-0000-0000", "GPU-fake-0000-0001"
 

@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tf_remoting.leases import (
+from tf_remoting.worker.leases import (
     DeviceCapacity,
     InvalidArgument,
     KernelRecord,
@@ -573,7 +573,7 @@ def test_kernels(open_ledger):
 # a full or read-only disk gives, through the real code path; nothing in the Ledger is patched.
 _UNWRITABLE_CHILD = """
 import json, resource, signal, sys
-from tf_remoting.leases import DeviceCapacity, Ledger, LedgerError
+from tf_remoting.worker.leases import DeviceCapacity, Ledger, LedgerError
 ledger = Ledger(sys.argv[1], [DeviceCapacity("GPU-0", 0, "NVIDIA H100", 80 * 2**30, 100)])
 lease = ledger.allocate("alice", 2**30, 10)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)

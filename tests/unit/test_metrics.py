@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from tf_remoting.devices import DeviceInfo, DeviceSample
-from tf_remoting.metrics import METRIC_NAMES, Metrics
+from tf_remoting.worker.metrics import METRIC_NAMES, Metrics
 
 GiB = 1024**3
 GPU = DeviceInfo(uuid="GPU-1", name="NVIDIA H100", kind="gpu", index=0, vram_total=80 * GiB,

@@ -19,11 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-import tf_remoting.kernels as kernels_module
+import tf_remoting.worker.kernels as kernels_module
 from tf_remoting.devices.base import DeviceBackend, DeviceInfo, DeviceSample, Usage
 from tf_remoting.devices.procfs import PidWatch
-from tf_remoting.kernels import KernelSupervisor
-from tf_remoting.telemetry import Sampler
+from tf_remoting.worker.kernels import KernelSupervisor
+from tf_remoting.worker.telemetry import Sampler
 
 KERNEL = "k" + "0" * 15
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tf_remoting.watchdog import Watchdog, WatchdogAction, WatchdogPolicy
+from tf_remoting.worker.watchdog import Watchdog, WatchdogAction, WatchdogPolicy
 
 GiB = 2**30
 LIMIT = 8 * GiB

@@ -1,7 +1,7 @@
 """Kernel processes on the worker: start them under a nanny, signal them, find them again.
 
 Each kernel gets a directory `STATE/kernels/<id>/` and a nanny process in its own session (see
-`tf_remoting.nanny`). The worker keeps no kernel state in memory that it cannot rebuild from
+`tf_remoting.worker.nanny`). The worker keeps no kernel state in memory that it cannot rebuild from
 those directories and the ledger, which is how it re-adopts live kernels after a restart.
 
 `state()` is asked for every kernel at every telemetry tick, so what it learns is remembered: the
@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from .devices.procfs import PidWatch, ProcStatReader, stat_fields
+from tf_remoting.devices.procfs import PidWatch, ProcStatReader, stat_fields
 
 MAX_UNIX_PATH = 107
 _LINUX = sys.platform.startswith("linux")
@@ -121,7 +121,7 @@ class KernelSupervisor:
         with os.fdopen(fd, "w") as f:
             json.dump(spec, f)
         with open(directory / "nanny.log", "ab") as out:
-            child = subprocess.Popen([sys.executable, "-m", "tf_remoting.nanny", str(directory)],
+            child = subprocess.Popen([sys.executable, "-m", "tf_remoting.worker.nanny", str(directory)],
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True, close_fds=True)
         self._children.append(child)

@@ -19,7 +19,7 @@ import time
 
 import psutil
 
-from .devices.base import DeviceBackend, DeviceSample, Usage
+from tf_remoting.devices.base import DeviceBackend, DeviceSample, Usage
 
 _LINUX = sys.platform.startswith("linux")
 FULL_SCAN_SECONDS = 60.0

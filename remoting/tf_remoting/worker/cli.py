@@ -12,7 +12,7 @@ import logging
 import sys
 from dataclasses import MISSING, fields
 
-from tf_remoting.config import WorkerConfig
+from tf_remoting.worker.config import WorkerConfig
 
 SCALARS = (str, int, float, bool)
 
@@ -79,7 +79,7 @@ def build_token_parser(prog: str = "tf-jupyter worker token") -> argparse.Argume
 def token_main(argv: list[str], prog: str = "tf-jupyter worker token") -> int:
     import os
 
-    from tf_remoting.auth import digest_line, hash_token_file, new_token
+    from tf_remoting.worker.auth import digest_line, hash_token_file, new_token
 
     args = build_token_parser(prog).parse_args(argv)
     try:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None, prog: str = "tf-jupyter worker") -> int:
     except (ValueError, OSError) as exc:
         print(f"tf-jupyter worker: {exc}", file=sys.stderr)
         return 2
-    from tf_remoting.server import serve
+    from tf_remoting.worker.server import serve
 
     try:
         asyncio.run(serve(config, address_file=args.address_file))

@@ -9,8 +9,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
-from . import __version__
-from .devices.base import DeviceInfo, DeviceSample
+from tf_remoting import __version__
+from tf_remoting.devices.base import DeviceInfo, DeviceSample
 
 _DEVICE = ("device", "name", "kind")
 _LEASE = ("lease", "principal", "device")

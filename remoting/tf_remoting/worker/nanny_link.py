@@ -12,7 +12,7 @@ import asyncio
 import struct
 from collections import deque
 
-from tf_remoting.channels import MAX_BATCH_BYTES, unpack_records
+from tf_remoting.framing import MAX_BATCH_BYTES, unpack_records
 
 FRAMES_BYTE = b"\x12"  # field 2 (frames), wire type 2: the first byte of a `frames` record
 _LEN = struct.Struct(">I")

@@ -1,6 +1,6 @@
 """The nanny's relay loop: kernel ZMQ sockets <-> the worker's unix-socket connection.
 
-Imported by `tf_remoting.nanny` only after the kernel process is already starting, so that
+Imported by `tf_remoting.worker.nanny` only after the kernel process is already starting, so that
 these imports (zmq, protobuf) overlap with the kernel's own start-up.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 from google.protobuf.message import DecodeError
 
-from tf_remoting.channels import (
+from tf_remoting.framing import (
     MAX_BATCH_BYTES,
     ROUTED,
     ChunkError,
@@ -31,8 +31,8 @@ from tf_remoting.channels import (
     pack_record,
     unpack_records,
 )
-from tf_remoting.nanny import LINGER_AFTER_EXIT, write_state
 from tf_remoting.proto import pb
+from tf_remoting.worker.nanny import LINGER_AFTER_EXIT, write_state
 
 log = logging.getLogger("tf_remoting.nanny")
 

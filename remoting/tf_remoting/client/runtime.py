@@ -28,7 +28,7 @@ from typing import Any
 import grpc
 
 from tf_remoting import paths
-from tf_remoting.channels import CHANNELS, GRPC_MAX_MESSAGE, Reassembler, batches, encode
+from tf_remoting.framing import CHANNELS, GRPC_MAX_MESSAGE, Reassembler, batches, encode
 from tf_remoting.proto import pb, pb_grpc
 from tf_remoting.quantities import format_bytes
 

@@ -1,8 +1,8 @@
 """The kernel nanny: one small process per kernel that outlives the worker.
 
-The worker starts `python -m tf_remoting.nanny DIR` in a new process session. The nanny starts the
+The worker starts `python -m tf_remoting.worker.nanny DIR` in a new process session. The nanny starts the
 kernel as its child, connects to its ZMQ endpoints (IPC sockets in the state directory) and
-serves one unix socket that the worker connects to (`tf_remoting.nanny_loop`). It numbers every
+serves one unix socket that the worker connects to (`tf_remoting.worker.nanny_loop`). It numbers every
 message the kernel sends and keeps it in the replay buffer until the client acknowledges it, so a worker restart (even
 SIGKILL) or a network cut loses nothing: the buffer lives here, not in the worker. It also reaps
 the kernel and records its exit code in DIR/state.json, where a restarted worker finds it.
@@ -92,7 +92,7 @@ def launch_kernel(directory: Path, spec: dict[str, Any]) -> tuple[subprocess.Pop
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m tf_remoting.nanny KERNEL_DIR", file=sys.stderr)
+        print("usage: python -m tf_remoting.worker.nanny KERNEL_DIR", file=sys.stderr)
         return 2
     directory = Path(args[0])
     spec = json.loads((directory / "spec.json").read_text())
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     listener = listen(str(spec["socket"]))
     write_state(directory, "running", proc.pid, None, str(spec["socket"]))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s nanny %(levelname)s %(message)s")
-    from tf_remoting.nanny_loop import Nanny  # heavy imports, while the kernel starts
+    from tf_remoting.worker.nanny_loop import Nanny  # heavy imports, while the kernel starts
 
     nanny = Nanny(directory, spec, proc, connection)
     nanny.start(listener)

@@ -28,21 +28,22 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 import tf_remoting
-from tf_remoting import leases as ledger_mod
-from tf_remoting import nanny_link, paths
-from tf_remoting.auth import AuthError, Caller, TokenTable, ensure_token_file, token_digest_hex
-from tf_remoting.channels import GRPC_MAX_MESSAGE
-from tf_remoting.config import WorkerConfig
+from tf_remoting import paths
 from tf_remoting.devices import open_backend
 from tf_remoting.devices.base import DeviceBackend, DeviceInfo, DeviceSample, Usage
 from tf_remoting.devices.cgroup import CgroupSlice, cgroup_v2_memory_root
-from tf_remoting.kernels import KernelStartError, KernelSupervisor
-from tf_remoting.leases import DeviceCapacity, KernelRecord, LeaseRecord, Ledger
-from tf_remoting.metrics import Metrics
+from tf_remoting.framing import GRPC_MAX_MESSAGE
 from tf_remoting.proto import SERVICE_NAME, pb
 from tf_remoting.quantities import format_bytes, parse_bytes
-from tf_remoting.telemetry import Sampler
-from tf_remoting.watchdog import Watchdog, WatchdogPolicy
+from tf_remoting.worker import leases as ledger_mod
+from tf_remoting.worker import nanny_link
+from tf_remoting.worker.auth import AuthError, Caller, TokenTable, ensure_token_file, token_digest_hex
+from tf_remoting.worker.config import WorkerConfig
+from tf_remoting.worker.kernels import KernelStartError, KernelSupervisor
+from tf_remoting.worker.leases import DeviceCapacity, KernelRecord, LeaseRecord, Ledger
+from tf_remoting.worker.metrics import Metrics
+from tf_remoting.worker.telemetry import Sampler
+from tf_remoting.worker.watchdog import Watchdog, WatchdogPolicy
 
 log = logging.getLogger("tf_remoting.worker")
 
