@@ -2,9 +2,11 @@
 
 Runs on the Jupyter host. `runtime` is the thin asyncio client (one method per RPC, errors as
 exceptions, `KernelChannels` for a kernel's resumable message stream); `session` speaks the
-Jupyter protocol over that stream for programs and tests.
+Jupyter protocol over that stream for programs and tests; `backoff` is the one reconnect policy
+(delays, jitter, how long an outage may last) for every loop that reconnects to a worker.
 """
 
+from tf_remoting.client.backoff import Backoff
 from tf_remoting.client.runtime import (
     FailedPrecondition,
     InvalidArgument,
@@ -23,6 +25,6 @@ from tf_remoting.client.runtime import (
 )
 from tf_remoting.proto import pb
 
-__all__ = ["FailedPrecondition", "InvalidArgument", "KernelChannels", "KernelClosed", "NotFound",
+__all__ = ["Backoff", "FailedPrecondition", "InvalidArgument", "KernelChannels", "KernelClosed", "NotFound",
            "PermissionDenied", "RemotingError", "ResourceExhausted", "RuntimeClient", "TransferError",
            "Unauthenticated", "Unavailable", "channel_options", "error_from", "pb"]
