@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 
 from tf_remoting import paths
+from tf_remoting.client.backoff import Backoff
 from tf_remoting.framing import CHANNELS, GRPC_MAX_MESSAGE, Reassembler, batches, encode
 from tf_remoting.proto import pb, pb_grpc
 from tf_remoting.quantities import format_bytes
@@ -322,6 +323,10 @@ class KernelChannels:
         self._sink: Callable[[int, list[bytes]], None] | None = None
         self._transfer_root: str | None = None
         self._transfers: set[asyncio.Task[None]] = set()
+        # One outage lasts from the first failure until a stream has really re-opened (`opened`
+        # received, see _on_opened), never longer: short outages far apart do not add up.
+        self._backoff = Backoff(initial=0.1, factor=2.0, max_delay=1.0, jitter=0.2,
+                                give_up_after=reconnect_timeout)
 
     def serve_transfers(self, directory: str | Path) -> None:
         """Answer the kernel's `%vgpu push` / `pull` with files under `directory` (this side's)."""
@@ -410,7 +415,8 @@ class KernelChannels:
                 yield req
 
     async def _run(self) -> None:
-        down_since: float | None = None
+        backoff = self._backoff
+        backoff.give_up_after = self.reconnect_timeout  # the attribute may have changed since __init__
         while not self._closed:
             opening = pb.ChannelsRequest(open=pb.OpenChannels(
                 kernel_id=self.kernel_id,
@@ -429,21 +435,19 @@ class KernelChannels:
                 if code not in RESUMABLE:
                     self._finish()
                     raise (error_from(exc) if isinstance(exc, grpc.RpcError) else exc) from None
-                now = time.monotonic()
-                if down_since is None:
-                    down_since = now
-                    detail = exc.details() if isinstance(exc, grpc.RpcError) else str(exc)
-                    self.on_state("disconnected", f"{code.name}: {detail}")
-                if now - down_since > self.reconnect_timeout:
+                detail = f"{code.name}: {exc.details() if isinstance(exc, grpc.RpcError) else exc}"
+                if backoff.failed():  # the first failure since the stream last opened
+                    self.on_state("disconnected", detail)
+                if backoff.exhausted():
                     self._finish()
-                    raise Unavailable(code, f"kernel {self.kernel_id}: worker unreachable for "
-                                      f"{self.reconnect_timeout:.0f} s") from None
+                    raise Unavailable(code, f"kernel {self.kernel_id}: the worker at {self.client.address} has "
+                                      f"been unreachable for {backoff.outage():.0f} s, longer than the "
+                                      f"reconnect timeout of {self.reconnect_timeout:g} s; last error: {detail}"
+                                      ) from None
                 self._opened.clear()
-                await asyncio.sleep(0.2)
-                continue
+                await backoff.wait()
             finally:
                 call.cancel()
-            down_since = None
         self._finish()
 
     async def _consume(self, call: Any) -> None:
@@ -536,6 +540,7 @@ class KernelChannels:
         for batch in batches(resend):
             self._outbox.put_nowait(pb.ChannelsRequest(frames=batch))
         self._stream_opened = True
+        self._backoff.succeeded()
         self._opened.set()
 
     def _maybe_ack(self) -> None:
