@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -137,9 +137,9 @@ class RuntimeClient:
     async def allocate(self, vram: int, compute: int, count: int = 1, qos: int = pb.QOS_MEDIUM,
                        model: str = "", mode: int = pb.ISOLATION_MODE_UNSPECIFIED, ttl_seconds: int = 0,
                        profile: str = "", labels: dict[str, str] | None = None) -> pb.Lease:
-        request = pb.AllocateRequest(slice=pb.SliceRequest(vram=vram, compute=compute), count=count, qos=qos,
-                                     model=model, mode=mode, ttl_seconds=ttl_seconds, profile=profile,
-                                     labels=labels or {})
+        request = pb.AllocateRequest(slice=pb.SliceRequest(vram=vram, compute=compute), count=count,
+                                     qos=cast(pb.Qos, qos), model=model, mode=cast(pb.IsolationMode, mode),
+                                     ttl_seconds=ttl_seconds, profile=profile, labels=labels or {})
         return await self._call(self.stub.Allocate, request)
 
     async def renew(self, lease_id: str) -> pb.Lease:
@@ -194,7 +194,8 @@ class RuntimeClient:
         return await self._call(self.stub.StartKernel, request, timeout=timeout)
 
     async def signal(self, kernel_id: str, signal: int) -> pb.Kernel:
-        return await self._call(self.stub.Signal, pb.SignalRequest(kernel_id=kernel_id, signal=signal))
+        return await self._call(self.stub.Signal, pb.SignalRequest(kernel_id=kernel_id,
+                                                                             signal=cast(pb.Signal, signal)))
 
     async def interrupt(self, kernel_id: str) -> pb.Kernel:
         return await self.signal(kernel_id, pb.SIGNAL_INTERRUPT)
@@ -233,8 +234,8 @@ class RuntimeClient:
     async def request_transfer(self, kernel_id: str, direction: int, client_path: str, kernel_path: str,
                                timeout: float = 300.0) -> pb.TransferResult:
         """From inside a kernel: have the client attached to it move a file (see RequestTransfer)."""
-        request = pb.TransferRequest(kernel_id=kernel_id, direction=direction, client_path=client_path,
-                                     kernel_path=kernel_path, timeout_seconds=int(timeout))
+        request = pb.TransferRequest(kernel_id=kernel_id, direction=cast(pb.TransferDirection, direction),
+                                     client_path=client_path, kernel_path=kernel_path, timeout_seconds=int(timeout))
         return await self._call(self.stub.RequestTransfer, request, timeout=timeout + 10)
 
     async def complete_transfer(self, result: pb.TransferResult) -> None:
@@ -283,6 +284,12 @@ async def move_file(client: RuntimeClient, kernel_id: str, ask: pb.TransferAsk, 
         await asyncio.to_thread(write)
         return f"pulled {ask.kernel_path} ({format_bytes(len(data))}) to {ask.client_path} in the notebook's directory"
     raise TransferError(f"unknown transfer direction {ask.direction}")
+
+
+def positions(seqs: dict[int, int]) -> list[pb.ChannelPosition]:
+    """The last sequence number seen on each channel that has seen one (for open and ack)."""
+    # The public API numbers channels with plain ints; the proto types them as its enum.
+    return [pb.ChannelPosition(channel=cast(pb.Channel, c), seq=s) for c, s in seqs.items() if s]
 
 
 class KernelClosed(Exception):
@@ -420,7 +427,7 @@ class KernelChannels:
         while not self._closed:
             opening = pb.ChannelsRequest(open=pb.OpenChannels(
                 kernel_id=self.kernel_id,
-                last_received=[pb.ChannelPosition(channel=c, seq=s) for c, s in self.received.items() if s]))
+                last_received=positions(self.received)))
             old, self._outbox = self._outbox, asyncio.Queue()
             old.put_nowait(None)  # ends the previous attempt's generator; its frames are resent on open
             self._stream_opened = False
@@ -510,7 +517,7 @@ class KernelChannels:
             self.dropped[pos.channel] += pos.seq
             self.on_state("dropped", f"{pos.seq} message(s) on channel {pos.channel} fell out of the "
                           "worker's replay buffer")
-        got = {p.channel: p.seq for p in opened.received}
+        got: dict[int, int] = {p.channel: p.seq for p in opened.received}
         if not self._ever_opened:
             # The kernel side may have heard from an earlier client: number after what it has seen,
             # or its duplicate filter would drop our first messages.
@@ -551,8 +558,7 @@ class KernelChannels:
     def _send_ack(self) -> None:
         self._unacked_count = 0
         self._last_ack = time.monotonic()
-        self._outbox.put_nowait(pb.ChannelsRequest(ack=pb.Ack(
-            received=[pb.ChannelPosition(channel=c, seq=s) for c, s in self.received.items() if s])))
+        self._outbox.put_nowait(pb.ChannelsRequest(ack=pb.Ack(received=positions(self.received))))
 
     def _finish(self) -> None:
         self._closed = True
