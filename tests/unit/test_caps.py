@@ -18,6 +18,7 @@ from types import ModuleType
 import pytest
 
 from tf_remoting.kernel import caps
+from tf_remoting.slice_env import PREFIX, SliceEnv
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 GiB = 1 << 30
@@ -33,12 +34,24 @@ def load_fake(name: str) -> ModuleType:
     return module
 
 
+def a_slice(kind: str = "gpu", mode: str = "soft", limit: int = GiB, total: int = TOTAL) -> SliceEnv:
+    return SliceEnv(lease_id="lease-1", kernel_id="kernel-1", principal="alice", device_uuids=("GPU-0",),
+                    device_name="Fake GPU", device_kind=kind, vram_limit=limit, vram_total=total,
+                    compute_limit=10, mode=mode, memory_enforcement="framework", worker="unix:/nowhere",
+                    token="t", shares_filesystem=True)
+
+
 def slice_env(monkeypatch: pytest.MonkeyPatch, kind: str = "gpu", mode: str = "soft", limit: int = GiB,
               total: int = TOTAL) -> None:
-    monkeypatch.setenv("TF_VGPU_DEVICE_KIND", kind)
-    monkeypatch.setenv("TF_VGPU_MODE", mode)
-    monkeypatch.setenv("TF_VGPU_VRAM_LIMIT", str(limit))
-    monkeypatch.setenv("TF_VGPU_VRAM_TOTAL", str(total))
+    """This process's environment as the worker writes it for a kernel in such a slice."""
+    for name, value in a_slice(kind, mode, limit, total).to_env().items():
+        monkeypatch.setenv(name, value)
+
+
+def resize(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """What %vgpu resize does to the environment: the same slice with a new limit."""
+    for name, value in SliceEnv.from_env().resized(limit, 10).to_env().items():
+        monkeypatch.setenv(name, value)
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +60,8 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(caps, "applied", {})
     monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    for name in [n for n in os.environ if n.startswith(PREFIX)]:  # this process is in no slice
+        monkeypatch.delenv(name)
     frameworks = ("torch", "cupy", "jax")
     before = {name: sys.modules.pop(name) for name in frameworks if name in sys.modules}
     yield
@@ -65,12 +80,32 @@ def importable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_slice_fraction() -> None:
-    env = {"TF_VGPU_VRAM_LIMIT": str(GiB), "TF_VGPU_VRAM_TOTAL": str(TOTAL)}
+    env = a_slice(limit=GiB, total=TOTAL).to_env()
     assert caps.slice_fraction(env) == 0.25
-    assert caps.slice_fraction({**env, "TF_VGPU_VRAM_LIMIT": str(8 * GiB)}) == 1.0
-    assert caps.slice_fraction({**env, "TF_VGPU_VRAM_TOTAL": "0"}) is None
-    assert caps.slice_fraction({**env, "TF_VGPU_VRAM_TOTAL": "lots"}) is None
-    assert caps.slice_fraction({"TF_VGPU_VRAM_LIMIT": str(GiB)}) is None
+    assert caps.slice_fraction(a_slice(limit=8 * GiB).to_env()) == 1.0
+    assert caps.slice_fraction(a_slice(total=0).to_env()) is None
+    assert caps.slice_fraction({**env, PREFIX + "VRAM_TOTAL": "lots"}) is None
+    assert caps.slice_fraction({PREFIX + "VRAM_LIMIT": str(GiB)}) is None  # not a whole slice
+    assert caps.slice_fraction({}) is None
+
+
+def test_a_broken_slice_environment_is_reported_not_capped(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    slice_env(monkeypatch)
+    monkeypatch.delenv(PREFIX + "VRAM_TOTAL")
+    hooks_before = list(sys.meta_path)
+    caps.install_caps()
+    assert sys.meta_path == hooks_before
+    assert "no VRAM caps in this kernel" in capsys.readouterr().err
+    monkeypatch.delenv(PREFIX + "MODE")
+    assert caps.reapply_caps()[0].startswith("this kernel is not running in a vGPU slice")
+
+
+def test_outside_a_slice_install_caps_does_nothing_quietly(capsys: pytest.CaptureFixture[str]) -> None:
+    hooks_before = list(sys.meta_path)
+    caps.install_caps()
+    assert sys.meta_path == hooks_before
+    assert capsys.readouterr().err == ""
 
 
 def test_import_hook_caps_torch_when_cuda_initialises(monkeypatch: pytest.MonkeyPatch, importable: Path) -> None:
@@ -96,11 +131,11 @@ def test_import_hook_sets_the_cupy_pool_limit(monkeypatch: pytest.MonkeyPatch, i
 def test_a_failing_cap_reports_and_keeps_the_import(monkeypatch: pytest.MonkeyPatch, importable: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     slice_env(monkeypatch)
-    monkeypatch.setenv("TF_VGPU_VRAM_LIMIT", "lots")
     caps.install_caps()
+    monkeypatch.setenv(PREFIX + "VRAM_LIMIT", "lots")  # the slice broke after the caps were installed
     cupy = importlib.import_module("cupy")
     assert cupy.get_default_memory_pool().get_limit() == 0
-    assert "could not apply the cupy VRAM cap" in capsys.readouterr().err
+    assert "could not apply the cupy VRAM cap: TF_VGPU_VRAM_LIMIT='lots' is not a number" in capsys.readouterr().err
     assert "cupy" not in caps.applied
 
 
@@ -116,7 +151,7 @@ def test_a_resize_before_cuda_initialises_needs_no_other_call(monkeypatch: pytes
     slice_env(monkeypatch, limit=GiB)
     torch = load_fake("torch")
     caps.cap_torch(torch)
-    monkeypatch.setenv("TF_VGPU_VRAM_LIMIT", str(2 * GiB))
+    resize(monkeypatch, 2 * GiB)
     torch.cuda.init()
     assert torch.cuda.calls == [(0.5, 0), (0.5, 1)]
 
@@ -147,7 +182,7 @@ def test_reapply_after_a_resize(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.cuda.fractions == {0: 0.25, 1: 0.25}
     assert cupy.get_default_memory_pool().get_limit() == GiB
 
-    monkeypatch.setenv("TF_VGPU_VRAM_LIMIT", str(3 * GiB))  # the resize wrote the new limit
+    resize(monkeypatch, 3 * GiB)  # what %vgpu resize writes
     notes = caps.reapply_caps()
     assert torch.cuda.fractions == {0: 0.75, 1: 0.75}
     assert cupy.get_default_memory_pool().get_limit() == 3 * GiB
@@ -163,7 +198,7 @@ def test_reapply_before_cuda_initialises_defers_to_it(monkeypatch: pytest.Monkey
     torch = load_fake("torch")
     monkeypatch.setitem(sys.modules, "torch", torch)
     caps.cap_torch(torch)
-    monkeypatch.setenv("TF_VGPU_VRAM_LIMIT", str(2 * GiB))
+    resize(monkeypatch, 2 * GiB)
     notes = caps.reapply_caps()
     assert not torch.cuda.is_initialized()  # reapplying must not initialise CUDA itself
     assert notes == ["PyTorch: CUDA not initialised yet; 0.5000 applies when it is"]
@@ -175,8 +210,7 @@ def test_reapply_reports_a_framework_that_refuses(monkeypatch: pytest.MonkeyPatc
     slice_env(monkeypatch, limit=GiB)
     cupy = load_fake("cupy")
     monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setenv("TF_VGPU_VRAM_LIMIT", str(-GiB))  # the fake pool refuses it, as cupy's does
-    monkeypatch.setenv("TF_VGPU_VRAM_TOTAL", str(TOTAL))
+    resize(monkeypatch, -GiB)  # the fake pool refuses it, as cupy's does
     notes = caps.reapply_caps()
     assert any(n.startswith("CuPy: could not set the memory pool limit") for n in notes), notes
     assert cupy.get_default_memory_pool().get_limit() == 0

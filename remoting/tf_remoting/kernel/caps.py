@@ -12,19 +12,22 @@ import importlib.abc
 import importlib.machinery
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
+
+from tf_remoting.slice_env import PREFIX, NotInSlice, SliceEnv
 
 applied: dict[str, str] = {}  # framework -> what was done, shown by %vgpu
 
 
-def slice_fraction(env: os._Environ[str] | dict[str, str] = os.environ) -> float | None:
+def slice_fraction(env: Mapping[str, str] | None = None) -> float | None:
+    """The slice's share of its device's VRAM (default: this process's environment), or None
+    outside a slice or when the device's total is unknown."""
     try:
-        limit, total = int(env["TF_VGPU_VRAM_LIMIT"]), int(env["TF_VGPU_VRAM_TOTAL"])
-    except (KeyError, ValueError):
+        return SliceEnv.from_env(env).vram_fraction
+    except NotInSlice:
         return None
-    return min(1.0, limit / total) if total > 0 else None
 
 
 def _torch_set_fraction(torch: ModuleType, fraction: float) -> None:
@@ -49,9 +52,9 @@ def cap_torch(torch: ModuleType) -> None:
 
 
 def cap_cupy(cupy: ModuleType) -> None:
-    limit = os.environ.get("TF_VGPU_VRAM_LIMIT")
+    limit = SliceEnv.from_env().vram_limit  # NotInSlice is reported by the import hook
     if limit:
-        cupy.get_default_memory_pool().set_limit(size=int(limit))
+        cupy.get_default_memory_pool().set_limit(size=limit)
         applied["cupy"] = f"memory pool limit {limit} bytes"
 
 
@@ -69,7 +72,7 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             return spec
         loader = spec.loader
         hook = self.hooks.pop(fullname)
-        original = loader.exec_module  # type: ignore[union-attr]
+        original = loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
             original(module)
@@ -78,31 +81,31 @@ class _AfterImport(importlib.abc.MetaPathFinder):
             except Exception as exc:  # a cap that fails must say so, not break the import
                 print(f"tf-vgpu: could not apply the {fullname} VRAM cap: {exc}", file=sys.stderr)
 
-        loader.exec_module = exec_module  # type: ignore[method-assign,union-attr]
+        loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec
 
 
-def _active() -> bool:
-    return os.environ.get("TF_VGPU_DEVICE_KIND") == "gpu" and os.environ.get("TF_VGPU_MODE") == "soft"
-
-
 def reapply_caps() -> list[str]:
-    """After a resize (the new TF_VGPU_* limits already in os.environ): make the frameworks follow.
+    """After a resize (the new slice already in os.environ, see SliceEnv.to_env): make the
+    frameworks follow.
 
     Returns one sentence per thing done or not done, for `%vgpu resize` to print.
     """
-    kind, mode = os.environ.get("TF_VGPU_DEVICE_KIND"), os.environ.get("TF_VGPU_MODE")
-    if kind != "gpu":
+    try:
+        slice_ = SliceEnv.from_env()
+    except NotInSlice as exc:
+        return [f"{exc}: no in-kernel caps to change"]
+    if not slice_.on_gpu:
         return ["host device: the worker enforces the new memory limit; nothing to change in the kernel"]
-    if mode == "mps":
+    if slice_.mode == "mps":
         return ["mps mode: CUDA MPS limits are fixed when the kernel starts; restart the kernel to apply "
                 "the new slice to the GPU"]
-    if mode != "soft":
-        return [f"{mode} mode: no in-kernel caps to change"]
+    if slice_.mode != "soft":
+        return [f"{slice_.mode} mode: no in-kernel caps to change"]
     notes: list[str] = []
-    fraction = slice_fraction()
+    fraction = slice_.vram_fraction
     if fraction is None:
-        return ["no VRAM total known (TF_VGPU_VRAM_TOTAL): caps left as they were"]
+        return ["the device's total VRAM is unknown to this kernel: caps left as they were"]
     os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{fraction:.4f}"
     if "jax" in sys.modules:
         notes.append("JAX: already imported; it keeps the fraction it started with until the kernel restarts")
@@ -119,10 +122,10 @@ def reapply_caps() -> list[str]:
         except Exception as exc:  # report, do not fail the resize that already happened
             notes.append(f"PyTorch: could not apply the new fraction: {exc}")
     cupy = sys.modules.get("cupy")
-    limit = os.environ.get("TF_VGPU_VRAM_LIMIT")
+    limit = slice_.vram_limit
     if cupy is not None and limit:
         try:
-            cupy.get_default_memory_pool().set_limit(size=int(limit))
+            cupy.get_default_memory_pool().set_limit(size=limit)
             notes.append(f"CuPy: memory pool limit {limit} bytes")
             applied["cupy"] = f"memory pool limit {limit} bytes"
         except Exception as exc:
@@ -134,7 +137,13 @@ def reapply_caps() -> list[str]:
 
 def install_caps() -> None:
     """Install the caps for this kernel's slice (nothing on the host device or exclusive mode)."""
-    if not _active():
+    try:
+        slice_ = SliceEnv.from_env()
+    except NotInSlice as exc:
+        if any(name.startswith(PREFIX) for name in os.environ):  # a slice, but a broken one: say so
+            print(f"tf-vgpu: no VRAM caps in this kernel: {exc}", file=sys.stderr)
+        return
+    if not (slice_.on_gpu and slice_.mode == "soft"):
         return
     if "XLA_PYTHON_CLIENT_MEM_FRACTION" in os.environ:
         applied["jax"] = f"XLA_PYTHON_CLIENT_MEM_FRACTION={os.environ['XLA_PYTHON_CLIENT_MEM_FRACTION']}"
