@@ -50,11 +50,15 @@ async def test_status_help_and_bad_arguments(tf_worker):
                 assert "<meter" in page and "aria-label='VRAM used:" in page
                 assert " of 1 GiB (" in page  # the meter's value is also written out
 
-            result = await remote.execute("%vgpu help")
-            assert result.status == "ok"
-            for word in ("%vgpu status", "%vgpu watch", "%vgpu resize", "--vram", "%vgpu push", "%vgpu pull"):
-                assert word in result.stdout()
-            assert "Not built yet" not in result.stdout()
+            for line in ("%vgpu help", "%vgpu -h", "%vgpu --help"):
+                result = await remote.execute(line)
+                assert result.status == "ok"
+                for word in ("%vgpu status", "%vgpu watch", "%vgpu resize", "--vram", "%vgpu push", "%vgpu pull"):
+                    assert word in result.stdout()
+                assert "Not built yet" not in result.stdout()
+            # IPython's own help for the magic comes from the same argument parser.
+            result = await remote.execute("print(get_ipython().find_line_magic('vgpu').__doc__)")
+            assert "--vram SIZE" in result.stdout() and "%vgpu watch [SECONDS]" in result.stdout()
 
             assert "unknown %vgpu command 'frobnicate'" in usage_error(await remote.execute("%vgpu frobnicate"))
             assert "takes no arguments" in usage_error(await remote.execute("%vgpu status now"))
@@ -62,6 +66,7 @@ async def test_status_help_and_bad_arguments(tf_worker):
             assert "at most 3600" in usage_error(await remote.execute("%vgpu watch 7200"))
             assert "at most one argument" in usage_error(await remote.execute("%vgpu watch 1 2"))
             assert "No closing quotation" in usage_error(await remote.execute("%vgpu resize --vram '4Gi"))
+            assert "belong to %vgpu resize" in usage_error(await remote.execute("%vgpu status --vram 1Gi"))
         finally:
             await remote.close()
             await client.release(lease.id)
@@ -154,9 +159,10 @@ async def test_resize_up_down_and_refusals(tf_worker):
             assert "'150'" in usage_error(await remote.execute("%vgpu resize --compute 150"))
             assert "must be more than 0" in usage_error(await remote.execute("%vgpu resize --vram 0"))
             assert "say what to change" in usage_error(await remote.execute("%vgpu resize"))
-            assert "unknown argument '--cpu'" in usage_error(await remote.execute("%vgpu resize --cpu 3"))
-            assert "needs a value" in usage_error(await remote.execute("%vgpu resize --vram"))
+            assert "unrecognized arguments: --cpu 3" in usage_error(await remote.execute("%vgpu resize --cpu 3"))
+            assert "--vram: expected one argument" in usage_error(await remote.execute("%vgpu resize --vram"))
             assert "given twice" in usage_error(await remote.execute("%vgpu resize --vram 1Gi --vram 2Gi"))
+            assert "unexpected '3'" in usage_error(await remote.execute("%vgpu resize 3"))
         finally:
             await remote.close()
             await client.release(lease.id)

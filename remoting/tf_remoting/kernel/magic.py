@@ -1,25 +1,29 @@
 """`%vgpu`: the slice this kernel runs in, from inside the notebook.
 
-Loaded by the kernel entry point (`--ext tf_remoting.kernel.magic`). It talks to the worker over
-`TF_VGPU_WORKER` (a local unix socket) with the kernel's own lease-scoped `TF_VGPU_TOKEN`, using
-the synchronous gRPC API (the kernel runs its own event loop). grpc is imported on first use, so
-loading the extension keeps kernel start fast.
+Loaded by the kernel entry point (`--ext tf_remoting.kernel.magic`). The slice comes from the
+kernel's environment (`SliceEnv.from_env()`, written by the worker); it talks to the worker at the
+slice's `worker` address (a local unix socket) with the kernel's own lease-scoped token, using the
+synchronous gRPC API (the kernel runs its own event loop). grpc is imported on first use, so
+loading the extension keeps kernel start fast. Arguments are parsed by IPython's
+`magic_arguments` (argparse): `%vgpu?` shows the same commands as `%vgpu help`.
 """
 
 from __future__ import annotations
 
+import argparse
 import html
 import os
-import shlex
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
 
 from tf_remoting.quantities import QuantityError, format_bytes, parse_bytes, parse_percent
+from tf_remoting.slice_env import NotInSlice, SliceEnv
 
 HELP = """%vgpu — this kernel's vGPU slice
 
@@ -56,26 +60,28 @@ def _fail(message: str) -> UsageError:
 # ---------------------------------------------------------------------------- worker access
 
 
-def _lease_id() -> str:
-    lease_id = os.environ.get("TF_VGPU_LEASE_ID")
-    if not lease_id:
-        raise _fail("%vgpu: this kernel is not running in a vGPU slice (no TF_VGPU_LEASE_ID in its environment)")
-    return lease_id
+def _slice() -> SliceEnv:
+    """This kernel's slice, as the worker wrote it into the environment (and resizes updated it)."""
+    try:
+        return SliceEnv.from_env()
+    except NotInSlice as exc:
+        raise _fail(f"%vgpu: {exc}") from None
 
 
 @contextmanager
 def _stub() -> Iterator[tuple[Any, tuple[tuple[str, str], ...]]]:
     """(RuntimeStub, call metadata) for this kernel's worker; the channel closes afterwards."""
-    address, token = os.environ.get("TF_VGPU_WORKER"), os.environ.get("TF_VGPU_TOKEN")
-    if not address or not token:
-        raise _fail("%vgpu: this kernel does not know its worker (TF_VGPU_WORKER / TF_VGPU_TOKEN are not set)")
+    slice_ = _slice()
+    if not slice_.worker or not slice_.token:
+        raise _fail("%vgpu: this kernel does not know its worker: its slice environment has no worker "
+                    "address or token; restart the kernel")
     import grpc
 
     from tf_remoting.proto import pb_grpc
 
-    channel = grpc.insecure_channel(address)  # the worker's local unix socket for kernels
+    channel = grpc.insecure_channel(slice_.worker)  # the worker's local unix socket for kernels
     try:
-        yield pb_grpc.RuntimeStub(channel), (("authorization", f"Bearer {token}"),)
+        yield pb_grpc.RuntimeStub(channel), (("authorization", f"Bearer {slice_.token}"),)
     finally:
         channel.close()
 
@@ -86,7 +92,7 @@ def _rpc_failure(what: str, exc: Any) -> UsageError:
 
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return _fail(f"%vgpu {what}: the worker at {os.environ.get('TF_VGPU_WORKER')} is not reachable ({details})")
+        return _fail(f"%vgpu {what}: the worker at {_slice().worker} is not reachable ({details})")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return _fail(f"%vgpu {what}: the worker has no room: {details}")
     return _fail(f"%vgpu {what}: the worker refused ({code.name}): {details}")
@@ -98,8 +104,8 @@ def _live_lease() -> Any | None:
 
     from tf_remoting.proto import pb
 
-    lease_id = os.environ.get("TF_VGPU_LEASE_ID")
     try:
+        lease_id = _slice().lease_id
         with _stub() as (stub, metadata):
             leases = stub.ListLeases(pb.ListLeasesRequest(), metadata=metadata, timeout=RPC_TIMEOUT).leases
     except (grpc.RpcError, UsageError):
@@ -206,15 +212,13 @@ def _sync_limits(vram: int, compute: int) -> list[str]:
     """Put new limits into this process's environment and make the frameworks follow."""
     from tf_remoting.kernel.caps import reapply_caps
 
-    os.environ["TF_VGPU_VRAM_LIMIT"] = str(vram)
-    os.environ["TF_VGPU_COMPUTE_LIMIT"] = str(compute)
+    os.environ.update(_slice().resized(vram, compute).to_env())
     return reapply_caps()
 
 
 def status() -> SliceStatus:
-    env = os.environ
-    lease_id = _lease_id()
-    vram_limit, compute = int(env.get("TF_VGPU_VRAM_LIMIT", "0")), int(env.get("TF_VGPU_COMPUTE_LIMIT", "0"))
+    slice_ = _slice()
+    vram_limit, compute = slice_.vram_limit, slice_.compute_limit
     used: int | None = None
     util: float | None = None
     note = ""
@@ -230,11 +234,9 @@ def status() -> SliceStatus:
                     "the in-kernel caps now follow")
             vram_limit, compute = live_vram, live_compute
     return SliceStatus(
-        device=env.get("TF_VGPU_DEVICE_NAME", "?"), device_kind=env.get("TF_VGPU_DEVICE_KIND", "?"),
-        lease_id=lease_id, mode=env.get("TF_VGPU_MODE", "?"),
-        enforcement=env.get("TF_VGPU_MEMORY_ENFORCEMENT", "?"),
-        vram_limit=vram_limit, compute=compute,
-        vram_used=used, utilization=util, shares_filesystem=env.get("TF_VGPU_SHARES_FILESYSTEM") == "1",
+        device=slice_.device_name, device_kind=slice_.device_kind, lease_id=slice_.lease_id, mode=slice_.mode,
+        enforcement=slice_.memory_enforcement, vram_limit=vram_limit, compute=compute,
+        vram_used=used, utilization=util, shares_filesystem=slice_.shares_filesystem,
         cwd=os.getcwd(), note=note)
 
 
@@ -306,7 +308,7 @@ def watch(seconds: float) -> None:
 
     from tf_remoting.proto import pb
 
-    lease_id = _lease_id()
+    lease_id = _slice().lease_id
     view = WatchView(lease_id=lease_id, seconds=seconds)
     error: UsageError | None = None
     handle: Any = None
@@ -346,48 +348,17 @@ def watch(seconds: float) -> None:
 # ---------------------------------------------------------------------------- resize
 
 
-def _parse_resize(args: list[str]) -> tuple[int | None, int | None]:
-    values: dict[str, str] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        name, eq, value = arg.partition("=")
-        if name not in ("--vram", "--compute"):
-            raise _fail(f"%vgpu resize: unknown argument {arg!r}; use --vram SIZE and/or --compute PERCENT")
-        if name in values:
-            raise _fail(f"%vgpu resize: {name} given twice")
-        if not eq:
-            if i + 1 >= len(args):
-                raise _fail(f"%vgpu resize: {name} needs a value, e.g. "
-                            + ("--vram 8Gi" if name == "--vram" else "--compute 50"))
-            i += 1
-            value = args[i]
-        values[name] = value
-        i += 1
-    if not values:
-        raise _fail("%vgpu resize: say what to change: --vram SIZE (e.g. 8Gi) and/or --compute PERCENT (e.g. 50)")
-    vram = compute = None
-    try:
-        if "--vram" in values:
-            vram = parse_bytes(values["--vram"])
-            if vram <= 0:
-                raise QuantityError(f"invalid memory quantity {values['--vram']!r}: it must be more than 0")
-        if "--compute" in values:
-            compute = parse_percent(values["--compute"])
-    except QuantityError as exc:
-        raise _fail(f"%vgpu resize: {exc}") from None
-    return vram, compute
-
-
-def resize(args: list[str]) -> None:
+def resize(vram: int | None, compute: int | None) -> None:
+    """Ask the worker for a new slice size; a value left None keeps the worker's current one."""
     import grpc
 
     from tf_remoting.proto import pb
 
-    vram, compute = _parse_resize(args)
-    lease_id = _lease_id()
-    old_vram = int(os.environ.get("TF_VGPU_VRAM_LIMIT", "0"))
-    old_compute = int(os.environ.get("TF_VGPU_COMPUTE_LIMIT", "0"))
+    if vram is None and compute is None:
+        raise _fail("%vgpu resize: say what to change: --vram SIZE (e.g. 8Gi) and/or --compute PERCENT (e.g. 50)")
+    slice_ = _slice()
+    lease_id = slice_.lease_id
+    old_vram, old_compute = slice_.vram_limit, slice_.compute_limit
     live = _live_lease()
     if live is not None and live.slices:  # a flag left out keeps the worker's current value
         old_vram, old_compute = live.slices[0].vram, live.slices[0].compute
@@ -417,12 +388,13 @@ def resize(args: list[str]) -> None:
 # ---------------------------------------------------------------------------- push / pull
 
 
-def transfer(command: str, args: list[str]) -> None:
+def transfer(command: str, args: Sequence[str]) -> None:
     source, target = ("LOCAL", "REMOTE") if command == "push" else ("REMOTE", "LOCAL")
     if not 1 <= len(args) <= 2:
         raise _fail(f"%vgpu {command} takes {source} [{target}]; see %vgpu help")
+    slice_ = _slice()
     cwd = os.getcwd()
-    if os.environ.get("TF_VGPU_SHARES_FILESYSTEM") == "1":
+    if slice_.shares_filesystem:
         where = os.path.join(cwd, args[0])
         state = "it is there" if os.path.exists(where) else "it is not there"
         print(f"Nothing to move: this kernel shares the notebook's filesystem and runs in {cwd}, so "
@@ -432,13 +404,10 @@ def transfer(command: str, args: list[str]) -> None:
 
     from tf_remoting.proto import pb
 
-    kernel_id = os.environ.get("TF_VGPU_KERNEL_ID")
-    if not kernel_id:
-        raise _fail(f"%vgpu {command}: this kernel does not know its id (no TF_VGPU_KERNEL_ID in its environment)")
     first, second = args[0], args[-1] if len(args) == 2 else os.path.basename(args[0].rstrip("/"))
     client_path, kernel_path = (first, second) if command == "push" else (second, first)
     direction = pb.TRANSFER_TO_KERNEL if command == "push" else pb.TRANSFER_FROM_KERNEL
-    request = pb.TransferRequest(kernel_id=kernel_id, direction=direction, client_path=client_path,
+    request = pb.TransferRequest(kernel_id=slice_.kernel_id, direction=direction, client_path=client_path,
                                  kernel_path=kernel_path, timeout_seconds=int(TRANSFER_TIMEOUT))
     try:
         with _stub() as (stub, metadata):
@@ -453,7 +422,7 @@ def transfer(command: str, args: list[str]) -> None:
 # ---------------------------------------------------------------------------- the magic
 
 
-def _watch_seconds(args: list[str]) -> float:
+def _watch_seconds(args: Sequence[str]) -> float:
     if len(args) > 1:
         raise _fail("%vgpu watch takes at most one argument: SECONDS")
     if not args:
@@ -468,29 +437,74 @@ def _watch_seconds(args: list[str]) -> float:
     return seconds
 
 
-def vgpu(line: str) -> Any:
+def _vram(text: str) -> int:
+    """argparse type of --vram: a size above 0, in bytes."""
     try:
-        args = shlex.split(line)
-    except ValueError as exc:
+        vram = parse_bytes(text)
+    except QuantityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if vram <= 0:
+        raise argparse.ArgumentTypeError(f"invalid memory quantity {text!r}: it must be more than 0")
+    return vram
+
+
+def _compute(text: str) -> int:
+    """argparse type of --compute: a percentage of the device."""
+    try:
+        return parse_percent(text)
+    except QuantityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Once(argparse.Action):
+    """Store an option's value, refusing a second one (argparse would keep the last silently)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: str | Sequence[Any] | None, option_string: str | None = None) -> None:
+        if getattr(namespace, self.dest) is not None:
+            raise argparse.ArgumentError(self, "given twice; say it once")
+        setattr(namespace, self.dest, values)
+
+
+@magic_arguments()
+@kwds(description=HELP, epilog="")
+@argument("command", nargs="?", default="status", metavar="COMMAND",
+          help=f"one of {', '.join(COMMANDS)} (default: status)")
+@argument("args", nargs="*", metavar="ARG", help="watch: SECONDS; push: LOCAL [REMOTE]; pull: REMOTE [LOCAL]")
+@argument("--vram", type=_vram, action=_Once, metavar="SIZE", help="resize: VRAM of the slice, e.g. 8Gi")
+@argument("--compute", type=_compute, action=_Once, metavar="PERCENT",
+          help="resize: compute share of the device, e.g. 50")
+@argument("-h", "--help", action="store_true", help="same as %%vgpu help")
+def vgpu(line: str) -> Any:
+    """This kernel's vGPU slice (see %vgpu help)."""
+    try:
+        parsed = parse_argstring(vgpu, line)
+    except ValueError as exc:  # unbalanced quotes
         raise _fail(f"%vgpu: {exc}") from None
-    command, rest = (args[0], args[1:]) if args else ("status", [])
-    if command in ("help", "--help", "-h"):
+    except UsageError as exc:  # argparse's own sentence, e.g. "argument --vram: expected one argument"
+        raise _fail(f"%vgpu: {exc}; see %vgpu help") from None
+    command, args = parsed.command, parsed.args
+    if parsed.help or command == "help":
         print(HELP)
         return None
+    if command not in COMMANDS:
+        raise _fail(f"unknown %vgpu command {command!r}; the commands are {', '.join(COMMANDS)} (see %vgpu help)")
+    if command != "resize" and (parsed.vram is not None or parsed.compute is not None):
+        raise _fail(f"%vgpu {command}: --vram and --compute belong to %vgpu resize")
     if command == "status":
-        if rest:
+        if args:
             raise _fail("%vgpu status takes no arguments")
         return status()
     if command == "watch":
-        watch(_watch_seconds(rest))
+        watch(_watch_seconds(args))
         return None
     if command == "resize":
-        resize(rest)
+        if args:
+            raise _fail(f"%vgpu resize: unexpected {' '.join(args)!r}; use --vram SIZE and/or --compute PERCENT")
+        resize(parsed.vram, parsed.compute)
         return None
-    if command in ("push", "pull"):
-        transfer(command, rest)
-        return None
-    raise _fail(f"unknown %vgpu command {command!r}; the commands are {', '.join(COMMANDS)} (see %vgpu help)")
+    transfer(command, args)  # push or pull
+    return None
 
 
 def load_ipython_extension(ipython: Any) -> None:
