@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -111,6 +112,49 @@ async def test_watch_updates_one_display(tf_worker):
                 if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
                     reply = msg
             assert final is not None and "stopped after" in final
+            assert (await remote.execute("6*7")).data() == "42"
+        finally:
+            await remote.close()
+            await client.release(lease.id)
+
+
+async def test_watch_rides_out_a_worker_restart(tf_worker):
+    """The worker is killed and restarted during %vgpu watch: the watch says so, reconnects by
+    itself and goes on sampling until its end, with no error."""
+    async with tf_worker.client() as client:
+        lease, kernel, remote = await start_kernel(client, vram=GiB, compute=20)
+        try:
+            msg_id = await remote.send_execute("%vgpu watch 8")
+            texts: list[str] = []
+
+            def samples(text: str) -> int:
+                return int(text.split("samples")[1].split()[0])
+
+            async def until(predicate: Callable[[], bool], timeout: float) -> None:
+                end = asyncio.get_running_loop().time() + timeout
+                while not predicate():
+                    msg = await asyncio.wait_for(remote.iopub.get(), end - asyncio.get_running_loop().time())
+                    if msg["parent_header"].get("msg_id") != msg_id:
+                        continue
+                    if msg["msg_type"] == "update_display_data":
+                        texts.append(msg["content"]["data"]["text/plain"])
+                    elif msg["msg_type"] == "error":
+                        raise AssertionError(msg["content"])
+                    elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                        texts.append("<idle>")
+
+            await until(lambda: bool(texts) and samples(texts[-1]) >= 2, 20)
+            before = samples(texts[-1])
+            tf_worker.kill()
+            await asyncio.sleep(1.5)
+            tf_worker.start()
+            await until(lambda: "<idle>" in texts, 40)
+            updates = texts[:-1]
+            assert "finished after 8 s" in updates[-1], updates[-1]
+            assert samples(updates[-1]) > before + 2, updates[-1]  # sampling went on after the restart
+            reconnecting = [i for i, t in enumerate(updates) if "reconnecting" in t]
+            resumed = [i for i, t in enumerate(updates) if "watching resumed" in t]
+            assert reconnecting and resumed and reconnecting[0] < resumed[0], updates
             assert (await remote.execute("6*7")).data() == "42"
         finally:
             await remote.close()

@@ -48,6 +48,7 @@ Sizes: 4Gi, 512Mi, 1.5Gi (binary) or 4G (decimal). Percentages: 50 or 50%.
 COMMANDS = ("status", "watch", "resize", "push", "pull", "help")
 WATCH_DEFAULT = 10.0
 WATCH_MAX = 3600.0
+WATCH_OUTAGE = 30.0  # seconds %vgpu watch waits for its worker to come back
 RPC_TIMEOUT = 5.0
 TRANSFER_TIMEOUT = 600.0
 
@@ -303,44 +304,72 @@ class WatchView:
 
 
 def watch(seconds: float) -> None:
+    """Show the lease's samples for `seconds`. A worker restart or a short network outage only
+    pauses the watch: it reconnects (client.backoff) until the end, or gives up after
+    WATCH_OUTAGE seconds without the worker."""
     import grpc
     from IPython.display import display
 
+    from tf_remoting.client.backoff import Backoff
     from tf_remoting.proto import pb
 
     lease_id = _slice().lease_id
     view = WatchView(lease_id=lease_id, seconds=seconds)
+    deadline = time.monotonic() + seconds
+    backoff = Backoff(initial=0.25, factor=2.0, max_delay=2.0, give_up_after=WATCH_OUTAGE)
     error: UsageError | None = None
-    handle: Any = None
+    handle: Any = display(view, display_id=True)
     try:
-        with _stub() as (stub, metadata):
-            handle = display(view, display_id=True)
-            # The deadline ends the stream after SECONDS; the kernel token only sees its own lease.
-            call = stub.Watch(pb.WatchRequest(), metadata=metadata, timeout=seconds)
+        while view.state == "watching":
+            left = deadline - time.monotonic()
+            if left <= 0:
+                view.state = "finished"
+                break
             try:
-                for response in call:
-                    samples = [s for s in response.leases if s.lease_id == lease_id]
-                    events = [e for e in response.events if e.lease_id in ("", lease_id)]
-                    if samples:
-                        view.add(samples)
-                    view.events.extend(e.message for e in events)
-                    if samples or events:
-                        handle.update(view)
+                with _stub() as (stub, metadata):
+                    # The deadline ends the stream at the watch's end; the kernel token only sees its own lease.
+                    call = stub.Watch(pb.WatchRequest(), metadata=metadata, timeout=left)
+                    try:
+                        for response in call:
+                            if backoff.failures:
+                                view.events.append("the worker is reachable again: watching resumed")
+                            backoff.succeeded()
+                            samples = [s for s in response.leases if s.lease_id == lease_id]
+                            events = [e for e in response.events if e.lease_id in ("", lease_id)]
+                            if samples:
+                                view.add(samples)
+                            view.events.extend(e.message for e in events)
+                            if samples or events:
+                                handle.update(view)
+                    except KeyboardInterrupt:
+                        call.cancel()
+                        raise
+                if time.monotonic() >= deadline:
+                    view.state = "finished"
+                    break
+                reason = "the worker ended the stream"
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     view.state = "finished"
-                else:
+                    break
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     error = _rpc_failure("watch", exc)
                     view.state = f"ended: {error}"
-            except KeyboardInterrupt:
-                call.cancel()
-                view.state = "stopped"
-            else:
-                view.state = "finished"
-    except KeyboardInterrupt:  # between samples, outside the stream
+                    break
+                reason = exc.details() or "unavailable"
+            # Interrupted before the end: reconnect after a pause, unless the worker stays away.
+            if backoff.failed():
+                view.events.append(f"the worker is not reachable ({reason}): reconnecting")
+                handle.update(view)
+            if backoff.exhausted():
+                error = _fail(f"%vgpu watch: the worker at {_slice().worker} has not been reachable for "
+                              f"{backoff.outage():.0f} s ({reason}); try again when it is back")
+                view.state = f"ended: {error}"
+                break
+            time.sleep(max(0.0, min(backoff.next_delay(), deadline - time.monotonic())))
+    except KeyboardInterrupt:
         view.state = "stopped"
-    if handle is not None:
-        handle.update(view)
+    handle.update(view)
     if error is not None:
         raise error
 
