@@ -9,12 +9,15 @@ server (jupyter console, papermill, VS Code), so every path sees the same pool.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from traitlets import Dict, Enum, Float, Integer, List, Unicode, validate
 from traitlets.config import Config, Configurable
-from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+from traitlets.config.application import Application
+
+log = logging.getLogger("tf_jupyter.config")
 
 QOS_NAMES = ("low", "medium", "high", "critical")
 
@@ -80,24 +83,35 @@ class TfVgpu(Configurable):
         return value
 
 
+def config_file_paths() -> list[str]:
+    """Where a Jupyter server looks for config files, most specific first (JupyterApp.config_file_paths)."""
+    from jupyter_core.paths import jupyter_config_dir, jupyter_config_path
+
+    paths = jupyter_config_path()
+    if jupyter_config_dir() not in paths:
+        paths.insert(0, jupyter_config_dir())
+    return paths
+
+
 def load_jupyter_config() -> Config:
-    """The `jupyter_server_config` files of every Jupyter config directory, merged.
+    """The c.TfVgpu settings a Jupyter server started here would see, for clients without a server.
 
-    Used by the kernel launcher outside a Jupyter server, so it sees the same TfVgpu settings.
+    The server's own files (`jupyter_config` then `jupyter_server_config`, `.py` then `.json` in each
+    directory, so `.json` wins) are loaded by traitlets' own loader, as `jupyter server` loads them.
+    `jupyter_server_config.d/*.json` (which the server reads only for jpserver_extensions) come first,
+    so the main files win over them, as in the extension, which merges the server's config on top.
     """
-    from jupyter_core.paths import jupyter_config_path
-
+    paths = config_file_paths()
     config = Config()
-    for directory in reversed(jupyter_config_path()):  # later (more specific) paths win
-        for loader_class, name in ((JSONFileConfigLoader, "jupyter_server_config.json"),
-                                   (PyFileConfigLoader, "jupyter_server_config.py")):
-            if (Path(directory) / name).exists():
-                config.merge(loader_class(name, path=directory).load_config())
+    for directory in reversed(paths):  # later (more specific) paths win
         confd = Path(directory) / "jupyter_server_config.d"
         if confd.is_dir():
             for path in sorted(confd.glob("*.json")):
                 try:
                     config.merge(Config(json.loads(path.read_text())))
                 except ValueError:
-                    continue
+                    log.warning("tf-vgpu: %s is not valid JSON; its settings are ignored", path)
+    for basename in ("jupyter_config", "jupyter_server_config"):
+        for loaded, _filename in Application._load_config_files(basename, path=paths, log=log):
+            config.merge(loaded)
     return config
