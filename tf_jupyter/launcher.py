@@ -81,9 +81,11 @@ def find_profile(name: str) -> Profile:
 
 
 class Launcher:
-    def __init__(self, connection_file: str, profile_name: str) -> None:
+    def __init__(self, connection_file: str, profile_name: str, kernel_args: list[str] | None = None) -> None:
         self.connection = json.loads(Path(connection_file).read_text())
         self.profile_name = profile_name  # resolved only when we place the kernel ourselves
+        # Arguments a client appended to the kernelspec's argv (nbclient's extra_arguments): the kernel's.
+        self.kernel_args = list(kernel_args or [])
         self.client: RuntimeClient | None = None
         self.lease_id = ""
         self.kernel_id = ""
@@ -128,7 +130,7 @@ class Launcher:
                     self.lease_id, key=self.connection["key"].encode(),
                     signature_scheme=self.connection.get("signature_scheme", "hmac-sha256"),
                     cwd=os.getcwd(), env=passthrough_env(os.environ),
-                    labels={"launcher_pid": str(os.getpid())})
+                    labels={"launcher_pid": str(os.getpid())}, kernel_args=self.kernel_args)
                 self.kernel_id = kernel.id
             print(f"tf-vgpu: kernel {self.kernel_id} in lease {self.lease_id} on {self.client.address}",
                   file=sys.stderr, flush=True)
@@ -259,12 +261,14 @@ async def standalone_lease(profile: Profile, labels: dict[str, str] | None = Non
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tf_jupyter.launcher",
                                      description="Run a Jupyter kernel in a vGPU slice "
-                                     "(the argv of vgpu-* kernelspecs).")
+                                     "(the argv of vgpu-* kernelspecs). Other arguments go to the kernel, "
+                                     "as a client's extra arguments would to a local kernel.",
+                                     allow_abbrev=False)  # --prof... is IPython's --profile, not ours
     parser.add_argument("--profile", default="small", help="profile name (see tf-jupyter profiles list)")
     parser.add_argument("-f", "--connection-file", required=True, help="Jupyter connection file")
-    args = parser.parse_args(argv)
+    args, kernel_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="tf-vgpu %(levelname)s %(message)s")
-    launcher = Launcher(args.connection_file, args.profile)
+    launcher = Launcher(args.connection_file, args.profile, kernel_args)
     try:
         return asyncio.run(launcher.run())
     except UnknownProfile as exc:

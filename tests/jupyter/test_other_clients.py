@@ -284,3 +284,62 @@ def test_kernel_launcher_run_directly(tf_worker, user_env, tmp_path):
     assert "unknown vGPU profile 'no-such'" in result.stderr and "tf-jupyter profiles list" in result.stderr, \
         result.stderr
     assert not leases(tf_worker)
+
+
+def python3_as_vgpu(user_env: dict[str, str]) -> None:
+    """A user whose `python3` kernelspec is a vGPU one: nbclient and papermill then append
+    --HistoryManager.hist_file=:memory: to its argv, as for any python3 kernel."""
+    spec = json.loads((Path(__file__).parents[2] / "kernels" / "vgpu-small" / "kernel.json").read_text())
+    path = Path(user_env["JUPYTER_DATA_DIR"]).parent / "path"  # JUPYTER_PATH: before this venv's own python3
+    (path / "kernels" / "python3").mkdir(parents=True)
+    (path / "kernels" / "python3" / "kernel.json").write_text(json.dumps(spec))
+    user_env["JUPYTER_PATH"] = str(path)
+
+
+def test_nbclient_extra_arguments_reach_the_kernel(tf_worker, user_env, tmp_path, monkeypatch):
+    """Defect 18: arguments a client appends to the kernelspec's argv were refused by the launcher
+    ("unrecognized arguments") before the kernel answered; they are the kernel's, as for a local one."""
+    from nbclient import NotebookClient
+
+    for key, value in user_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TF_VGPU_HANDOFF", raising=False)
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    nb = notebook("import IPython\nip = IPython.get_ipython()\n"
+                  "print(ip.history_manager.hist_file, ip.config.InteractiveShell.colors)")
+    client = NotebookClient(nb, kernel_name="vgpu-small", timeout=60, startup_timeout=90,
+                            extra_arguments=["--HistoryManager.hist_file=:memory:",
+                                             "--InteractiveShell.colors=nocolor"],
+                            resources={"metadata": {"path": str(tmp_path / "work")}})
+    client.execute()
+    assert outputs_text(nb.cells[0]).split() == [":memory:", "nocolor"]
+    assert_no_leases_left(tf_worker)
+
+
+def test_papermill_on_a_python3_kernelspec_that_is_vgpu(tf_worker, user_env, tmp_path):
+    python3_as_vgpu(user_env)
+    source, target = tmp_path / "work" / "p3.ipynb", tmp_path / "work" / "p3.out.ipynb"
+    nb = notebook("import os, IPython\nprint(IPython.get_ipython().history_manager.hist_file, "
+                  "os.environ['TF_VGPU_LEASE_ID'])")
+    nb.metadata["kernelspec"]["name"] = "python3"
+    nbformat.write(nb, source)
+    result = subprocess.run([str(BIN / "papermill"), str(source), str(target)], capture_output=True, text=True,
+                            timeout=150, env=subprocess_env(user_env), cwd=tmp_path / "work")
+    assert result.returncode == 0, result.stderr
+    hist_file, lease_id = outputs_text(nbformat.read(target, as_version=4).cells[-1]).split()
+    assert hist_file == ":memory:" and lease_id.startswith("lease-")
+    assert_no_leases_left(tf_worker)
+
+
+def test_launcher_refuses_to_replace_the_connection_file(tf_worker, user_env, tmp_path):
+    """Appended arguments are only ever the kernel's options: one that would point the kernel at
+    another connection file is refused with a sentence, and the lease is released."""
+    from jupyter_client.connect import write_connection_file
+
+    connection_file, _ = write_connection_file(str(tmp_path / "work" / "k.json"), ip="127.0.0.1")
+    result = subprocess.run([sys.executable, "-m", "tf_jupyter.launcher", "--profile", "small", "-f",
+                             connection_file, "--IPKernelApp.connection_file=/tmp/other.json"],
+                            capture_output=True, text=True, timeout=90, env=subprocess_env(user_env))
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "would replace the connection file" in result.stderr, result.stderr
+    assert_no_leases_left(tf_worker)

@@ -187,10 +187,11 @@ class RuntimeClient:
     async def start_kernel(self, lease_id: str, key: bytes, signature_scheme: str = "hmac-sha256",
                            environment: str = "", argv: list[str] | None = None,
                            env: dict[str, str] | None = None, cwd: str = "",
-                           labels: dict[str, str] | None = None, timeout: float = 60.0) -> pb.Kernel:
+                           labels: dict[str, str] | None = None, timeout: float = 60.0,
+                           kernel_args: list[str] | None = None) -> pb.Kernel:
         request = pb.StartKernelRequest(lease_id=lease_id, key=key, signature_scheme=signature_scheme,
                                         environment=environment, argv=argv or [], env=env or {}, cwd=cwd,
-                                        labels=labels or {})
+                                        labels=labels or {}, kernel_args=kernel_args or [])
         return await self._call(self.stub.StartKernel, request, timeout=timeout)
 
     async def signal(self, kernel_id: str, signal: int) -> pb.Kernel:

@@ -494,6 +494,20 @@ def _replace(d: DeviceInfo, **changes: Any) -> DeviceInfo:
     return dataclasses.replace(d, **changes)
 
 
+def _checked_kernel_args(args: list[str]) -> list[str]:
+    """StartKernelRequest.kernel_args, refused with a sentence when they would do more than pass options."""
+    if len(args) > 64 or any(len(a) > 4096 or "\x00" in a for a in args):
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "kernel_args: at most 64 arguments of 4096 characters each, without NUL bytes")
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in ("-f", "--f", "--existing") or name.endswith("connection_file"):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"kernel argument {arg!r} would replace the connection file the worker writes; "
+                           "remove it from the kernelspec's argv or the client's extra arguments")
+    return args
+
+
 def _file_error(relative: str, exc: OSError) -> RpcError:
     """A file-system error as a status; names the path the caller gave, never the worker's."""
     if isinstance(exc, FileNotFoundError):
@@ -628,6 +642,7 @@ class RuntimeServicer:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            f"unknown kernel environment {request.environment!r}; this worker has: "
                            f"{', '.join(sorted(w.supervisor.environments))}") from None
+        argv += _checked_kernel_args(list(request.kernel_args))
         try:
             request.key.decode()
         except UnicodeDecodeError:

@@ -305,7 +305,7 @@ class ListLeasesResponse(_message.Message):
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ...) -> None: ...
 
 class StartKernelRequest(_message.Message):
-    __slots__ = ("lease_id", "key", "signature_scheme", "environment", "argv", "env", "cwd", "labels")
+    __slots__ = ("lease_id", "key", "signature_scheme", "environment", "argv", "env", "cwd", "labels", "kernel_args")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -328,6 +328,7 @@ class StartKernelRequest(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_ARGS_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     key: bytes
     signature_scheme: str
@@ -336,7 +337,8 @@ class StartKernelRequest(_message.Message):
     env: _containers.ScalarMap[str, str]
     cwd: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, lease_id: _Optional[str] = ..., key: _Optional[bytes] = ..., signature_scheme: _Optional[str] = ..., environment: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    kernel_args: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lease_id: _Optional[str] = ..., key: _Optional[bytes] = ..., signature_scheme: _Optional[str] = ..., environment: _Optional[str] = ..., argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., kernel_args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Kernel(_message.Message):
     __slots__ = ("id", "lease_id", "status", "pid", "exit_code", "cwd", "shares_filesystem", "started_at", "environment")
