@@ -117,15 +117,21 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         pool = Pool.current()
         began = time.monotonic()
-        profile = self._profile()
-        if pool is not None:
-            await self._place_in_server(pool, profile)
-            reach = {"token": pool.token, "token_file": pool.token_file, "tls": pool.tls, "ttl": pool.lease_ttl}
-        else:
-            await self._place_standalone(profile)
-            assert self._reach is not None
-            reach = self._reach
-        kwargs = await super().pre_launch(**kwargs)
+        reach: dict[str, Any]
+        try:
+            profile = self._profile()
+            if pool is not None:
+                await self._place_in_server(pool, profile)
+                reach = {"token": pool.token, "token_file": pool.token_file, "tls": pool.tls,
+                         "ttl": pool.lease_ttl}
+            else:
+                await self._place_standalone(profile)
+                assert self._reach is not None
+                reach = self._reach
+            kwargs = await super().pre_launch(**kwargs)
+        except BaseException:
+            await self._forget_failed_start(pool)
+            raise
         env = kwargs["env"]
         self.log.debug("vGPU kernel %s: slice placed on %s in %.0f ms", self.kernel_id, self.worker,
                        (time.monotonic() - began) * 1e3)
@@ -140,6 +146,23 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
             env[TOKEN_FILE_ENV] = reach["token_file"]
         env[PARENT_ENV] = str(os.getpid())
         return kwargs
+
+    async def _forget_failed_start(self, pool: Pool | None) -> None:
+        """A start that failed (queue_timeout, no worker) leaves nothing: no lease, no pool entry,
+        and no kernel id in the kernel manager's pending list, where jupyter_server's shutdown at
+        exit would look for a kernel that never existed (a 404 that kept the server from stopping)."""
+        if self.lease_id:
+            if pool is not None:
+                await pool.release(self.worker, self.lease_id)
+            else:
+                async with self._client() as client:
+                    if client is not None:
+                        with contextlib.suppress(RemotingError):
+                            await client.release(self.lease_id)
+            self.lease_id = ""
+        if pool is not None:
+            pool.forget_kernel(self.kernel_id)
+        forget_pending_kernel(getattr(self.parent, "parent", None), self.kernel_id)
 
     async def _signal_remote(self, signal: int) -> None:
         """Reach the kernel on the worker directly (a SIGKILLed launcher cannot forward)."""
@@ -200,3 +223,10 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
                 log.warning("re-attached kernel %s: %s", self.kernel_id, exc)
                 name, qos = self.profile, "medium"
             pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, name, pool.qos_for(qos)))
+
+
+def forget_pending_kernel(multi_kernel_manager: Any, kernel_id: str) -> None:
+    """Drop a kernel whose start failed from jupyter_client's pending kernels (it never pops them)."""
+    pending = getattr(multi_kernel_manager, "_pending_kernels", None)
+    if isinstance(pending, dict) and kernel_id not in getattr(multi_kernel_manager, "_kernels", {}):
+        pending.pop(kernel_id, None)

@@ -64,3 +64,27 @@ async def test_token_rotation_keeps_kernels_running(tf_worker, jupyter_server_fa
     assert status == 200
     _, pool = await server.request("GET", "/tf-vgpu/api/pool")
     assert pool["workers"][0]["up"], pool
+
+
+async def test_a_start_that_failed_in_the_queue_leaves_nothing_and_the_server_stops(tf_worker,
+                                                                                     jupyter_server_factory):
+    """Defect 15: a kernel whose start failed with queue_timeout stayed in the kernel manager's list;
+    at SIGTERM, jupyter_server's cleanup_kernels raised 'Kernel does not exist' and the server hung."""
+    import time
+
+    server = jupyter_server_factory(workers=[tf_worker], settings={"queue_timeout": 1.0}).start()
+    async with tf_worker.client() as client:
+        await client.allocate(vram=4 << 30, compute=10)  # the whole pool: the kernel must queue
+    status, body = await server.request("POST", "/api/sessions", {
+        "path": "q.ipynb", "type": "notebook", "name": "q.ipynb", "kernel": {"name": "vgpu-small"}})
+    assert status >= 500, body
+    status, kernels = await server.request("GET", "/api/kernels")
+    assert status == 200 and kernels == [], kernels
+    began = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        server.proc.wait(15)
+    except Exception:
+        raise AssertionError(f"the server did not stop within 15 s of SIGTERM:\n{server.log()[-3000:]}") from None
+    assert time.monotonic() - began < 15
+    assert "does not exist" not in server.log(), server.log()[-3000:]
