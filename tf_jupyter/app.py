@@ -16,9 +16,11 @@ from jupyter_server.extension.application import ExtensionApp
 
 from tf_jupyter.config import TfVgpu, load_jupyter_config
 from tf_jupyter.launcher import read_token
-from tf_jupyter.local_worker import LocalWorker, ensure_local_worker, stop_local_worker
+from tf_jupyter.local_worker import LocalWorker, LocalWorkerError, ensure_local_worker, stop_local_worker
 from tf_jupyter.pool import Pool
 from tf_jupyter.profiles import BUILTIN_PROFILES, Profile
+from tf_jupyter.provisioner import VgpuProvisioner, forget_pending_kernel
+from tf_remoting.client import RemotingError
 
 log = logging.getLogger("tf_jupyter")
 
@@ -43,6 +45,7 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
         config.merge(self.serverapp.config)
         self.settings_obj = TfVgpu(parent=self.serverapp, config=config)
         self.settings["tf_vgpu"] = self
+        VgpuProvisioner.server_pool_ready = asyncio.Event()  # set once the pool is up (or failed)
         self._map_kernelspecs()
 
     def initialize_handlers(self) -> None:
@@ -95,21 +98,43 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
         log.info("tf-vgpu: kernelspecs run as vGPU kernels: %s", {k: p.name for k, p in mapping.items()})
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        try:
+            await self._start_pool()
+        finally:
+            if VgpuProvisioner.server_pool_ready is not None:
+                VgpuProvisioner.server_pool_ready.set()
+
+    async def _start_pool(self) -> None:
         s = self.settings_obj
         addresses = list(s.workers)
         token_file = s.token_file
         if s.embedded_worker == "on" or (s.embedded_worker == "auto" and not addresses and not s.workers_dns):
-            self.local_worker, self._local_proc = await asyncio.to_thread(
-                ensure_local_worker, list(s.embedded_worker_args), 0.0)
-            addresses.append(self.local_worker.address)
-            token_file = token_file or self.local_worker.token_file
+            try:
+                self.local_worker, self._local_proc = await asyncio.to_thread(
+                    ensure_local_worker, list(s.embedded_worker_args), 0.0)
+            except LocalWorkerError as exc:
+                # One line, the worker's own words; vGPU kernels then fail saying this, rather than
+                # run on some other worker under other settings than configured.
+                message = f"the embedded vGPU worker is not available: {exc}"
+                self.log.error("tf-vgpu: %s", message)
+                VgpuProvisioner.server_error = message
+                if not addresses and not s.workers_dns:
+                    return
+        local = self.local_worker
+        if local is not None:
+            addresses.append(local.address)
+            token_file = token_file or local.token_file
+            how = ("started by this server, stopped with it unless other clients still use it" if self._local_proc
+                   else f"already running as pid {local.pid}, same install and flags: reused, and left running "
+                   "when this server stops")
             with contextlib.suppress(OSError):
-                backend_line = next((line for line in open(self.local_worker.backend_log)
+                backend_line = next((line for line in open(local.backend_log)
                                      if "backend " in line and "worker " in line), "")
-                self.log.info("tf-vgpu: embedded worker at %s (%s); %s", self.local_worker.address,
-                              "started" if self._local_proc else "already running", backend_line.strip())
+                self.log.info("tf-vgpu: embedded worker at %s (%s); %s", local.address, how, backend_line.strip())
         if not token_file:
-            self.log.error("tf-vgpu: c.TfVgpu.token_file is not set; the workers %s cannot be reached", addresses)
+            VgpuProvisioner.server_error = (f"c.TfVgpu.token_file is not set; the workers {addresses} cannot be "
+                                            "reached")
+            self.log.error("tf-vgpu: %s", VgpuProvisioner.server_error)
             return
         self.pool = Pool(addresses, read_token(token_file), dns=s.workers_dns, tls_ca=s.tls_ca, tls_cert=s.tls_cert,
                          tls_key=s.tls_key, tls_server_name=s.tls_server_name, policy=s.placement_policy,
@@ -166,14 +191,63 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
         for task in (self._idle_task, self._metrics_task):
             if task is not None:
                 task.cancel()
+        km: Any = getattr(self.serverapp, "kernel_manager", None)
+        for kernel_id in list(getattr(km, "_pending_kernels", {})):
+            forget_pending_kernel(km, kernel_id)  # failed starts: nothing for cleanup_kernels to trip on
+        others: list[str] = []
         if self.pool is not None:
-            # Extensions stop before the server shuts its kernels down: free our slices now, so
-            # no kernel is left running on a worker that this server will no longer renew.
+            # Extensions stop before the server shuts its kernels down: shut our vGPU kernels down
+            # now, through the kernel manager (launcher, kernel, lease), while the worker still runs.
+            await self._shut_down_vgpu_kernels()
             for k in list(self.pool.kernels.values()):
                 await self.pool.release(k.worker, k.lease_id)
+            if self.local_worker is not None and self._local_proc is not None:
+                others = await self._other_leases(self.local_worker.address)
             await self.pool.stop()
         if self.local_worker is not None and self._local_proc is not None:
-            await asyncio.to_thread(stop_local_worker, self.local_worker, self._local_proc)
+            if others:
+                self.log.warning("tf-vgpu: the embedded worker (pid %s) is left running: other clients still hold "
+                                 "%d lease(s) on it (%s); stop it with kill %s once they are done",
+                                 self.local_worker.pid, len(others), ", ".join(others), self.local_worker.pid)
+            else:
+                await asyncio.to_thread(stop_local_worker, self.local_worker, self._local_proc)
+
+    async def _shut_down_vgpu_kernels(self, timeout: float = 30.0) -> None:
+        from jupyter_core.utils import ensure_async
+
+        assert self.pool is not None
+        km: Any = getattr(self.serverapp, "kernel_manager", None)
+        if km is None:
+            return
+        ids = [kernel_id for kernel_id in self.pool.kernels if kernel_id in km]
+        if not ids:
+            return
+        self.log.info("tf-vgpu: shutting down %d vGPU kernel(s) before the workers are left", len(ids))
+        shutdowns = asyncio.gather(*(ensure_async(km.shutdown_kernel(kernel_id)) for kernel_id in ids),
+                                   return_exceptions=True)
+        try:
+            results = await asyncio.wait_for(shutdowns, timeout)
+        except TimeoutError:
+            self.log.warning("tf-vgpu: vGPU kernels still shutting down after %.0f s; their leases are released",
+                             timeout)
+            return
+        for kernel_id, result in zip(ids, results, strict=True):
+            if isinstance(result, Exception):
+                self.log.warning("tf-vgpu: kernel %s: shutdown failed (%s); its lease is released", kernel_id, result)
+
+    async def _other_leases(self, address: str) -> list[str]:
+        """Leases on the embedded worker that are not this server's (standalone clients')."""
+        assert self.pool is not None
+        state = self.pool.workers.get(address)
+        if state is None:
+            return []
+        mine = {k.lease_id for k in self.pool.kernels.values()}
+        try:
+            return [lease.id for lease in await state.client.list_leases() if lease.id not in mine]
+        except RemotingError as exc:
+            self.log.warning("tf-vgpu: cannot ask the embedded worker for its leases (%s); it is left running",
+                             exc.message)
+            return ["(unknown)"]
 
 
 def _jupyter_server_extension_points() -> list[dict[str, Any]]:

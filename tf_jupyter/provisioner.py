@@ -21,13 +21,14 @@ places and allocates on its own (see tf_jupyter.launcher).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
@@ -37,6 +38,7 @@ from tf_jupyter.launcher import (
     PARENT_ENV,
     TOKEN_ENV,
     TOKEN_FILE_ENV,
+    LaunchError,
     UnknownProfile,
     find_profile,
     read_token,
@@ -53,6 +55,13 @@ log = logging.getLogger("tf_jupyter.provisioner")
 
 class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
     profile = Unicode("small", config=True, help="The vGPU profile this kernelspec asks for.")
+
+    # Set by the server extension when its pool could not be set up (the embedded worker did not
+    # start): kernels then fail with this sentence instead of placing themselves on some other worker.
+    server_error: ClassVar[str] = ""
+    # Set (not yet done) when this process is a Jupyter server with tf_jupyter loaded: its kernels
+    # wait for the server's pool, and never place themselves the standalone way.
+    server_pool_ready: ClassVar[asyncio.Event | None] = None
 
     worker: str = ""
     lease_id: str = ""
@@ -119,6 +128,14 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
         began = time.monotonic()
         reach: dict[str, Any]
         try:
+            ready = VgpuProvisioner.server_pool_ready
+            if pool is None and ready is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ready.wait(), 120)
+                pool = Pool.current()
+                if pool is None:
+                    raise LaunchError("this vGPU kernel cannot start: " + (
+                        VgpuProvisioner.server_error or "the server's vGPU pool is not ready after 120 s"))
             profile = self._profile()
             if pool is not None:
                 await self._place_in_server(pool, profile)

@@ -250,9 +250,12 @@ class KernelSupervisor:
         return True
 
     def stop(self, kernel_id: str) -> None:
-        """Ask the nanny to terminate the kernel and exit (it escalates on its own)."""
+        """Ask the nanny to terminate the kernel and exit (it escalates on its own).
+
+        A nanny whose kernel has exited may linger to hand its last messages over: it is told to
+        go too, since whoever stops the kernel will not collect them."""
         state = self.state(kernel_id)
-        if state.status == "running":
+        if state.status == "running" or (state.status == "exited" and _is_nanny(state.nanny_pid, kernel_id)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state.nanny_pid, signal.SIGTERM)
 

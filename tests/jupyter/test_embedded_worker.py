@@ -1,0 +1,84 @@
+"""The embedded worker's life cycle: what a Jupyter server with no workers configured starts, reuses and
+stops, and what it leaves behind (nothing) when it is stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+
+from tf_jupyter.pytest_plugin import JupyterServerProcess, KernelWebSocket, text_of
+from tf_remoting.pytest_plugin import WorkerProcess
+
+EMBEDDED = {"embedded_worker": "auto", "embedded_worker_args": ["--host-vram", "8Gi", "--backend", "host"]}
+
+
+def processes_of(root: Path) -> list[str]:
+    """Live processes whose command line names a path under root (worker, nannies, kernels)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and any(str(root) in a for a in proc.info["cmdline"] or []):
+                found.append(f"{proc.pid} {' '.join(proc.info['cmdline'])}")
+        except psutil.Error:
+            continue
+    return found
+
+
+def ledger_rows(state_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """(live kernels as (id, status), unreleased leases) in the worker's ledger file."""
+    with sqlite3.connect(state_dir / "ledger.sqlite3") as db:
+        kernels = db.execute("SELECT id, status FROM kernels WHERE status != 'exited'").fetchall()
+        leases = [r[0] for r in db.execute("SELECT id FROM leases WHERE released_at IS NULL")]
+    return kernels, leases
+
+
+async def test_stopping_the_server_leaves_no_kernel_nanny_or_lease(jupyter_server_factory, tmp_path):
+    """Defect 19: a server stopped with SIGTERM while vGPU kernels ran on its embedded worker left a
+    kernel and its nanny running with no worker (extensions stop before kernels are shut down)."""
+    server: JupyterServerProcess = jupyter_server_factory(settings=EMBEDDED).start()
+    ids = []
+    for name in ("a.ipynb", "b.ipynb"):
+        status, s = await server.request("POST", "/api/sessions", {
+            "path": name, "type": "notebook", "name": name, "kernel": {"name": "vgpu-small"}})
+        assert status == 201, server.log()[-3000:]
+        ids.append(s["kernel"]["id"])
+    for kernel_id in ids:
+        ws = await KernelWebSocket.connect(server, kernel_id)
+        try:
+            assert text_of(await ws.execute("6*7")) == "42"
+        finally:
+            await ws.aclose()
+    state_dir = server.root / "data" / "tfw"
+    assert len(ledger_rows(state_dir)[0]) == 2
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        server.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the server did not stop within 30 s:\n{server.log()[-3000:]}") from None
+    deadline = time.monotonic() + 20
+    while (left := processes_of(server.root)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    assert not left, "\n".join(left) + "\n" + server.log()[-3000:]
+    assert ledger_rows(state_dir)[1] == [], "leases left unreleased"
+    # A worker started later on the same state finds nothing to re-adopt that nobody owns.
+    (tmp_path / "later").mkdir()
+    later = WorkerProcess(["--host-vram", "8Gi"], root=tmp_path / "later")
+    later.state_dir = state_dir
+    try:
+        later.start()
+        assert "re-adopted 0 kernel(s)" in later.log(), later.log()[-2000:]
+        assert ledger_rows(state_dir) == ([], [])
+    finally:
+        later.stop()
+
+
+def runtime_record(server: JupyterServerProcess) -> dict:
+    return json.loads((server.root / "runtime" / "tf-vgpu-worker.json").read_text())
