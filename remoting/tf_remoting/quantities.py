@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from decimal import ROUND_CEILING, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 
 __all__ = ["QuantityError", "parse_bytes", "parse_percent", "format_bytes", "format_percent"]
 
@@ -105,30 +105,51 @@ def parse_percent(value: str | int | float, *, allow_over: bool = False) -> int:
     return int(number)
 
 
-def _one_decimal(x: float) -> str:
-    text = f"{x:.1f}"
-    return text[:-2] if text.endswith(".0") else text
+def _tenths_text(tenths: int) -> str:
+    """A whole number of tenths as text with at most one decimal: 13 -> "1.3", 40 -> "4"."""
+    sign = "-" if tenths < 0 else ""
+    whole, tenth = divmod(abs(tenths), 10)
+    return f"{sign}{whole}.{tenth}" if tenth else f"{sign}{whole}"
+
+
+def _round_tenths(numerator: int, denominator: int) -> int:
+    """numerator / denominator in whole tenths, a tie rounded half away from zero (1.25 -> 13).
+
+    Integer arithmetic, so that the result does not depend on how a float happens to hold the
+    value; ``labextension/src/format.ts`` does the same (shared cases: tests/fixtures/size_cases.json).
+    """
+    sign = -1 if (numerator < 0) != (denominator < 0) else 1
+    numerator, denominator = abs(numerator), abs(denominator)
+    return sign * ((20 * numerator + denominator) // (2 * denominator))
 
 
 def format_bytes(n: int) -> str:
-    """Print bytes in binary units with at most one decimal: 5905580032 -> ``"5.5 GiB"``."""
+    """Print bytes in binary units with at most one decimal: 5905580032 -> ``"5.5 GiB"``.
+
+    A tie rounds half away from zero: 1.25 GiB prints as ``"1.3 GiB"``.
+    """
     if n < 0:
         return "-" + format_bytes(-n)
     if n < 1024:
         return f"{n} B"
-    exponent = min(int(math.log(n, 1024)), len(_BINARY_UNITS) - 1)
-    # log() can be off by one near powers of 1024; settle it with integers.
-    while exponent > 0 and n < 1024**exponent:
-        exponent -= 1
+    exponent = 0
     while exponent < len(_BINARY_UNITS) - 1 and n >= 1024 ** (exponent + 1):
         exponent += 1
-    value = round(n / 1024**exponent, 1)
-    if value >= 1024 and exponent < len(_BINARY_UNITS) - 1:  # 1023.96 KiB prints as 1 MiB
+    tenths = _round_tenths(n, 1024**exponent)
+    if tenths >= 10240 and exponent < len(_BINARY_UNITS) - 1:  # 1023.96 KiB prints as 1 MiB
         exponent += 1
-        value = round(n / 1024**exponent, 1)
-    return f"{_one_decimal(value)} {_BINARY_UNITS[exponent]}"
+        tenths = _round_tenths(n, 1024**exponent)
+    return f"{_tenths_text(tenths)} {_BINARY_UNITS[exponent]}"
 
 
 def format_percent(p: int | float) -> str:
-    """Print a percentage: 25 -> ``"25 %"``, 12.25 -> ``"12.2 %"``."""
-    return f"{_one_decimal(round(float(p), 1))} %"
+    """Print a percentage with at most one decimal: 25 -> ``"25 %"``, 12.25 -> ``"12.3 %"``.
+
+    The number is rounded as written (its shortest decimal form, so 12.35 -> ``"12.4 %"``), a
+    tie half away from zero, as ``formatPercent`` in the lab extension does.
+    """
+    if isinstance(p, float) and not math.isfinite(p):
+        return f"{p} %"
+    value = Decimal(p) if isinstance(p, int) else Decimal(repr(float(p)))
+    tenths = int((value * 10).to_integral_value(rounding=ROUND_HALF_UP))
+    return f"{_tenths_text(tenths)} %"

@@ -1,6 +1,8 @@
 """Quantities: parsing and printing memory sizes and percentages."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -88,25 +90,30 @@ def test_parse_bytes_largest():
     assert parse_bytes(str(2**63 - 1)) == 2**63 - 1
 
 
-@pytest.mark.parametrize(
-    ("n", "text"),
-    [
-        (0, "0 B"),
-        (1000, "1000 B"),
-        (1023, "1023 B"),
-        (1024, "1 KiB"),
-        (1536, "1.5 KiB"),
-        (536870912, "512 MiB"),
-        (4294967296, "4 GiB"),
-        (5905580032, "5.5 GiB"),
-        (2**20 - 1, "1 MiB"),  # 1023.999 KiB does not print as "1024 KiB"
-        (80 * GiB, "80 GiB"),
-        (2**40, "1 TiB"),
-        (2**63 - 1, "8 EiB"),
-    ],
-)
-def test_format_bytes(n, text):
-    assert format_bytes(n) == text
+# One table of how sizes and percentages print, read by this test and by the lab extension's
+# (labextension/src/__tests__/format.spec.ts): both sides must print the same text.
+SIZE_CASES = json.loads((Path(__file__).parents[1] / "fixtures" / "size_cases.json").read_text())
+
+
+@pytest.mark.parametrize("case", SIZE_CASES["bytes"], ids=lambda c: str(c["bytes"]))
+def test_format_bytes(case):
+    assert format_bytes(case["bytes"]) == case["text"], case.get("note", "")
+
+
+@pytest.mark.parametrize("case", SIZE_CASES["percent"], ids=lambda c: str(c["percent"]))
+def test_format_percent(case):
+    assert format_percent(case["percent"]) == case["text"], case.get("note", "")
+
+
+def test_format_ties_round_half_away_from_zero():
+    # The only exact ties in whole bytes are x.25 and x.75 of a unit: each rounds up, as a person
+    # expects (Python's round() sends half of them down, to the even tenth).
+    for exponent, unit in enumerate(["KiB", "MiB", "GiB", "TiB"], start=1):
+        for quarters in range(5, 400, 2):  # 1.25, 1.75, 2.25 ... 99.75
+            tenths = (quarters * 25 + 5) // 10
+            expected = f"{tenths // 10}.{tenths % 10}" if tenths % 10 else f"{tenths // 10}"
+            assert format_bytes(quarters * 1024**exponent // 4) == f"{expected} {unit}"
+        assert format_bytes(-5 * 1024**exponent // 4) == f"-1.3 {unit}"
 
 
 def test_format_bytes_at_most_one_decimal():
@@ -179,7 +186,7 @@ def test_parse_percent_allow_over():
 
 def test_percent_round_trip():
     assert format_percent(25) == "25 %"
-    assert format_percent(12.25) == "12.2 %"
+    assert format_percent(12.25) == "12.3 %"
     assert format_percent(40.0) == "40 %"
     for p in range(1, 101):
         assert parse_percent(format_percent(p)) == p
