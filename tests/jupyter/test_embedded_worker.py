@@ -82,3 +82,28 @@ async def test_stopping_the_server_leaves_no_kernel_nanny_or_lease(jupyter_serve
 
 def runtime_record(server: JupyterServerProcess) -> dict:
     return json.loads((server.root / "runtime" / "tf-vgpu-worker.json").read_text())
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def test_a_bad_embedded_worker_args_is_one_clear_line_and_no_kernel_runs_elsewhere(jupyter_server_factory):
+    """Defect 16: the worker's usage error made the extension fail with a traceback, and vGPU kernels then
+    ran on a worker the launcher started, without the configured flags."""
+    server = jupyter_server_factory(settings={"embedded_worker": "auto",
+                                              "embedded_worker_args": ["--no-such-flag", "3"]}).start()
+    await asyncio.sleep(1.0)  # the extension starts its pool after the server answers
+    log = server.log()
+    [line] = [x for x in log.splitlines() if "embedded vGPU worker is not available" in x]
+    assert "unrecognized arguments: --no-such-flag 3" in line, line
+    assert "Traceback" not in log, log[-3000:]
+    status, body = await server.request("POST", "/api/sessions", {
+        "path": "b.ipynb", "type": "notebook", "name": "b.ipynb", "kernel": {"name": "vgpu-small"}})
+    assert status >= 500, body
+    message = body["message"] if isinstance(body, dict) else body
+    assert "cannot start" in message and "unrecognized arguments" in message, message
+    assert not [p for p in processes_of(server.root) if "tf_remoting" in p], processes_of(server.root)
