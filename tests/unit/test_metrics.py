@@ -40,6 +40,7 @@ def test_render_has_every_metric_name_with_the_prefix() -> None:
     m.update([GPU], [DeviceSample("GPU-1", 10 * GiB, 55.0)], {"GPU-1": (4 * GiB, 25)}, [lease("l1")], 1)
     m.rpc_error("Allocate", "RESOURCE_EXHAUSTED")
     m.event("lease_created")
+    m.tick_error("reclaim")
     rendered = names_in(m)
     assert METRIC_NAMES <= rendered, METRIC_NAMES - rendered
     assert all(name.startswith("tf_vgpu_") for name in METRIC_NAMES | rendered)

@@ -22,7 +22,7 @@ from tf_remoting.devices import HostBackend  # noqa: E402
 from tf_remoting.devices.nvml import NvmlBackend  # noqa: E402
 from tf_remoting.proto import pb  # noqa: E402
 from tf_remoting.worker.config import WorkerConfig  # noqa: E402
-from tf_remoting.worker.server import Worker  # noqa: E402
+from tf_remoting.worker.state import Worker  # noqa: E402
 
 GPU0, GPU1 = "GPU-fake-0000-0000", "GPU-fake-0000-0001"
 KERNEL_TOKEN = "kernel-token-for-the-test"

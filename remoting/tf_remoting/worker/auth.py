@@ -109,9 +109,6 @@ class TokenTable:
             return
         self._table, self._file_key = table, key
 
-    def principals(self) -> set[str]:
-        return set(self._table.values())
-
     def add_kernel_token(self, token: str, principal: str, lease_id: str) -> None:
         with self._lock:
             self._kernel_tokens[_digest(token)] = Caller(principal, lease_id)

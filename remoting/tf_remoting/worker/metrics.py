@@ -32,6 +32,7 @@ METRIC_NAMES: frozenset[str] = frozenset({
     "tf_vgpu_events_total",
     "tf_vgpu_worker_info",
     "tf_vgpu_sampling_cpu_seconds_total",
+    "tf_vgpu_tick_errors_total",
 })
 
 
@@ -99,9 +100,9 @@ class _TickCollector:
         by_labels: dict[tuple[str, str, str], dict[str, Any]] = {}
         for lease in snap.leases:  # one row per lease and device; a repeated row: the last counts
             by_labels[(str(lease["lease"]), str(lease["principal"]), str(lease["device"]))] = lease
-        for labels, lease in by_labels.items():
+        for row, lease in by_labels.items():
             for family, key in zip(lease_families, _LEASE_KEYS, strict=True):
-                family.add_metric(list(labels), lease[key])
+                family.add_metric(list(row), lease[key])
         leases = GaugeMetricFamily("tf_vgpu_leases", "Live leases",
                                    value=len({str(lease["lease"]) for lease in snap.leases}))
         kernels = GaugeMetricFamily("tf_vgpu_kernels", "Running kernels", value=snap.kernels)
@@ -121,6 +122,9 @@ class Metrics:
         self.rpc_errors = Counter("tf_vgpu_rpc_errors", "RPCs answered with an error status",
                                   ("method", "code"), registry=r)
         self.events = Counter("tf_vgpu_events", "Events published, by kind", ("kind",), registry=r)
+        self.tick_errors = Counter("tf_vgpu_tick_errors", "Steps of a telemetry tick that failed and are "
+                                   "retried at the next tick (reclaim, kernel_exit, sample, watchdog, ...)",
+                                   ("step",), registry=r)
         self.sampling_cpu = Counter("tf_vgpu_sampling_cpu_seconds",
                                     "CPU time the worker spent on telemetry ticks (process and device sampling, "
                                     "ledger checks, watchdog, building Watch samples)", registry=r)
@@ -161,6 +165,9 @@ class Metrics:
 
     def rpc_error(self, method: str, code: str) -> None:
         self.rpc_errors.labels(method=method, code=code).inc()
+
+    def tick_error(self, step: str) -> None:
+        self.tick_errors.labels(step=step).inc()
 
     def event(self, kind: str) -> None:
         self.events.labels(kind=kind).inc()

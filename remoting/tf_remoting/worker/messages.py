@@ -1,0 +1,54 @@
+"""Protobuf messages built from the worker's plain records (ledger rows, device info, samples)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from tf_remoting.devices.base import DeviceInfo
+from tf_remoting.proto import enum_value, pb
+from tf_remoting.worker import isolation
+from tf_remoting.worker.leases import KernelRecord, LeaseRecord
+
+if TYPE_CHECKING:
+    from tf_remoting.worker.state import Worker
+
+
+def lease_message(w: Worker, rec: LeaseRecord, with_kernels: bool = True) -> pb.Lease:
+    """A lease with its slices' latest usage (and its kernels). Reads the ledger: call off the loop."""
+    slices = []
+    for s in rec.slices:
+        usage = w.usage.get(f"{rec.id}/{s.device_uuid}")
+        slices.append(pb.Slice(device_uuid=s.device_uuid, device_index=s.device_index, vram=s.vram,
+                               compute=s.compute, vram_used=usage.vram_used if usage else 0,
+                               utilization=usage.utilization if usage else 0.0))
+    device = w.device_by_uuid.get(rec.slices[0].device_uuid) if rec.slices else None
+    kernels = [kernel_message(w, k) for k in w.ledger.kernels(rec.id)] if with_kernels else []
+    return pb.Lease(id=rec.id, principal=rec.principal, slices=slices, qos=cast(pb.Qos, rec.qos),
+                    mode=cast(pb.IsolationMode, rec.mode),
+                    memory_enforcement=isolation.enforcement(rec.mode, device), created_at=rec.created_at,
+                    expires_at=rec.expires_at, ttl_seconds=rec.ttl_seconds, profile=rec.profile,
+                    labels=rec.labels, kernels=kernels)
+
+
+def kernel_message(w: Worker, rec: KernelRecord) -> pb.Kernel:
+    try:
+        status = enum_value(pb.KernelStatus, rec.status)
+    except ValueError:
+        status = pb.KERNEL_STATUS_UNSPECIFIED  # a status this version does not know
+    return pb.Kernel(id=rec.id, lease_id=rec.lease_id, status=status,
+                     pid=rec.pid, exit_code=rec.exit_code or 0, cwd=rec.cwd,
+                     shares_filesystem=w.config.shares_filesystem, started_at=rec.started_at,
+                     environment=rec.environment)
+
+
+def device_message(w: Worker, d: DeviceInfo, leased: dict[str, tuple[int, int]]) -> pb.Device:
+    sample = w.device_samples.get(d.uuid)
+    vram_leased, compute_leased = leased.get(d.uuid, (0, 0))
+    return pb.Device(
+        uuid=d.uuid, name=d.name, kind=enum_value(pb.DeviceKind, d.kind),
+        index=d.index, vram_total=d.vram_total, multiprocessors=d.multiprocessors,
+        compute_capacity=int(round(100 * w.config.oversubscription)),
+        modes=[m.value for m in isolation.MODES.values() if m.name in d.modes],
+        memory_enforcement=isolation.device_enforcement(d),
+        vram_leased=vram_leased, compute_leased=compute_leased,
+        vram_used=sample.vram_used if sample else 0, utilization=sample.utilization if sample else 0.0)

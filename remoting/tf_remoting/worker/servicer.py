@@ -1,0 +1,317 @@
+"""The Runtime service's methods: thin translations between protobuf and the worker's state.
+
+Authentication, request limits and error mapping are the interceptor's (`interceptor.py`): a
+method reads its caller with `current_caller()` and raises `RpcError` (or lets a ledger error
+through) to answer with a status. Ledger calls go through `Worker.db`, off the event loop. See
+remoting/README.md for each RPC's contract.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+import tf_remoting
+from tf_remoting.proto import pb, pb_grpc
+from tf_remoting.quantities import format_bytes
+from tf_remoting.worker import leases as ledger_mod
+from tf_remoting.worker import nanny_link
+from tf_remoting.worker.auth import Caller, token_digest_hex
+from tf_remoting.worker.errors import RpcError
+from tf_remoting.worker.interceptor import current_caller
+from tf_remoting.worker.kernels import KernelStartError
+from tf_remoting.worker.leases import KernelRecord, LeaseRecord
+from tf_remoting.worker.messages import device_message, kernel_message, lease_message
+from tf_remoting.worker.state import Worker
+from tf_remoting.worker.transfers import FileTransfers
+
+MAX_ENV = 256
+SIGNALS = {pb.SIGNAL_INTERRUPT: signal.SIGINT, pb.SIGNAL_TERMINATE: signal.SIGTERM, pb.SIGNAL_KILL: signal.SIGKILL}
+
+
+def checked_kernel_args(args: list[str]) -> list[str]:
+    """StartKernelRequest.kernel_args, refused with a sentence when they would do more than pass options."""
+    if len(args) > 64 or any(len(a) > 4096 or "\x00" in a for a in args):
+        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                       "kernel_args: at most 64 arguments of 4096 characters each, without NUL bytes")
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if name in ("-f", "--f", "--existing") or name.endswith("connection_file"):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"kernel argument {arg!r} would replace the connection file the worker writes; "
+                           "remove it from the kernelspec's argv or the client's extra arguments")
+    return args
+
+
+class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
+    """The v1 Runtime service over one `Worker`."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    # ------------------------------------------------------------------ inventory and leases
+
+    async def GetInventory(self, request: pb.GetInventoryRequest, context: Any) -> pb.Inventory:
+        w, caller = self.worker, current_caller()
+
+        def read() -> tuple[dict[str, tuple[int, int]], list[pb.Lease]]:
+            return w.ledger.device_usage(), [lease_message(w, r) for r in w.ledger.leases() if caller.may_use(r.id)]
+
+        leased, leases = await w.db(read)
+        return pb.Inventory(
+            worker_id=w.worker_id, version=tf_remoting.__version__, backend=w.backend.name,
+            default_mode=w.default_mode, oversubscription=w.config.oversubscription,
+            devices=[device_message(w, d, leased) for d in w.devices], leases=leases,
+            sample_interval_ms=int(w.config.sample_interval * 1000),
+            shares_filesystem=w.config.shares_filesystem)
+
+    async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.Lease:
+        w, caller = self.worker, current_caller()
+        mode = w.resolve_mode(request.mode)
+        if request.qos not in pb.Qos.values():
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown qos {request.qos}")
+        if len(request.labels) > 64 or any(len(k) + len(v) > 4096 for k, v in request.labels.items()):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "at most 64 labels of at most 4 KiB each")
+        if mode == pb.ISOLATION_MODE_EXCLUSIVE:
+            rec = await w.db(self._allocate_whole, caller, request, mode)
+        else:
+            rec = await w.db(
+                w.ledger.allocate, caller.principal, vram=request.slice.vram, compute=request.slice.compute,
+                count=request.count or 1, qos=request.qos or pb.QOS_MEDIUM, model=request.model, mode=mode,
+                ttl_seconds=request.ttl_seconds or w.config.lease_ttl, profile=request.profile,
+                labels=dict(request.labels))
+        w.emit(pb.EVENT_KIND_LEASE_CREATED,
+               f"lease {rec.id} for {rec.principal}: {format_bytes(rec.slices[0].vram)} / "
+               f"{rec.slices[0].compute} % on {len(rec.slices)} device(s)", rec.id, principal=rec.principal)
+        return await w.db(lease_message, w, rec)
+
+    def _allocate_whole(self, caller: Caller, request: pb.AllocateRequest, mode: int) -> LeaseRecord:
+        w = self.worker
+        compute = min(100, int(round(100 * w.config.oversubscription)))
+        last: ledger_mod.LedgerError | None = None
+        for total in sorted({d.vram_total for d in w.devices}):
+            if total < request.slice.vram:
+                continue
+            try:
+                return w.ledger.allocate(caller.principal, vram=total, compute=compute,
+                                         count=request.count or 1, qos=request.qos or pb.QOS_MEDIUM,
+                                         model=request.model, mode=mode,
+                                         ttl_seconds=request.ttl_seconds or w.config.lease_ttl,
+                                         profile=request.profile, labels=dict(request.labels))
+            except ledger_mod.ResourceExhausted as exc:
+                last = exc
+        raise last or ledger_mod.ResourceExhausted("no device is large enough for an exclusive lease")
+
+    async def Renew(self, request: pb.RenewRequest, context: Any) -> pb.Lease:
+        w, caller = self.worker, current_caller()
+        w.check_scope(caller, request.lease_id)
+        return await w.db(lambda: lease_message(w, w.ledger.renew(caller.principal, request.lease_id)))
+
+    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
+        w, caller = self.worker, current_caller()
+        try:
+            rec = await w.db(w.ledger.get, caller.principal, request.lease_id)
+        except ledger_mod.NotFound:
+            # Idempotent: a lease that was released (or reclaimed) before is fine; unknown is not.
+            return pb.ReleaseResponse(released=await w.db(w.ledger.release, caller.principal, request.lease_id))
+        for k in await w.db(w.ledger.kernels, rec.id):
+            w.supervisor.stop(k.id)
+        released = await w.db(w.ledger.release, caller.principal, rec.id)
+        w.tokens.remove_lease_tokens(rec.id)
+        w.watchdog.forget(rec.id)
+        w.emit(pb.EVENT_KIND_LEASE_RELEASED, f"lease {rec.id} released by {caller.principal}",
+               rec.id, principal=rec.principal)
+        return pb.ReleaseResponse(released=released)
+
+    async def Resize(self, request: pb.ResizeRequest, context: Any) -> pb.Lease:
+        w, caller = self.worker, current_caller()
+        w.check_scope(caller, request.lease_id)
+        rec = await w.db(w.ledger.resize, caller.principal, request.lease_id, request.slice.vram,
+                         request.slice.compute)
+        w.emit(pb.EVENT_KIND_LEASE_RESIZED,
+               f"lease {rec.id} resized to {format_bytes(rec.slices[0].vram)} / {rec.slices[0].compute} %",
+               rec.id, principal=rec.principal)
+        return await w.db(lease_message, w, rec)
+
+    async def ListLeases(self, request: pb.ListLeasesRequest, context: Any) -> pb.ListLeasesResponse:
+        w, caller = self.worker, current_caller()
+        return await w.db(lambda: pb.ListLeasesResponse(leases=[
+            lease_message(w, r) for r in w.ledger.leases(caller.principal) if caller.may_use(r.id)]))
+
+    # ------------------------------------------------------------------ kernels
+
+    async def StartKernel(self, request: pb.StartKernelRequest, context: Any) -> pb.Kernel:
+        w, caller = self.worker, current_caller()
+        lease = await w.db(w.ledger.get, caller.principal, request.lease_id)
+        try:
+            argv = w.supervisor.argv_for(request.environment, list(request.argv))
+        except KeyError:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"unknown kernel environment {request.environment!r}; this worker has: "
+                           f"{', '.join(sorted(w.supervisor.environments))}") from None
+        argv += checked_kernel_args(list(request.kernel_args))
+        try:
+            request.key.decode()
+        except UnicodeDecodeError:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "the HMAC key must be UTF-8 text, as in "
+                           "Jupyter connection files") from None
+        if len(request.key) > 1024:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "the HMAC key is longer than 1024 bytes")
+        if request.signature_scheme and request.signature_scheme not in (
+                "hmac-sha256", "hmac-sha1", "hmac-md5", "hmac-sha512"):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"unsupported signature scheme {request.signature_scheme!r}")
+        if len(request.env) > MAX_ENV or any(not k or "=" in k or "\x00" in k + v for k, v in request.env.items()):
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           "environment variables need non-empty names without '=' and no NUL bytes")
+        kernel_id = uuid.uuid4().hex[:16]
+        cwd = self._kernel_cwd(lease, request.cwd)
+        kernel_token = secrets.token_urlsafe(32)
+        env = {**request.env, **w.slice_env(lease, kernel_id, kernel_token)}
+        rec = KernelRecord(id=kernel_id, lease_id=lease.id, principal=lease.principal, nanny_pid=0, pid=0,
+                           status="starting", exit_code=None, cwd=cwd,
+                           environment=request.environment or "python3", started_at=time.time(),
+                           directory=str(w.supervisor.directory(kernel_id)), labels=dict(request.labels))
+        await w.db(w.ledger.add_kernel, rec)
+        try:
+            state = await w.supervisor.start(kernel_id, argv, env, cwd, request.key,
+                                             request.signature_scheme)
+        except (KernelStartError, OSError) as exc:
+            await w.db(w.ledger.update_kernel, kernel_id, status="exited", exit_code=-1)
+            raise RpcError(grpc.StatusCode.INTERNAL, str(exc)) from None
+        w.confine_host_kernel(lease, kernel_id, state.kernel_pid)
+        (w.supervisor.directory(kernel_id) / "scope").write_text(token_digest_hex(kernel_token))
+        w.tokens.add_kernel_token(kernel_token, lease.principal, lease.id)
+        await w.db(w.ledger.update_kernel, kernel_id, status="running", pid=state.kernel_pid,
+                   nanny_pid=state.nanny_pid)
+        w.emit(pb.EVENT_KIND_KERNEL_STARTED, f"kernel {kernel_id} started in lease {lease.id}",
+               lease.id, kernel_id, lease.principal)
+        return kernel_message(w, await w.db(w.ledger.get_kernel, caller.principal, kernel_id))
+
+    def _kernel_cwd(self, lease: LeaseRecord, requested: str) -> str:
+        w = self.worker
+        if w.config.shares_filesystem and requested:
+            if not os.path.isdir(requested):
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"working directory {requested!r} does not exist on the worker")
+            return requested
+        directory = w.state_dir / "work" / lease.id
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return str(directory)
+
+    async def Signal(self, request: pb.SignalRequest, context: Any) -> pb.Kernel:
+        w, caller = self.worker, current_caller()
+        rec = await w.db(w.ledger.get_kernel, caller.principal, request.kernel_id)
+        signum = SIGNALS.get(request.signal)
+        if signum is None:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "signal must be INTERRUPT, TERMINATE or KILL")
+        if not w.supervisor.signal(rec.id, signum):
+            state = w.supervisor.state(rec.id)
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"kernel {rec.id} is not running (exit code {state.exit_code})")
+        return kernel_message(w, rec)
+
+    async def KernelState(self, request: pb.KernelStateRequest, context: Any) -> pb.Kernel:
+        w, caller = self.worker, current_caller()
+        rec = await w.db(w.ledger.get_kernel, caller.principal, request.kernel_id)
+        w.check_scope(caller, rec.lease_id)
+        state = w.supervisor.state(rec.id)
+        msg = kernel_message(w, rec)
+        if state.status == "exited":
+            msg.status = pb.KERNEL_STATUS_EXITED
+            msg.exit_code = state.exit_code or 0
+        return msg
+
+    async def Channels(self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[bytes]:
+        """Raw pass-through between the client and the kernel's nanny: frames are never decoded
+        here, except the first message, which names the kernel and is checked for ownership."""
+        w, caller = self.worker, current_caller()
+        if caller.lease_scope:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, "a kernel token cannot open channels")
+        try:
+            first = await anext(aiter(request_iterator))
+        except StopAsyncIteration:
+            return
+        try:
+            opening = pb.ChannelsRequest.FromString(first)
+        except Exception:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "malformed ChannelsRequest") from None
+        if opening.WhichOneof("kind") != "open":
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "the first message of a Channels stream must be 'open'")
+        rec = await w.db(w.ledger.get_kernel, caller.principal, opening.open.kernel_id)
+        try:
+            link = await nanny_link.connect(str(w.supervisor.socket_path(rec.id)))
+        except OSError:
+            state = w.supervisor.state(rec.id)
+            if state.status == "exited":
+                yield pb.ChannelsResponse(opened=pb.ChannelsOpened(kernel_id=rec.id)).SerializeToString()
+                yield pb.ChannelsResponse(exited=pb.KernelExited(exit_code=state.exit_code or 0)).SerializeToString()
+                return
+            raise RpcError(grpc.StatusCode.UNAVAILABLE,
+                           f"kernel {rec.id} is starting or its nanny is not answering; retry") from None
+
+        # Attached before the nanny hears of it: the nanny then drops the older stream, whose
+        # end below must already see that it was displaced.
+        w.attached[rec.id] = link
+        link.send(first)
+
+        async def upstream() -> None:
+            async for raw in request_iterator:
+                link.send(raw)
+                if link.backlog() > (8 << 20):
+                    await asyncio.sleep(0.01)  # let the nanny catch up
+
+        pump = asyncio.create_task(upstream())
+        try:
+            while True:
+                payload = await link.next()
+                if payload is None:
+                    break
+                yield payload
+            if w.attached.get(rec.id) not in (link, None):
+                raise RpcError(grpc.StatusCode.ABORTED,
+                               f"kernel {rec.id}: another client opened this kernel's channels, so this stream "
+                               "was closed (a kernel has one Jupyter-side client at a time)")
+            if w.supervisor.state(rec.id).status == "running":
+                # The nanny dropped this stream (malformed input) while the kernel lives on.
+                raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "the kernel side closed this stream after a malformed message; reopen it")
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
+            link.close()
+            if w.attached.get(rec.id) is link:
+                del w.attached[rec.id]
+            for _principal, _kernel, asked, answer in w.transfers.values():
+                if asked is link and not answer.done():
+                    answer.set_result(pb.TransferResult(
+                        message="the Jupyter side's connection to this kernel closed before the transfer finished"))
+
+    # ------------------------------------------------------------------ telemetry
+
+    async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchResponse]:
+        w, caller = self.worker, current_caller()
+        queue: asyncio.Queue[pb.WatchResponse] = asyncio.Queue(maxsize=64)
+        entry = (queue, caller, bool(request.all_leases) and not caller.lease_scope)
+        if w.started_event is not None and not caller.lease_scope:  # a kernel's own watch: its lease only
+            queue.put_nowait(pb.WatchResponse(time=w.started_event.time, events=[w.started_event]))
+        w.subscribers.append(entry)
+        try:
+            while True:
+                item = await queue.get()
+                if not request.include_devices:
+                    del item.devices[:]
+                yield item
+        finally:
+            w.subscribers.remove(entry)
