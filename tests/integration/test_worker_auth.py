@@ -492,3 +492,55 @@ def test_certs_have_the_right_names(pki):
                           capture_output=True, text=True, timeout=30, check=True).stdout
     assert "IP Address:127.0.0.1" in text and "DNS:localhost" in text
     assert Path(pki["server"].key).read_text().startswith("-----BEGIN EC PRIVATE KEY-----")
+
+
+async def test_unauthenticated_large_calls_are_refused_before_they_are_read(tf_worker):
+    """Defect 13: 120 parallel unauthenticated ~15 MiB calls were read whole before the token was
+    checked (the worker went from 53 to 783 MiB and answered UNKNOWN). The interceptor now refuses
+    them from the metadata alone: UNAUTHENTICATED, and the worker's memory stays where it was."""
+    import psutil
+
+    proc = psutil.Process(tf_worker.proc.pid)
+    big = "x" * (15 * MiB)
+    # Valid messages, sent as bytes: the test process holds one copy of each.
+    bodies = {"Allocate": pb.AllocateRequest(profile=big).SerializeToString(),
+              "StartKernel": pb.StartKernelRequest(cwd=big).SerializeToString()}
+    before = proc.memory_info().rss
+    peak = before
+    done = asyncio.Event()
+
+    async def watch_rss() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            await asyncio.sleep(0.02)
+
+    options = [("grpc.max_send_message_length", 32 * MiB)]
+    codes: list[grpc.StatusCode] = []
+    async with grpc.aio.insecure_channel(tf_worker.address, options=options) as channel:
+        calls = {name: channel.unary_unary(f"/{SERVICE_NAME}/{name}") for name in ("Allocate", "StartKernel")}
+        watcher = asyncio.create_task(watch_rss())
+
+        async def one(i: int) -> None:
+            metadata = (("authorization", "Bearer not-a-token-of-this-worker"),) if i % 2 else ()
+            try:
+                name = "Allocate" if i % 3 else "StartKernel"
+                await calls[name](bodies[name], metadata=metadata, timeout=60)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+
+        await asyncio.gather(*(one(i) for i in range(120)))
+        done.set()
+        await watcher
+    assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 120, set(codes)
+    grown = max(peak, proc.memory_info().rss) - before
+    assert grown < 150 * MiB, f"the worker grew by {grown / MiB:.0f} MiB"
+
+
+async def test_an_oversized_control_request_is_refused_with_a_sentence(tf_worker):
+    """Unary control calls have small limits of their own (the server's limit is the Channels one)."""
+    async with tf_worker.client() as client:
+        with pytest.raises(RemotingError) as exc_info:
+            await client.allocate(vram=MiB, compute=1, labels={"big": "x" * (2 * MiB)})
+    assert exc_info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "Allocate request" in str(exc_info.value) and "larger than" in str(exc_info.value)
