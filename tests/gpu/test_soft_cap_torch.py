@@ -14,6 +14,7 @@ import pytest
 
 from tf_remoting.client.session import RemoteKernel
 from tf_remoting.proto import pb
+from tf_remoting.pytest_plugin import WorkerProcess
 
 pytestmark = pytest.mark.gpu
 
@@ -26,13 +27,13 @@ if importlib.util.find_spec("torch") is None:
 
 
 @pytest.fixture
-def gpu_worker(tf_worker_factory):
+def gpu_worker(tf_worker_factory: type[WorkerProcess]) -> WorkerProcess:
     # The watchdog only warns: this test is about the framework cap, and the CUDA context (outside
     # PyTorch's allocator) can bring the process near a 1 GiB slice on its own.
     return tf_worker_factory(["--backend", "nvml", "--isolation", "soft", "--watchdog-action", "warn"]).start()
 
 
-async def test_torch_cannot_allocate_past_a_soft_slice(gpu_worker):
+async def test_torch_cannot_allocate_past_a_soft_slice(gpu_worker: WorkerProcess) -> None:
     async with gpu_worker.client() as client:
         inv = await client.inventory()
         assert inv.backend == "nvml" and inv.devices[0].kind == pb.DEVICE_KIND_GPU
