@@ -4,7 +4,9 @@
  * Pure functions; `decorate.ts` puts their text into those views.
  */
 import { formatBytes, formatPercent } from './format';
-import { IPool, IProfile } from './model';
+import { IPool, IProfile, Qos } from './model';
+
+const QOS: readonly string[] = ['low', 'medium', 'high', 'critical'] satisfies Qos[];
 
 /** The profile of a kernelspec, from its `metadata.tf_vgpu` (written by tf_jupyter.profiles). */
 export function profileFromSpec(spec: {
@@ -21,7 +23,7 @@ export function profileFromSpec(spec: {
     vram: meta.vram,
     compute: Number(meta.compute ?? 0),
     count: Number(meta.count ?? 1),
-    qos: String(meta.qos ?? 'medium'),
+    qos: QOS.includes(String(meta.qos)) ? (meta.qos as Qos) : 'medium',
     whole_device: !!meta.whole_device,
     description: String(meta.description ?? ''),
     kernelspec: spec.name,

@@ -13,6 +13,7 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
+import { IPoll, Poll } from '@lumino/polling';
 import { Signal } from '@lumino/signaling';
 
 import { VgpuPanel } from './components/Sidebar';
@@ -42,6 +43,12 @@ function readSettings(settings: ISettingRegistry.ISettings | null): ISettings {
   return { ...DEFAULT_SETTINGS, ...c };
 }
 
+/** How often GET kernels runs: every refreshSeconds, backing off on failure up to a minute. */
+function refreshFrequency(settings: ISettings): IPoll.Frequency {
+  const interval = Math.max(1, settings.refreshSeconds) * 1000;
+  return { interval, backoff: true, max: Math.max(interval, 60_000) };
+}
+
 function notify(alert: IAlert): void {
   const options = { autoClose: alert.level === 'error' ? (false as const) : 10_000 };
   const text = alert.message.length > 140 ? alert.message.slice(0, 137) + '…' : alert.message;
@@ -61,6 +68,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     palette: ICommandPalette | null
   ) => {
     const model = new VgpuModel();
+    let restartRefresh = (): void => undefined;
     let settings: ISettingRegistry.ISettings | null = null;
     if (registry) {
       try {
@@ -114,35 +122,44 @@ const plugin: JupyterFrontEndPlugin<void> = {
     sessions.runningChanged.connect(updateNames);
     updateNames();
 
-    const refresh = async () => {
-      try {
+    // GET kernels every refreshSeconds (and soon after the model asks for it); on failure the
+    // poll backs off up to a minute. Skipped while the page is hidden.
+    const kernelsPoll = new Poll({
+      auto: false,
+      name: 'tf-jupyter-vgpu:kernels',
+      factory: async () => {
+        void sessions.refreshRunning().catch(() => undefined);
         model.setKernels(await fetchKernels());
-      } catch (err) {
-        console.debug('tf-jupyter-vgpu: GET kernels failed', err);
-      }
-      void sessions.refreshRunning().catch(() => undefined);
-    };
-    let refreshTimer: ReturnType<typeof setInterval> | undefined;
-    const restartRefresh = () => {
-      if (refreshTimer !== undefined) {
-        clearInterval(refreshTimer);
-      }
-      refreshTimer = setInterval(refresh, Math.max(1, model.settings.refreshSeconds) * 1000);
-    };
-    restartRefresh();
-    // Staleness depends on time, not on messages: re-evaluate every second.
-    setInterval(() => model.tick(), 1000);
-
-    let refetchPending = false;
-    model.refetchRequested.connect(() => {
-      if (!refetchPending) {
-        refetchPending = true;
-        setTimeout(() => {
-          refetchPending = false;
-          void refresh();
-        }, 300);
+      },
+      frequency: refreshFrequency(model.settings),
+      standby: 'when-hidden'
+    });
+    kernelsPoll.ticked.connect((_, state) => {
+      if (state.phase === 'rejected') {
+        console.debug('tf-jupyter-vgpu: GET kernels failed', state.payload);
       }
     });
+    restartRefresh = () => {
+      kernelsPoll.frequency = refreshFrequency(model.settings);
+    };
+    void kernelsPoll.start();
+    // A new kernel or lease seen in the events: fetch the list soon, once for a burst of them.
+    model.refetchRequested.connect(() => {
+      void kernelsPoll.schedule({
+        cancel: ({ phase }) => phase === 'refreshed',
+        interval: 300,
+        phase: 'refreshed'
+      });
+    });
+    // Staleness depends on time, not on messages: re-evaluate every second.
+    const tickPoll = new Poll({
+      auto: false,
+      name: 'tf-jupyter-vgpu:tick',
+      factory: async () => model.tick(),
+      frequency: { interval: 1000, backoff: false },
+      standby: 'when-hidden'
+    });
+    void tickPoll.start();
 
     model.alerted.connect((_, alert) => {
       if (model.settings.notifications) {

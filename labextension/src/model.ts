@@ -2,115 +2,29 @@
  * The state of the vGPU pool as this browser sees it, and how messages of the events
  * WebSocket change it (`reduce`). Pure data here; `VgpuModel` adds signals and timers.
  *
- * Shapes follow `tf_jupyter/openapi.yaml`.
+ * The API's shapes are generated from `tf_jupyter/openapi.yaml` into `api.d.ts`
+ * (`npm run gen:api`; `npm run check:api`, part of `npm run lint`, fails when it drifts).
  */
 import { ISignal, Signal } from '@lumino/signaling';
 
+import type { components } from './api';
 import { formatBytes, formatBytesPair, formatPercent } from './format';
 
-export type Mode = 'soft' | 'mps' | 'exclusive' | 'host' | 'unknown' | '?';
+type Schemas = components['schemas'];
 
-export interface IDevice {
-  uuid: string;
-  name: string;
-  index: number;
-  kind: 'host' | 'gpu';
-  vram_total: number;
-  vram_leased: number;
-  vram_used: number;
-  compute_capacity: number;
-  compute_leased: number;
-  utilization: number;
-  modes: Mode[];
-  memory_enforcement: string;
-}
-
-export interface IWorker {
-  address: string;
-  up: boolean;
-  error: string;
-  worker_id: string;
-  version: string;
-  backend: string;
-  devices: IDevice[];
-  leases: number;
-}
-
-export interface IPool {
-  workers: IWorker[];
-  policy: string;
-  queue_length: number;
-}
-
-export interface IKernel {
-  kernel_id: string;
-  worker: string;
-  lease_id: string;
-  profile: string;
-  qos: string;
-  started: number;
-  worker_up: boolean;
-  device?: { uuid: string; name: string; kind: 'host' | 'gpu' };
-  slice?: { vram: number; compute: number; count: number };
-  mode?: Mode;
-  memory_enforcement?: string;
-  usage?: { vram_used: number; utilization: number };
-  shares_filesystem?: boolean;
-}
-
-export interface IQueueEntry {
-  id: string;
-  position: number;
-  qos: string;
-  profile: string;
-  since: number;
-  labels: { [key: string]: string };
-  request: { vram: number; compute: number; count: number; whole_device: boolean };
-  description: string;
-}
-
-export interface IDeviceSample {
-  uuid: string;
-  vram_used: number;
-  vram_total: number;
-  vram_leased: number;
-  compute_leased: number;
-  utilization: number;
-}
-
-export interface ILeaseSample {
-  lease_id: string;
-  kernel_id: string;
-  device_uuid: string;
-  vram_used: number;
-  vram_limit: number;
-  utilization: number;
-  compute_limit: number;
-  mode: Mode;
-}
-
-export type EventsMessage =
-  | { type: 'hello'; pool: IPool; kernels: IKernel[]; queue: IQueueEntry[] }
-  | {
-      type: 'sample';
-      time: number;
-      worker: string;
-      devices: IDeviceSample[];
-      leases: ILeaseSample[];
-    }
-  | {
-      type: 'event';
-      kind: string;
-      message: string;
-      kernel_id: string;
-      time: number;
-      source: 'worker' | 'server';
-      lease_id?: string;
-      worker?: string;
-      position?: number;
-    }
-  | { type: 'worker'; worker: string; up: boolean; error?: string }
-  | { type: 'queue'; queue: IQueueEntry[] };
+export type Mode = Schemas['Mode'];
+export type Qos = Schemas['Qos'];
+export type IDevice = Schemas['Device'];
+export type IWorker = Schemas['Worker'];
+export type IPool = Schemas['Pool'];
+export type IKernel = Schemas['Kernel'];
+export type IQueueEntry = Schemas['QueueEntry'];
+export type IDeviceSample = Schemas['DeviceSample'];
+export type ILeaseSample = Schemas['LeaseSample'];
+/** A vGPU profile as from `GET profiles`. */
+export type IProfile = Schemas['Profile'];
+/** One message of the events WebSocket, told apart by `type`. */
+export type EventsMessage = Schemas['EventMessage'];
 
 /** One point of a kernel's recent history (for the sparkline). */
 export interface IHistoryPoint {
@@ -420,19 +334,6 @@ export function statusText(kernel: IKernel | undefined): string | null {
   const util = kernel.usage ? Math.round(kernel.usage.utilization) : 0;
   // One unit for both, the limit's (or the use's, when over it): MiB for slices under 1 GiB.
   return `vGPU ${formatBytesPair(used, kernel.slice.vram)} · ${util} %`;
-}
-
-/** A vGPU profile as from `GET profiles`. */
-export interface IProfile {
-  name: string;
-  vram: number;
-  compute: number;
-  count: number;
-  qos: string;
-  whole_device: boolean;
-  description: string;
-  kernelspec: string;
-  display_name: string;
 }
 
 /** Settings of the extension (see schema/plugin.json). */

@@ -1,40 +1,47 @@
 /**
- * Talking to the tf_jupyter server extension: REST (`GET kernels`) and the events WebSocket,
- * which reconnects by itself with backoff.
+ * Talking to the tf_jupyter server extension: REST (`GET kernels`, `GET profiles`) and the events
+ * WebSocket, kept open by a `Poll` that reconnects with backoff.
+ *
+ * Routes and bodies are typed from `tf_jupyter/openapi.yaml` (generated `api.d.ts`), so a route or
+ * a shape that is not in the API description does not compile.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
+import { IPoll, Poll } from '@lumino/polling';
 
+import type { paths } from './api';
 import { EventsMessage, IKernel, IProfile, VgpuModel } from './model';
 
 export const API = 'tf-vgpu/api';
 
+/** The routes of the API that answer `GET` with JSON, and what they answer (200). */
+type JsonGet = {
+  [P in keyof paths]: paths[P] extends {
+    get: { responses: { 200: { content: { 'application/json': infer T } } } };
+  }
+    ? T
+    : never;
+};
+
 /** GET a JSON route of the vGPU API; throws with the server's message on an error status. */
-export async function requestAPI<T>(path: string, init: RequestInit = {}): Promise<T> {
+export async function requestAPI<P extends keyof paths>(route: P, init: RequestInit = {}): Promise<JsonGet[P]> {
   const settings = ServerConnection.makeSettings();
-  const url = URLExt.join(settings.baseUrl, API, path);
+  const url = URLExt.join(settings.baseUrl, route.replace(/^\//, ''));
   const response = await ServerConnection.makeRequest(url, init, settings);
   const text = await response.text();
   const data = text ? JSON.parse(text) : null;
   if (!response.ok) {
     throw new ServerConnection.ResponseError(response, (data && data.message) || text);
   }
-  return data as T;
+  return data as JsonGet[P];
 }
 
 export async function fetchKernels(): Promise<IKernel[]> {
-  const data = await requestAPI<{ kernels: IKernel[] }>('kernels');
-  return data.kernels;
+  return (await requestAPI('/tf-vgpu/api/kernels')).kernels;
 }
 
 export async function fetchProfiles(): Promise<IProfile[]> {
-  const data = await requestAPI<{ profiles: IProfile[] }>('profiles');
-  return data.profiles;
-}
-
-/** Reconnect delays: 1 s, 2 s, 4 s ... capped at 30 s, reset once a connection opened. */
-export function backoffDelay(attempt: number): number {
-  return Math.min(30_000, 1000 * 2 ** Math.max(0, attempt));
+  return (await requestAPI('/tf-vgpu/api/profiles')).profiles;
 }
 
 /** The events WebSocket URL with the token where JupyterLab would put it (as for kernels). */
@@ -46,77 +53,109 @@ export function eventsUrl(settings: ServerConnection.ISettings = ServerConnectio
   return url;
 }
 
-/** Keeps one events WebSocket open, feeding `model`; on close it waits and opens another. */
+/**
+ * Reconnect waits: from 1 s, growing (doubling, with jitter) up to 30 s while connecting fails;
+ * back to 1 s once a connection delivered messages.
+ */
+export const EVENTS_FREQUENCY: IPoll.Frequency = { interval: 1000, backoff: 2, max: 30_000 };
+
+/**
+ * Keeps one events WebSocket open, feeding `model`. Each tick of the poll opens a socket and lasts
+ * as long as it stays open: a socket that closed before any message is a failure (the poll backs
+ * off), one that delivered messages a success (the next try comes after the base interval).
+ */
 export class EventsConnection {
-  constructor(model: VgpuModel, makeSocket: (url: string) => WebSocket = url => new WebSocket(url)) {
+  constructor(
+    model: VgpuModel,
+    makeSocket: (url: string) => WebSocket = url => new WebSocket(url),
+    frequency: IPoll.Frequency = EVENTS_FREQUENCY
+  ) {
     this._model = model;
     this._makeSocket = makeSocket;
+    this._poll = new Poll<void, Error>({
+      auto: false,
+      name: 'tf-jupyter-vgpu:events',
+      // The first try follows a wait of 0 (start): its failure is retried after the base interval,
+      // since Poll's jittered backoff draws from [interval, growth × last wait] and a last wait of
+      // 0 would make the next waits a few milliseconds.
+      factory: state => this._connect(state.interval >= frequency.interval),
+      frequency,
+      standby: 'never'
+    });
+    this._poll.ticked.connect((_, state) => {
+      if (state.phase === 'rejected' || state.phase === 'resolved' || state.phase === 'reconnected') {
+        const seconds = Math.max(1, Math.ceil(state.interval / 1000));
+        this._model.setConnection('disconnected', `${this._why}; retrying in ${seconds} s`);
+      }
+    });
+  }
+
+  /** The poll that reconnects (its state says when the next try is). */
+  get poll(): Poll<void, Error> {
+    return this._poll;
   }
 
   start(): void {
-    this._stopped = false;
-    this._open();
+    void this._poll.start();
   }
 
   dispose(): void {
-    this._stopped = true;
-    if (this._timer !== undefined) {
-      clearTimeout(this._timer);
-    }
+    this._poll.dispose();
     this._socket?.close();
     this._socket = null;
   }
 
-  private _open(): void {
-    if (this._stopped) {
-      return;
-    }
-    this._model.setConnection(this._attempt ? 'disconnected' : 'connecting', this._model.state.error);
-    let socket: WebSocket;
-    try {
-      socket = this._makeSocket(eventsUrl());
-    } catch (err) {
-      this._retry(`cannot open the events socket: ${err}`);
-      return;
-    }
-    this._socket = socket;
-    socket.onopen = () => {
-      this._attempt = 0;
-    };
-    socket.onmessage = event => {
+  /**
+   * Open a socket; settles when it closes: resolved if it delivered messages, else rejected
+   * (so that the poll backs off) or, with `backOff` false, resolved (retried after the interval).
+   */
+  private _connect(backOff: boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const state = this._model.state;
+      this._model.setConnection(state.connection === 'connecting' ? 'connecting' : 'disconnected', state.error);
+      let socket: WebSocket;
       try {
-        this._model.apply(JSON.parse(event.data) as EventsMessage);
+        socket = this._makeSocket(eventsUrl());
       } catch (err) {
-        console.warn('tf-jupyter-vgpu: unreadable events message', err);
-      }
-    };
-    socket.onclose = event => {
-      if (this._socket !== socket) {
+        this._why = `cannot open the events socket: ${err}`;
+        if (backOff) {
+          reject(new Error(this._why));
+        } else {
+          resolve();
+        }
         return;
       }
-      this._socket = null;
-      const why =
-        event.code === 1011
-          ? 'the vGPU pool is not available on this server (see its log)'
-          : `events connection closed (code ${event.code})`;
-      this._retry(why);
-    };
-  }
-
-  private _retry(why: string): void {
-    if (this._stopped) {
-      return;
-    }
-    const delay = backoffDelay(this._attempt);
-    this._attempt += 1;
-    this._model.setConnection('disconnected', `${why}; retrying in ${Math.round(delay / 1000)} s`);
-    this._timer = setTimeout(() => this._open(), delay);
+      this._socket = socket;
+      let heard = false;
+      socket.onmessage = event => {
+        heard = true;
+        try {
+          this._model.apply(JSON.parse(event.data) as EventsMessage);
+        } catch (err) {
+          console.warn('tf-jupyter-vgpu: unreadable events message', err);
+        }
+      };
+      socket.onclose = event => {
+        if (this._socket !== socket) {
+          return;
+        }
+        this._socket = null;
+        this._why =
+          event.code === 1011
+            ? 'the vGPU pool is not available on this server (see its log)'
+            : `events connection closed (code ${event.code})`;
+        if (heard || !backOff) {
+          resolve();
+        } else {
+          reject(new Error(this._why));
+        }
+      };
+    });
   }
 
   private _model: VgpuModel;
   private _makeSocket: (url: string) => WebSocket;
+  private _poll: Poll<void, Error>;
   private _socket: WebSocket | null = null;
-  private _attempt = 0;
-  private _stopped = false;
-  private _timer: ReturnType<typeof setTimeout> | undefined;
+  private _why = '';
 }
