@@ -23,8 +23,8 @@ import grpc
 import tf_remoting
 from tf_remoting.proto import pb, pb_grpc
 from tf_remoting.quantities import format_bytes
+from tf_remoting.worker import isolation, nanny_link
 from tf_remoting.worker import leases as ledger_mod
-from tf_remoting.worker import nanny_link
 from tf_remoting.worker.auth import Caller, token_digest_hex
 from tf_remoting.worker.errors import RpcError
 from tf_remoting.worker.interceptor import current_caller
@@ -135,6 +135,11 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
     async def Resize(self, request: pb.ResizeRequest, context: Any) -> pb.Lease:
         w, caller = self.worker, current_caller()
         w.check_scope(caller, request.lease_id)
+        mode = isolation.MODES.get((await w.db(w.ledger.get, caller.principal, request.lease_id)).mode)
+        if mode is not None and not mode.resizable:
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"lease {request.lease_id} is {mode.name}: it holds whole devices and cannot be "
+                           "resized; release it and allocate the slice you need")
         rec = await w.db(w.ledger.resize, caller.principal, request.lease_id, request.slice.vram,
                          request.slice.compute)
         w.emit(pb.EVENT_KIND_LEASE_RESIZED,
