@@ -9,23 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from jupyter_server.extension.application import ExtensionApp
+from jupyter_server.serverapp import ServerApp
 
 from tf_jupyter.config import TfVgpu, load_jupyter_config
-from tf_jupyter.launcher import read_token
+from tf_jupyter.idle import IdleRelease
+from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.local_worker import LocalWorker, LocalWorkerError, ensure_local_worker, stop_local_worker
-from tf_jupyter.pool import Pool
+from tf_jupyter.pool import Pool, Tls
 from tf_jupyter.profiles import BUILTIN_PROFILES, Profile
 from tf_jupyter.provisioner import VgpuProvisioner, forget_pending_kernel
+from tf_jupyter.tokens import read_token
 from tf_remoting.client import RemotingError
 
 log = logging.getLogger("tf_jupyter")
 
 
-class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
+class TfVgpuApp(ExtensionApp):
     name = "tf_jupyter"
     description = "vGPU kernels: fractional GPUs from a pool of workers"
     classes = [TfVgpu]
@@ -38,12 +40,18 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
     _idle_task: asyncio.Task[None] | None = None
     _metrics_task: asyncio.Task[None] | None = None
 
+    @property
+    def server(self) -> ServerApp:
+        """The Jupyter server this extension runs in (jupyter_server sets it before initialize_settings)."""
+        assert self.serverapp is not None, "the extension is not loaded by a Jupyter server yet"
+        return self.serverapp
+
     def initialize_settings(self) -> None:
         # The same files the kernel launcher reads (jupyter_server_config.d/*.json included, which
         # traitlets does not load for us), then the server's own config on top.
         config = load_jupyter_config()
-        config.merge(self.serverapp.config)
-        self.settings_obj = TfVgpu(parent=self.serverapp, config=config)
+        config.merge(self.server.config)
+        self.settings_obj = TfVgpu(parent=self.server, config=config)
         self.settings["tf_vgpu"] = self
         VgpuProvisioner.server_pool_ready = asyncio.Event()  # set once the pool is up (or failed)
         self._map_kernelspecs()
@@ -56,7 +64,8 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
     def profiles(self) -> list[Profile]:
         """Every vGPU profile Jupyter can see: vgpu-* kernelspecs in any kernel directory."""
         found = []
-        for spec in self.serverapp.kernel_spec_manager.get_all_specs().values():
+        ksm: Any = self.server.kernel_spec_manager
+        for spec in ksm.get_all_specs().values():
             metadata = spec.get("spec", {}).get("metadata", {})
             if "tf_vgpu" in metadata and metadata.get("kernel_provisioner", {}).get("provisioner_name") == "tf-vgpu":
                 try:
@@ -68,8 +77,6 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
 
     def _map_kernelspecs(self) -> None:
         """Seamless onboarding: run mapped existing kernelspecs (python3 -> small) as vGPU kernels."""
-        from tf_jupyter.launcher import UnknownProfile, find_profile
-
         mapping: dict[str, Profile] = {}
         for kernel_name, profile_name in self.settings_obj.kernelspec_profiles.items():
             try:
@@ -78,7 +85,7 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
                 self.log.error("tf-vgpu: kernelspec_profiles[%r]: %s; that kernelspec stays as it is", kernel_name, exc)
         if not mapping:
             return
-        ksm = self.serverapp.kernel_spec_manager
+        ksm: Any = self.server.kernel_spec_manager
         original = ksm._get_kernel_spec_by_name  # what both get_kernel_spec and get_all_specs call
 
         def get_kernel_spec_by_name(kernel_name: str, resource_dir: str) -> Any:
@@ -136,12 +143,11 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
                                             "reached")
             self.log.error("tf-vgpu: %s", VgpuProvisioner.server_error)
             return
-        self.pool = Pool(addresses, read_token(token_file), dns=s.workers_dns, tls_ca=s.tls_ca, tls_cert=s.tls_cert,
-                         tls_key=s.tls_key, tls_server_name=s.tls_server_name, policy=s.placement_policy,
+        self.pool = Pool(addresses, read_token(token_file), dns=s.workers_dns,
+                         tls=Tls(s.tls_ca, s.tls_cert, s.tls_key, s.tls_server_name), policy=s.placement_policy,
                          refresh_interval=s.refresh_interval, queue_timeout=s.queue_timeout, lease_ttl=s.lease_ttl)
         self.pool.default_qos = s.default_qos
         self.pool.follow_token_file(token_file)
-        Pool._current = self.pool
         await self.pool.start()
         for w in self.pool.workers.values():
             if w.up and w.inventory is not None:
@@ -163,29 +169,20 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
 
     async def _idle_loop(self) -> None:
         """Warn, then shut down kernels whose slice showed no utilization for idle_release seconds."""
-        s = self.settings_obj
+        assert self.pool is not None
+        km: Any = self.server.kernel_manager
+
+        async def shutdown(kernel_id: str) -> None:
+            await km.shutdown_kernel(kernel_id)
+
+        idle = IdleRelease(self.pool.kernels, self.pool.events, shutdown, self.settings_obj.idle_release,
+                           self.settings_obj.idle_warning)
         while True:
-            await asyncio.sleep(min(5.0, max(0.5, s.idle_release / 4)))
-            pool = self.pool
-            if pool is None:
-                continue
-            now = time.monotonic()
-            for k in list(pool.kernels.values()):
-                if k.qos == "critical":
-                    continue
-                idle = now - k.last_active
-                if idle > s.idle_release and not k.idle_warned:
-                    k.idle_warned = True
-                    k.warned_at = now  # type: ignore[attr-defined]
-                    pool.emit("idle_warning", f"kernel idle for {idle:.0f} s: it will be shut down in "
-                              f"{s.idle_warning:.0f} s to free its slice unless it becomes active",
-                              kernel_id=k.kernel_id)
-                elif k.idle_warned and now - getattr(k, "warned_at", now) > s.idle_warning:
-                    with contextlib.suppress(Exception):
-                        await self.serverapp.kernel_manager.shutdown_kernel(k.kernel_id)
-                    pool.forget_kernel(k.kernel_id)
-                    pool.emit("idle_release", f"kernel shut down after {idle:.0f} s without utilization; "
-                              "its slice is free", kernel_id=k.kernel_id)
+            await asyncio.sleep(idle.interval)
+            try:
+                await idle.check()
+            except Exception:
+                self.log.exception("tf-vgpu: idle release check failed")
 
     async def stop_extension(self) -> None:
         for task in (self._idle_task, self._metrics_task):
@@ -249,6 +246,3 @@ class TfVgpuApp(ExtensionApp):  # type: ignore[misc]
                              exc.message)
             return ["(unknown)"]
 
-
-def _jupyter_server_extension_points() -> list[dict[str, Any]]:
-    return [{"module": "tf_jupyter", "app": TfVgpuApp}]

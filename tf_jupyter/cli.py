@@ -36,7 +36,7 @@ an embedded worker on this machine (device auto) and logs which device backend s
 # --- pool -------------------------------------------------------------------------------------
 
 async def fetch_inventory(args: argparse.Namespace) -> pb.Inventory:
-    from tf_jupyter.launcher import read_token
+    from tf_jupyter.tokens import read_token
     from tf_remoting.client import RuntimeClient
 
     client = RuntimeClient(args.worker, read_token(args.token_file), tls_ca=args.tls_ca,
@@ -51,10 +51,11 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def format_inventory(inv: pb.Inventory) -> str:
-    from tf_remoting.proto import pb
+    from tf_jupyter.qos import qos_name
+    from tf_remoting.proto import enum_name, pb
     from tf_remoting.quantities import format_bytes
 
-    mode = pb.IsolationMode.Name(inv.default_mode).removeprefix("ISOLATION_MODE_").lower()
+    mode = enum_name(pb.IsolationMode, inv.default_mode)
     out = [f"worker {inv.worker_id} (tf-jupyter {inv.version}), backend {inv.backend}, default isolation "
            f"{mode}, compute oversubscription x{inv.oversubscription:g}", "", "DEVICES"]
     rows = [["#", "DEVICE", "KIND", "VRAM LEASED / USED / TOTAL", "COMPUTE LEASED", "UTIL", "MEMORY BY"]]
@@ -77,7 +78,7 @@ def format_inventory(inv: pb.Inventory) -> str:
             rows.append([lease.id, lease.principal, lease.profile or "-",
                          f"{format_bytes(s.vram)} / {s.compute} % x{len(lease.slices)}",
                          format_bytes(sum(x.vram_used for x in lease.slices)),
-                         pb.Qos.Name(lease.qos).removeprefix("QOS_").lower(),
+                         qos_name(lease.qos),
                          datetime.fromtimestamp(lease.expires_at).strftime("%H:%M:%S"), kernels])
         out.append(_table(rows))
     return "\n".join(out)
@@ -237,6 +238,8 @@ def cmd_lab(rest: list[str]) -> int:
 # --- main -------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
+    from tf_jupyter.qos import DEFAULT_QOS, QOS_NAMES
+
     parser = argparse.ArgumentParser(prog="tf-jupyter", description="Fractional GPUs for Jupyter kernels.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("lab", help="run JupyterLab with vGPU kernels; with no workers configured an embedded "
@@ -260,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     padd.add_argument("--vram", help="VRAM per device, e.g. 8Gi or 512Mi")
     padd.add_argument("--compute", help="compute share of each device in percent, e.g. 25 or 25%%")
     padd.add_argument("--count", default="1", help="number of devices (default 1)")
-    padd.add_argument("--qos", default="medium", help="low, medium (default), high or critical")
+    padd.add_argument("--qos", default=DEFAULT_QOS, help=f"one of {', '.join(QOS_NAMES)} (default {DEFAULT_QOS})")
     padd.add_argument("--description", default="", help="one line shown with the profile")
     padd.add_argument("--whole-device", action="store_true",
                       help="whole devices instead of a slice (leave out --vram and --compute)")

@@ -17,9 +17,9 @@ from traitlets import Dict, Enum, Float, Integer, List, Unicode, validate
 from traitlets.config import Config, Configurable
 from traitlets.config.application import Application
 
-log = logging.getLogger("tf_jupyter.config")
+from tf_jupyter.qos import QOS_NAMES
 
-QOS_NAMES = ("low", "medium", "high", "critical")
+log = logging.getLogger("tf_jupyter.config")
 
 
 class TfVgpu(Configurable):

@@ -11,7 +11,7 @@ import asyncio
 import json
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from jupyter_core.utils import ensure_async
@@ -22,6 +22,9 @@ from tornado import web, websocket
 from tf_jupyter.pool import Pool
 from tf_remoting.client import RemotingError
 from tf_remoting.quantities import QuantityError, parse_bytes, parse_percent
+
+if TYPE_CHECKING:
+    from tf_jupyter.app import TfVgpuApp
 
 AUTH_RESOURCE = "kernels"
 STATUS_OF = {"NOT_FOUND": 404, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 409, "INVALID_ARGUMENT": 400,
@@ -48,7 +51,7 @@ _VRAM_HINT = ("write a size above 0 with an optional unit (Ki, Mi, Gi, Ti, Pi or
 _COMPUTE_HINT = "write a whole percent from 1 to 100 with an optional %, e.g. 25 or 25%"
 
 
-def allowed_methods(handler: type) -> list[str]:
+def allowed_methods(handler: type[web.RequestHandler]) -> list[str]:
     """The methods a handler class answers: those it (or a Jupyter/tf_jupyter base) defines, not tornado's 405s."""
     return [m for m in web.RequestHandler.SUPPORTED_METHODS if m in handler.SUPPORTED_METHODS
             and getattr(handler, m.lower(), None) is not getattr(web.RequestHandler, m.lower(), None)]
@@ -74,13 +77,18 @@ def quantity(body: dict[str, Any], name: str, parse: Callable[[Any], int], patte
     return parsed
 
 
-class VgpuHandler(APIHandler):  # type: ignore[misc]
+def server_pool(settings: dict[str, Any]) -> Pool | None:
+    """The pool of this server's tf_jupyter extension (it puts itself in the tornado settings); None if unset."""
+    app: TfVgpuApp | None = settings.get("tf_vgpu")
+    return app.pool if app is not None else None
+
+
+class VgpuHandler(APIHandler):
     auth_resource = AUTH_RESOURCE
 
     @property
     def pool(self) -> Pool:
-        app = self.settings.get("tf_vgpu")
-        pool = app.pool if app is not None else None
+        pool = server_pool(self.settings)
         if pool is None:
             raise web.HTTPError(503, "the vGPU pool is not available: no worker could be configured (see the "
                                 "server log)")
@@ -145,6 +153,9 @@ class KernelHandler(VgpuHandler):
             body = json.loads(self.request.body or b"{}")
         except ValueError:
             raise web.HTTPError(400, "the body must be JSON, e.g. {\"vram\": \"8Gi\", \"compute\": \"50%\"}") from None
+        except RecursionError:  # the parser recurses per level: [[[[...]]]] deep enough exhausts the stack
+            raise web.HTTPError(400, "the body is JSON nested too deeply to read; send one flat object, e.g. "
+                                "{\"vram\": \"8Gi\", \"compute\": \"50%\"}") from None
         if not isinstance(body, dict) or not body or set(body) - {"vram", "compute"}:
             raise web.HTTPError(400, "give vram and/or compute, e.g. {\"vram\": \"8Gi\", \"compute\": \"50%\"}")
         try:
@@ -170,12 +181,12 @@ class ProfilesHandler(VgpuHandler):
     @web.authenticated
     @authorized
     async def get(self) -> None:
-        app = self.settings["tf_vgpu"]
+        app: TfVgpuApp = self.settings["tf_vgpu"]
         self.json({"profiles": [{**p.to_metadata(), "kernelspec": p.kernelspec_name,
                                  "display_name": p.display_name} for p in app.profiles()]})
 
 
-class EventsHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore[misc]
+class EventsHandler(websocket.WebSocketHandler, JupyterHandler):
     """Pushes samples and events from all workers as JSON messages (see openapi.yaml)."""
 
     auth_resource = AUTH_RESOURCE
@@ -197,8 +208,7 @@ class EventsHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
-        app = self.settings.get("tf_vgpu")
-        pool = app.pool if app is not None else None
+        pool = server_pool(self.settings)
         if pool is None:
             self.close(1011, "the vGPU pool is not available")
             return
@@ -222,15 +232,15 @@ class EventsHandler(websocket.WebSocketHandler, JupyterHandler):  # type: ignore
     def on_close(self) -> None:
         if self._pump is not None:
             self._pump.cancel()
-        app = self.settings.get("tf_vgpu")
-        if app is not None and app.pool is not None and self._queue is not None:
-            app.pool.unsubscribe(self._queue)
+        pool = server_pool(self.settings)
+        if pool is not None and self._queue is not None:
+            pool.unsubscribe(self._queue)
 
 
 class NotFoundHandler(VgpuHandler):
     """Anything else under /tf-vgpu/api/: a JSON 404 (after authentication) instead of Jupyter's HTML page."""
 
-    async def prepare(self) -> None:
+    async def prepare(self) -> None:  # type: ignore[override]  # APIHandler.prepare narrows it the same way
         await super().prepare()
         if self.current_user is None:
             raise web.HTTPError(403)

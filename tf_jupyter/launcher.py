@@ -31,54 +31,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tf_jupyter.profiles import BUILTIN_PROFILES, Profile
+from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV
+from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.relay import Relay
+from tf_jupyter.standalone import LaunchError, standalone_lease
+from tf_jupyter.tokens import read_token
 from tf_remoting.client import RemotingError, RuntimeClient
 from tf_remoting.proto import pb
 
 log = logging.getLogger("tf_jupyter.launcher")
-
-HANDOFF_ENV = "TF_VGPU_HANDOFF"
-TOKEN_ENV = "TF_VGPU_CLIENT_TOKEN"
-TOKEN_FILE_ENV = "TF_VGPU_CLIENT_TOKEN_FILE"  # followed on every renewal: tokens rotate live
-PARENT_ENV = "TF_VGPU_PARENT_PID"
-
-
-def read_token(path: str | Path) -> str:
-    """The first token in a token file (the `TOKEN` or `PRINCIPAL TOKEN` format)."""
-    for line in Path(path).read_text().splitlines():
-        words = line.split()
-        if words and not words[0].startswith("#"):
-            if words[-1].startswith("sha256:"):
-                raise ValueError(f"{path} holds a token's digest (a worker's token file), not the token a client "
-                                 "sends: point the Jupyter side at the client's token file")
-            return words[-1]
-    raise ValueError(f"no token in {path}")
-
-
-class UnknownProfile(LookupError):
-    """No vgpu-<name> kernelspec and no built-in profile of that name."""
-
-
-class LaunchError(RuntimeError):
-    """The kernel cannot be placed (no token configured, the queue timed out); the text says why."""
-
-
-def find_profile(name: str) -> Profile:
-    """The profile behind kernelspec vgpu-<name>, wherever Jupyter finds it; else a built-in one."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        spec = KernelSpecManager().get_kernel_spec(f"vgpu-{name}")
-        if "tf_vgpu" in spec.metadata:
-            return Profile.from_metadata(spec.metadata["tf_vgpu"])
-    except (NoSuchKernel, ValueError, OSError):
-        pass
-    if name in BUILTIN_PROFILES:
-        return BUILTIN_PROFILES[name]
-    raise UnknownProfile(f"unknown vGPU profile {name!r}: no kernelspec vgpu-{name}, and the built-in ones are "
-                         f"{', '.join(sorted(BUILTIN_PROFILES))} (see tf-jupyter profiles list)")
-
 
 class Launcher:
     def __init__(self, connection_file: str, profile_name: str, kernel_args: list[str] | None = None) -> None:
@@ -210,52 +171,6 @@ def passthrough_env(env: Mapping[str, str]) -> dict[str, str]:
     """Variables a Jupyter server sets for kernels that still make sense on the worker."""
     keep = ("JPY_SESSION_NAME", "JPY_PARENT_PID", "PYDEVD_DISABLE_FILE_VALIDATION", "MPLBACKEND", "LANG", "LC_ALL")
     return {k: env[k] for k in keep if k in env}
-
-
-async def standalone_lease(profile: Profile, labels: dict[str, str] | None = None) -> tuple[Any, RuntimeClient, str]:
-    """Place and allocate without a Jupyter server, from the same configuration it would use.
-
-    Returns the (started) pool, the chosen worker's client and the lease id; the caller stops the pool.
-    """
-    from tf_jupyter.config import TfVgpu, load_jupyter_config
-    from tf_jupyter.local_worker import ensure_local_worker
-    from tf_jupyter.placement import Request
-    from tf_jupyter.pool import Pool, QueueTimeout
-
-    settings = TfVgpu(config=load_jupyter_config())
-    addresses = list(settings.workers)
-    token_file = settings.token_file
-    if settings.embedded_worker == "on" or (settings.embedded_worker == "auto" and not addresses
-                                            and not settings.workers_dns):
-        worker, _ = ensure_local_worker(list(settings.embedded_worker_args))
-        addresses.append(worker.address)
-        token_file = token_file or worker.token_file
-    if not token_file:
-        raise LaunchError("c.TfVgpu.token_file is not set; it is needed to reach the configured workers")
-    pool = Pool(addresses, read_token(token_file), dns=settings.workers_dns, tls_ca=settings.tls_ca,
-                tls_cert=settings.tls_cert, tls_key=settings.tls_key, tls_server_name=settings.tls_server_name,
-                policy=settings.placement_policy,
-                queue_timeout=settings.queue_timeout, lease_ttl=settings.lease_ttl)
-    pool.default_qos = settings.default_qos
-    pool.follow_token_file(token_file)
-    await pool.start(watch=True)
-
-    def queued(position: int) -> None:
-        print(f"tf-vgpu: waiting for a slice ({profile.slice_text}); position {position} in the queue",
-              file=sys.stderr, flush=True)
-
-    try:
-        placed = await pool.allocate(Request(vram=profile.vram, compute=profile.compute, count=profile.count,
-                                             whole_device=profile.whole_device),
-                                     qos=pool.qos_for(profile.qos), profile=profile.name, on_queued=queued,
-                                     labels=labels or {"client": "launcher", "launcher_pid": str(os.getpid())})
-    except QueueTimeout as exc:
-        await pool.stop()
-        raise LaunchError(str(exc)) from None
-    except BaseException:
-        await pool.stop()
-        raise
-    return pool, pool.workers[placed.worker].client, placed.lease.id
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,12 @@ the device and lease metrics; the queue lives here, so its metrics do too.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import Gauge
+
+if TYPE_CHECKING:
+    from tf_jupyter.pool import Pool
 
 QUEUE_LENGTH = Gauge("tf_vgpu_queue_length", "vGPU kernels waiting for a slice in this Jupyter server's queue")
 QUEUE_OLDEST_WAIT = Gauge("tf_vgpu_queue_oldest_wait_seconds",
@@ -22,7 +25,7 @@ JUPYTER_METRIC_NAMES = frozenset({"tf_vgpu_queue_length", "tf_vgpu_queue_oldest_
                                   "tf_vgpu_pool_workers_up", "tf_vgpu_pool_workers"})
 
 
-def update(pool: Any) -> None:
+def update(pool: Pool) -> None:
     queue = pool.queue_json()
     QUEUE_LENGTH.set(len(queue))
     QUEUE_OLDEST_WAIT.set(max((time.time() - q["since"] for q in queue if q.get("since")), default=0.0))

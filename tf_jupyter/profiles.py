@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tf_jupyter.qos import QOS_NAMES
 from tf_remoting.quantities import QuantityError, format_bytes, format_percent, parse_bytes, parse_percent
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 KERNELSPEC_PREFIX = "vgpu-"
 PROVISIONER_NAME = "tf-vgpu"
 METADATA_KEY = "tf_vgpu"
-QOS_LEVELS = ("low", "medium", "high", "critical")
+QOS_LEVELS = QOS_NAMES  # from the proto, via tf_jupyter.qos
 MAX_COUNT = 8
 GiB = 1 << 30
 

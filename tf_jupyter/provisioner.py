@@ -28,32 +28,45 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
-from tf_jupyter.launcher import (
-    HANDOFF_ENV,
-    PARENT_ENV,
-    TOKEN_ENV,
-    TOKEN_FILE_ENV,
-    LaunchError,
-    UnknownProfile,
-    find_profile,
-    read_token,
-    standalone_lease,
-)
+from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV
+from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.placement import Request
 from tf_jupyter.pool import KernelSlice, Pool
 from tf_jupyter.profiles import Profile
+from tf_jupyter.standalone import LaunchError, standalone_lease
+from tf_jupyter.tokens import read_token
 from tf_remoting.client import RemotingError, RuntimeClient
 from tf_remoting.proto import pb
+
+if TYPE_CHECKING:
+    from tf_jupyter.app import TfVgpuApp
 
 log = logging.getLogger("tf_jupyter.provisioner")
 
 
-class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
+def server_extension(configurable: Any) -> TfVgpuApp | None:
+    """The tf_jupyter extension of the Jupyter server that `configurable` belongs to, if any.
+
+    A provisioner's parent is its KernelManager, whose parent is the server's MultiKernelManager,
+    whose parent is the ServerApp; the extension app sits in the server's tornado settings, where
+    its handlers find it too. None outside a server (nbclient, papermill, jupyter console).
+    """
+    node = configurable
+    while node is not None:
+        web_app = getattr(node, "web_app", None)
+        if web_app is not None:
+            app: TfVgpuApp | None = web_app.settings.get("tf_vgpu")
+            return app
+        node = getattr(node, "parent", None)
+    return None
+
+
+class VgpuProvisioner(LocalProvisioner):
     profile = Unicode("small", config=True, help="The vGPU profile this kernelspec asks for.")
 
     # Set by the server extension when its pool could not be set up (the embedded worker did not
@@ -68,6 +81,11 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
     # Without a server pool: how to reach the worker (token, token file, TLS, lease TTL).
     _reach: dict[str, Any] | None = None
 
+    def _server_pool(self) -> Pool | None:
+        """The pool of the Jupyter server this kernel belongs to; None outside one (or before it is up)."""
+        app = server_extension(self)
+        return app.pool if app is not None else None
+
     def _profile(self) -> Profile:
         metadata = getattr(self.kernel_spec, "metadata", {}) or {}
         return Profile.from_metadata(metadata["tf_vgpu"]) if "tf_vgpu" in metadata else find_profile(self.profile)
@@ -75,7 +93,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
     @contextlib.asynccontextmanager
     async def _client(self) -> AsyncIterator[RuntimeClient | None]:
         """A client of this kernel's worker: the server pool's, or a short-lived one of our own."""
-        pool = Pool.current()
+        pool = self._server_pool()
         if pool is not None:
             state = pool.workers.get(self.worker)
             yield state.client if state is not None else None
@@ -118,13 +136,13 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
                                                                          "client_pid": str(os.getpid())})
         try:
             self.worker, self.lease_id = client.address, lease_id
-            self._reach = {"token": pool.token, "token_file": pool.token_file, "tls": dict(pool.tls),
+            self._reach = {"token": pool.token, "token_file": pool.token_file, "tls": pool.tls.client_kwargs(),
                            "ttl": pool.lease_ttl}
         finally:
             await pool.stop()
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        pool = Pool.current()
+        pool = self._server_pool()
         began = time.monotonic()
         reach: dict[str, Any]
         try:
@@ -132,14 +150,14 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
             if pool is None and ready is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ready.wait(), 120)
-                pool = Pool.current()
+                pool = self._server_pool()
                 if pool is None:
                     raise LaunchError("this vGPU kernel cannot start: " + (
                         VgpuProvisioner.server_error or "the server's vGPU pool is not ready after 120 s"))
             profile = self._profile()
             if pool is not None:
                 await self._place_in_server(pool, profile)
-                reach = {"token": pool.token, "token_file": pool.token_file, "tls": pool.tls,
+                reach = {"token": pool.token, "token_file": pool.token_file, "tls": pool.tls.client_kwargs(),
                          "ttl": pool.lease_ttl}
             else:
                 await self._place_standalone(profile)
@@ -208,7 +226,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
         await super().cleanup(restart)
         if restart or not self.lease_id:
             return
-        pool = Pool.current()
+        pool = self._server_pool()
         if pool is not None:
             await pool.release(self.worker, self.lease_id)
             pool.forget_kernel(self.kernel_id)
@@ -231,7 +249,7 @@ class VgpuProvisioner(LocalProvisioner):  # type: ignore[misc]
         self.worker, self.lease_id = saved.get("worker", ""), saved.get("lease_id", "")
         if saved.get("profile"):
             self.profile = saved["profile"]
-        pool = Pool.current()
+        pool = self._server_pool()
         if pool is not None and self.lease_id:
             try:
                 profile = self._profile()

@@ -18,11 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tf_jupyter.placement import Request
+from tf_jupyter.qos import QOS_RANK
 
-__all__ = ["QOS_RANK", "QueueEntry", "WaitQueue"]
-
-# Lower rank is served first.
-QOS_RANK = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+__all__ = ["QOS_RANK", "QueueEntry", "WaitQueue"]  # QOS_RANK (lower is served first) from tf_jupyter.qos
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -84,7 +84,8 @@ class Relay:
             await channels.send(channel, parts)
             # Drain what else is already queued without yielding to the loop per message.
             while True:
-                pending = sock.recv_multipart(zmq.NOBLOCK)  # with NOBLOCK the future is already done
+                # with NOBLOCK the future is already done (zmq.asyncio returns a Future, typed Awaitable)
+                pending = cast("asyncio.Future[list[bytes]]", sock.recv_multipart(zmq.NOBLOCK))
                 try:
                     parts = pending.result()
                 except zmq.Again:

@@ -88,6 +88,16 @@ async def test_patch_with_invalid_json(env: dict[str, Any]) -> None:
     assert_error(status, body, 400, "JSON", '"vram"')
 
 
+@pytest.mark.parametrize("depth", [100_000, 1_000_000])
+async def test_patch_nested_too_deep_is_400_not_500(env: dict[str, Any], depth: int) -> None:
+    """JSON nested past the parser's recursion limit (RecursionError, a 500 and a traceback before)."""
+    body = b"[" * depth + b"]" * depth
+    tracebacks = env["alice"].log().count("Traceback")
+    status, reply = await env["alice"].request("PATCH", kernel_path(env), body, timeout=TIMEOUT)
+    assert_error(status, reply, 400, "nested", '"vram"')
+    assert env["alice"].log().count("Traceback") == tracebacks, env["alice"].log()[-3000:]
+
+
 @pytest.mark.parametrize("payload", [{}, [], "8Gi", {"memory": "8Gi"}, {"vram": "4Gi", "gpus": 2}],
                          ids=["empty", "list", "string", "unknown-field", "extra-field"])
 async def test_patch_without_vram_or_compute(env: dict[str, Any], payload: Any) -> None:

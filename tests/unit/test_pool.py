@@ -58,7 +58,7 @@ async def test_dns_ipv6_addresses_are_bracketed(monkeypatch):
     fake_dns(monkeypatch, "vgpu-workers.test", ["fd00::7", "10.0.0.7"])
     pool = Pool([], "token", dns="vgpu-workers.test:50051")
     try:
-        pool._resolve_dns()
+        pool.workers.resolve_dns()
         assert sorted(pool.workers) == ["10.0.0.7:50051", "[fd00::7]:50051"]
     finally:
         await pool.stop()

@@ -1,0 +1,155 @@
+"""The pool: every configured worker, its live inventory and usage, placement and the queue.
+
+One piece per job, put together by `Pool`:
+- workers.py: the worker cache (DNS discovery, token following, health and refresh, Watch streams);
+- scheduling.py: allocate / queue / release / resize;
+- kernels.py: which Jupyter kernel holds which lease;
+- events.py: fan-out to WebSocket subscribers;
+- views.py: the JSON of the REST API.
+
+A Jupyter server's pool belongs to its extension app (`TfVgpuApp.pool`); handlers reach it through
+the tornado settings, the provisioner through the server's extension (tf_jupyter.provisioner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from tf_jupyter.placement import DeviceView, Request
+from tf_jupyter.pool import views
+from tf_jupyter.pool.events import Events
+from tf_jupyter.pool.kernels import Kernels, KernelSlice
+from tf_jupyter.pool.scheduling import Placed, QueueTimeout, Scheduler, device_views
+from tf_jupyter.pool.workers import ClientFactory, Tls, Workers, WorkerState, default_client
+from tf_jupyter.qos import DEFAULT_QOS
+from tf_jupyter.queue import WaitQueue
+from tf_remoting.proto import pb
+
+__all__ = ["KernelSlice", "Placed", "Pool", "QueueTimeout", "Tls", "WorkerState"]
+
+
+class Pool:
+    """The pieces of one pool, wired together: a Watch update feeds the kernels' activity and the
+    event stream, a capacity change wakes the queue, a queue change is broadcast."""
+
+    def __init__(self, addresses: list[str], token: str, dns: str = "", tls: Tls | None = None,
+                 policy: str = "binpack", refresh_interval: float = 5.0, queue_timeout: float = 300.0,
+                 lease_ttl: int = 60, client_factory: ClientFactory = default_client) -> None:
+        self.events = Events()
+        self.workers = Workers(addresses, token, dns=dns, tls=tls, refresh_interval=refresh_interval,
+                               events=self.events, client_factory=client_factory)
+        self.kernels = Kernels()
+        self.scheduler = Scheduler(self.workers, self.events, policy=policy, queue_timeout=queue_timeout,
+                                   lease_ttl=lease_ttl)
+        self.default_qos = DEFAULT_QOS  # for profiles that leave QoS at its default (TfVgpu.default_qos)
+        self.workers.on_update = self._on_update
+        self.workers.on_capacity = self.scheduler.wake_queue
+        self.scheduler.on_queue_change = lambda: self.events.broadcast({"type": "queue", "queue": self.queue_json()})
+
+    # ------------------------------------------------------------------ settings a kernel launcher needs
+
+    @property
+    def token(self) -> str:
+        return self.workers.token
+
+    @property
+    def token_file(self) -> str:
+        return self.workers.token_file
+
+    @property
+    def tls(self) -> Tls:
+        return self.workers.tls
+
+    @property
+    def lease_ttl(self) -> int:
+        return self.scheduler.lease_ttl
+
+    @property
+    def policy(self) -> str:
+        return self.scheduler.policy
+
+    def qos_for(self, profile_qos: str) -> str:
+        """The QoS a kernel of a profile runs with: the profile's, or default_qos where it left the default."""
+        return profile_qos if profile_qos != DEFAULT_QOS else self.default_qos
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def follow_token_file(self, path: str) -> None:
+        self.workers.follow_token_file(path)
+
+    async def start(self, watch: bool = True) -> None:
+        await self.workers.start(watch)
+
+    async def stop(self) -> None:
+        await self.workers.stop()
+
+    async def refresh(self, force: bool = False) -> None:
+        await self.workers.refresh(force)
+
+    # ------------------------------------------------------------------ slices
+
+    async def allocate(self, request: Request, qos: str = DEFAULT_QOS, profile: str = "",
+                       labels: dict[str, str] | None = None, timeout: float | None = None,
+                       on_queued: Callable[[int], None] | None = None) -> Placed:
+        """Place and lease a slice, waiting in the queue when nothing fits now (see Scheduler.allocate)."""
+        return await self.scheduler.allocate(request, qos, profile, labels, timeout, on_queued)
+
+    async def release(self, worker: str, lease_id: str) -> None:
+        await self.scheduler.release(worker, lease_id)
+
+    async def resize(self, kernel_id: str, vram: int | None, compute: int | None) -> pb.Lease:
+        k = self.kernels[kernel_id]
+        return await self.scheduler.resize(k.worker, k.lease_id, vram, compute)
+
+    def lease(self, worker: str, lease_id: str) -> pb.Lease | None:
+        return self.workers.lease(worker, lease_id)
+
+    def device_views(self) -> list[DeviceView]:
+        return device_views(self.workers)
+
+    @property
+    def queue(self) -> WaitQueue:
+        return self.scheduler.queue
+
+    # ------------------------------------------------------------------ kernels and events
+
+    def register_kernel(self, kernel: KernelSlice) -> None:
+        self.kernels.register(kernel)
+
+    def forget_kernel(self, kernel_id: str) -> KernelSlice | None:
+        return self.kernels.forget(kernel_id)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        return self.events.subscribe()
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self.events.unsubscribe(queue)
+
+    def emit(self, kind: str, message: str, kernel_id: str = "", **extra: Any) -> None:
+        """An event of the Jupyter side (queued, idle release...) on the same stream as workers'."""
+        self.events.emit(kind, message, kernel_id, **extra)
+
+    def _on_update(self, w: WorkerState, update: pb.WatchResponse) -> None:
+        for s in update.leases:
+            self.kernels.note_utilization(w.address, s.lease_id, s.utilization)
+        if update.leases or update.devices:
+            self.events.broadcast({
+                "type": "sample", "time": update.time, "worker": w.address,
+                "devices": [views.device_sample_json(d) for d in update.devices],
+                "leases": [views.lease_sample_json(s, self.kernels.kernel_id_of(w.address, s.lease_id))
+                           for s in update.leases]})
+        for e in update.events:
+            self.events.broadcast(views.event_json(w.address, e, self.kernels.kernel_id_of(w.address, e.lease_id)))
+
+    # ------------------------------------------------------------------ JSON of the REST API
+
+    def pool_json(self) -> dict[str, Any]:
+        return views.pool_json(self.workers, self.scheduler.policy, len(self.scheduler.queue))
+
+    def kernel_json(self, kernel_id: str) -> dict[str, Any]:
+        return views.kernel_json(self.kernels[kernel_id], self.workers)
+
+    def queue_json(self) -> list[dict[str, Any]]:
+        return views.queue_json(self.scheduler)

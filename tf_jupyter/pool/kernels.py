@@ -1,0 +1,51 @@
+"""Which Jupyter kernel holds which lease, and when its slice was last busy (for idle release)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+__all__ = ["KernelSlice", "Kernels"]
+
+BUSY_UTILIZATION = 1.0  # percent of the device above which a slice counts as active
+
+
+@dataclass
+class KernelSlice:
+    """A Jupyter kernel's slice, as the server knows it."""
+
+    kernel_id: str           # Jupyter's kernel id
+    worker: str
+    lease_id: str
+    profile: str
+    qos: str
+    started: float = field(default_factory=time.time)
+    last_active: float = field(default_factory=time.monotonic)
+    idle_warned: bool = False
+    warned_at: float = 0.0   # monotonic time of the idle warning
+
+
+class Kernels(dict[str, KernelSlice]):
+    """kernel id -> KernelSlice."""
+
+    def register(self, kernel: KernelSlice) -> None:
+        self[kernel.kernel_id] = kernel
+
+    def forget(self, kernel_id: str) -> KernelSlice | None:
+        return self.pop(kernel_id, None)
+
+    def holding(self, worker: str, lease_id: str) -> KernelSlice | None:
+        """The kernel whose slice is this lease, if it is one of ours."""
+        return next((k for k in self.values() if k.worker == worker and k.lease_id == lease_id), None)
+
+    def kernel_id_of(self, worker: str, lease_id: str) -> str:
+        k = self.holding(worker, lease_id)
+        return k.kernel_id if k is not None else ""
+
+    def note_utilization(self, worker: str, lease_id: str, utilization: float) -> None:
+        """A sample of the lease: a busy slice makes its kernel active again."""
+        if utilization > BUSY_UTILIZATION:
+            k = self.holding(worker, lease_id)
+            if k is not None:
+                k.last_active = time.monotonic()
+                k.idle_warned = False
