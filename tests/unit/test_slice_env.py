@@ -134,3 +134,41 @@ def test_worker_address_without_a_kernel_socket(make_worker: MakeWorker) -> None
     w.kernel_address = ""
     lease = w.ledger.allocate("alice", vram=GiB, compute=10, mode=pb.ISOLATION_MODE_HOST)
     assert w.slice_env(lease, "k6", KERNEL_TOKEN)["TF_VGPU_WORKER"] == "127.0.0.1:50051"
+
+
+def test_the_slice_environment_reads_back_as_a_slice_env(make_worker: MakeWorker) -> None:
+    from tf_remoting.slice_env import SliceEnv
+
+    w = make_worker("nvml")
+    lease = w.ledger.allocate("alice", vram=10 * GiB, compute=30, mode=pb.ISOLATION_MODE_SOFT)
+    read = SliceEnv.from_env(w.slice_env(lease, "k6", KERNEL_TOKEN))
+    assert (read.lease_id, read.mode, read.memory_enforcement, read.vram_limit) == (
+        lease.id, "soft", "framework", 10 * GiB)
+
+
+def test_every_mode_has_one_registry_entry_named_by_the_proto() -> None:
+    from tf_remoting.proto import enum_name, enum_names, enum_value
+    from tf_remoting.worker import isolation
+
+    assert sorted(m.name for m in isolation.MODES.values()) == sorted(enum_names(pb.IsolationMode))
+    assert enum_name(pb.Qos, pb.QOS_HIGH) == "high" and enum_value(pb.Qos, "high") == pb.QOS_HIGH
+    assert enum_value(pb.MemoryEnforcement, "cgroup") == pb.MEMORY_ENFORCEMENT_CGROUP
+    with pytest.raises(ValueError):
+        enum_value(pb.Qos, "urgent")
+    assert [m.name for m in isolation.MODES.values() if not m.resizable] == ["exclusive"]
+
+
+def test_resolve_mode_gives_only_what_the_devices_offer(make_worker: MakeWorker) -> None:
+    from tf_remoting.worker.errors import RpcError
+
+    gpu = make_worker("nvml")
+    assert gpu.resolve_mode(0) == pb.ISOLATION_MODE_SOFT  # the configured default
+    assert gpu.resolve_mode(pb.ISOLATION_MODE_MPS) == pb.ISOLATION_MODE_MPS  # the fake's daemon runs
+    with pytest.raises(RpcError, match="'host' is for host devices only"):
+        gpu.resolve_mode(pb.ISOLATION_MODE_HOST)
+    with pytest.raises(RpcError, match="unknown isolation mode 9; use soft, mps, exclusive, host"):
+        gpu.resolve_mode(9)
+    host = make_worker("host")
+    assert host.resolve_mode(0) == host.resolve_mode(pb.ISOLATION_MODE_SOFT) == pb.ISOLATION_MODE_HOST
+    with pytest.raises(RpcError, match="isolation mode mps needs an NVIDIA GPU"):
+        host.resolve_mode(pb.ISOLATION_MODE_MPS)
