@@ -43,10 +43,11 @@ class NvmlBackend(DeviceBackend):
                  util_reuse_s: float = 0.5) -> None:
         if nvml is None:
             try:
-                import pynvml as nvml
+                import pynvml
             except ImportError as e:
                 raise DeviceError("the nvidia-ml-py package is not installed; "
                                   "`pip install nvidia-ml-py` to use NVIDIA GPUs") from e
+            nvml = pynvml
         self._nvml = nvml
         self._mps_probe = mps_probe
         self._util_reuse_s = util_reuse_s

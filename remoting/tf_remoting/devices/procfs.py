@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+from collections.abc import Collection
 
 LINUX = sys.platform.startswith("linux")
 
@@ -34,6 +35,17 @@ def default_max_open() -> int:
     return max(0, min(1024, soft // 8))
 
 
+def rollup_pss(rollup: bytes) -> int | None:
+    """Bytes of the "Pss:" line of a /proc/<pid>/smaps_rollup text, or None when it has none."""
+    at = rollup.find(b"\nPss:")
+    if at < 0:
+        return None
+    try:
+        return int(rollup[at + 5:rollup.index(b"kB", at)]) * 1024
+    except ValueError:
+        return None
+
+
 def stat_fields(stat: bytes) -> list[bytes] | None:
     """The fields after "pid (comm)": [0] is the state, [i] is field i + 3 of proc(5).
 
@@ -45,14 +57,16 @@ def stat_fields(stat: bytes) -> list[bytes] | None:
 
 
 class ProcStatReader:
-    """Reads /proc/<pid>/stat. Not thread-safe: its owner serializes the calls.
+    """Reads /proc/<pid>/stat (or another per-process file: ``name``, e.g. "smaps_rollup"). Not
+    thread-safe: its owner serializes the calls.
 
     Call ``keep_only`` or ``forget`` as pids stop mattering.
     """
 
-    def __init__(self, max_open: int | None = None, proc: str = "/proc") -> None:
+    def __init__(self, max_open: int | None = None, proc: str = "/proc", name: str = "stat") -> None:
         self.max_open = default_max_open() if max_open is None else max_open
         self._proc = proc
+        self._name = name
         self._fds: dict[int, int] = {}
 
     def read(self, pid: int) -> bytes | None:
@@ -73,7 +87,7 @@ class ProcStatReader:
             os.close(fd)
             return None
         try:
-            fd = os.open(f"{self._proc}/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"{self._proc}/{pid}/{self._name}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
@@ -92,7 +106,7 @@ class ProcStatReader:
         if fd is not None:
             os.close(fd)
 
-    def keep_only(self, pids: set[int] | dict[int, object]) -> None:
+    def keep_only(self, pids: Collection[int]) -> None:
         """Close the files of every pid not in ``pids``."""
         for pid in [p for p in self._fds if p not in pids]:
             os.close(self._fds.pop(pid))

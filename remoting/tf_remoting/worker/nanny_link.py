@@ -56,9 +56,12 @@ class NannyLink(asyncio.Protocol):
         if first[:1] != FRAMES_BYTE:
             return first
         merged = bytearray(first)
-        while records and records[0] is not None and records[0][:1] == FRAMES_BYTE \
-                and len(merged) + len(records[0]) <= MAX_BATCH_BYTES:
-            merged += records.popleft()
+        while records:
+            nxt = records[0]
+            if nxt is None or nxt[:1] != FRAMES_BYTE or len(merged) + len(nxt) > MAX_BATCH_BYTES:
+                break
+            merged += nxt
+            records.popleft()
         return bytes(merged)
 
     def inject(self, response: bytes) -> None:

@@ -7,6 +7,7 @@ these imports (zmq, protobuf) overlap with the kernel's own start-up.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ import subprocess
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from google.protobuf.message import DecodeError
@@ -32,7 +33,8 @@ from tf_remoting.framing import (
     unpack_records,
 )
 from tf_remoting.proto import pb
-from tf_remoting.worker.nanny import LINGER_AFTER_EXIT, write_state
+from tf_remoting.worker.nanny_state import LINGER_AFTER_EXIT, write_state
+from tf_remoting.worker.proctree import kill_descendants, reap
 
 log = logging.getLogger("tf_remoting.nanny")
 
@@ -60,6 +62,8 @@ IOPUB_WAIT = 10.0
 BURST_FRAMES = 16
 BURST_WINDOW = 0.020
 HOLD = 0.005
+# A kernel told to stop (SIGTERM) that still runs this many seconds later is killed, with whatever it started.
+STOP_GRACE = 5.0
 
 
 class Nanny:
@@ -68,7 +72,7 @@ class Nanny:
         self.dir = directory
         self.spec = spec
         self.proc = proc
-        self.ports = {ch: int(connection[name]) for ch, name in PORT_NAMES.items()}
+        self.ports: dict[int, int] = {ch: int(connection[name]) for ch, name in PORT_NAMES.items()}
         self.transport = connection.get("transport", "tcp")
         self.ip = connection.get("ip", "127.0.0.1")
         self.socket_path = spec["socket"]
@@ -98,6 +102,7 @@ class Nanny:
         self._recent: deque[float] = deque(maxlen=BURST_FRAMES)  # when the last frames came
         self._started = time.monotonic()
         self._iopub_deadline = self._started + IOPUB_WAIT
+        self._stop_deadline = float("inf")
 
     # ------------------------------------------------------------------ start
 
@@ -131,12 +136,7 @@ class Nanny:
             timeout = 100 if self.exit_code is None else 20
             if self._outgoing:
                 timeout = max(1, min(timeout, int((self._hold_until - time.monotonic()) * 1000) + 1))
-            try:
-                ready = self.poller.poll(timeout)
-            except zmq.ZMQError as exc:  # EINTR from a signal
-                if exc.errno != zmq.EINTR:
-                    raise
-                ready = []
+            ready = self._poll(timeout)
             out: list[pb.Frame] = []
             for sock, _event in ready:
                 if sock is self.iopub:
@@ -168,12 +168,38 @@ class Nanny:
                     self._release_held()
                 if now >= self._next_reap:
                     self._next_reap = now + REAP_INTERVAL
-                    code = self.proc.poll()
+                    code = self._reap()
                     if code is not None:
                         self._on_kernel_exit(code)
-            elif self._done():
-                self.write_state("exited")
-                return 0
+                    elif now >= self._stop_deadline:
+                        log.warning("kernel still runs %.0f s after SIGTERM: killing it", STOP_GRACE)
+                        self._stop_deadline = float("inf")
+                        kill_descendants(os.getpid(), timeout=0.5)
+            else:
+                self._reap()  # orphans of the kernel's processes, adopted by this subreaper
+                if self._done():
+                    self.write_state("exited")
+                    return 0
+
+    def _poll(self, timeout: int) -> list[tuple[Any, int]]:
+        """One poll of the kernel's sockets and the worker's; a poll cut short by a signal (EINTR,
+        which pyzmq normally retries itself) is an empty turn of the loop. Any other error is a bug
+        in the nanny's sockets and is raised, as the ZMQError it is."""
+        try:
+            return self.poller.poll(timeout)
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EINTR:
+                raise
+            return []
+
+    def _reap(self) -> int | None:
+        """Collect exited children (the kernel, and orphans adopted as subreaper); the kernel's
+        exit code once it has exited. The loop reaps with waitpid(-1), so the kernel's Popen never
+        waits itself: its returncode is set here."""
+        code = reap(self.proc.pid)
+        if code is not None and self.proc.returncode is None:
+            self.proc.returncode = code
+        return self.proc.returncode
 
     def _send_frames(self, frames: list[pb.Frame], force: bool = False) -> None:
         """Send frames to the worker, or hold iopub ones a few ms while the kernel floods output."""
@@ -198,9 +224,10 @@ class Nanny:
 
     def _on_sigterm(self, *_: object) -> None:
         self.stopping = True
-        if self.proc.poll() is None:
+        if self.proc.returncode is None:  # not poll(): see _reap
+            self._stop_deadline = time.monotonic() + STOP_GRACE
             with contextlib.suppress(ProcessLookupError):
-                self.proc.terminate()
+                os.kill(self.proc.pid, signal.SIGTERM)
 
     def _on_kernel_exit(self, code: int) -> None:
         self._send_frames([], force=True)  # what a flood held goes first
@@ -213,6 +240,11 @@ class Nanny:
                     self._send(pb.ChannelsResponse(frames=batch))
             else:
                 time.sleep(0.02)
+        # The kernel's end is the end of everything it started (children it left, double-forked
+        # ones: all reparented to this subreaper), so none outlives it in or out of its slice.
+        left = kill_descendants(os.getpid(), reap_them=True)
+        if left:
+            log.warning("processes %s of the kernel survived SIGKILL", sorted(left))
         self.exit_code = code
         self.exited_at = time.monotonic()
         self.write_state("exited")
@@ -337,12 +369,12 @@ class Nanny:
         if kind == "open":
             self._outgoing.clear()  # held frames are in the replay buffer, which follows
             self.conn_opened = True
-            positions = {p.channel: p.seq for p in req.open.last_received}
+            positions = {int(p.channel): p.seq for p in req.open.last_received}
             frames, dropped = self.buffer.replay(positions)
             self._send(pb.ChannelsResponse(opened=pb.ChannelsOpened(
                 kernel_id=self.spec["kernel_id"],
                 received=self.dedup.positions(),
-                dropped=[pb.ChannelPosition(channel=c, seq=n) for c, n in dropped.items()],
+                dropped=[pb.ChannelPosition(channel=cast(pb.Channel, c), seq=n) for c, n in dropped.items()],
                 chunk_size=self.buffer.chunk_size,
             )))
             for batch in batches(frames):

@@ -9,6 +9,10 @@ a tree changes only by its members exiting and by new processes whose parent is 
 a kernel starts is counted from the next sample, as before. Every pid is read afresh on a full
 scan: for a new root and every ``full_scan_seconds`` (against a pid reused between two samples).
 Elsewhere every sample is a full scan through psutil.
+
+A kernel's tree is its nanny's: a root whose parent is a kernel nanny (a child subreaper, see
+`tf_remoting.worker.proctree`) counts every descendant of that nanny but the nanny itself, so a
+process the kernel double-forked, reparented to the nanny, is still the kernel's.
 """
 
 from __future__ import annotations
@@ -23,6 +27,21 @@ from tf_remoting.devices.base import DeviceBackend, DeviceSample, Usage
 
 _LINUX = sys.platform.startswith("linux")
 FULL_SCAN_SECONDS = 60.0
+NANNY_MODULE = b"tf_remoting.worker.nanny"
+
+
+def _is_nanny(pid: int) -> bool:
+    """Whether pid runs a kernel nanny (`python -m tf_remoting.worker.nanny DIR`)."""
+    if not _LINUX:
+        try:
+            return NANNY_MODULE.decode() in psutil.Process(pid).cmdline()
+        except psutil.Error:
+            return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return NANNY_MODULE in f.read().split(b"\0")
+    except OSError:
+        return False
 
 
 def _pids() -> set[int]:
@@ -96,6 +115,7 @@ class Sampler:
         self.backend = backend
         self.full_scan_seconds = full_scan_seconds
         self._trees: dict[int, frozenset[int]] = {}  # root pid -> the root and its descendants
+        self._anchors: dict[int, int] = {}  # root pid -> its nanny, or itself where it has none
         self._listed: set[int] = set()  # every pid /proc listed at the previous sample
         self._full_at = float("-inf")
         self.full_scans = 0  # for tests and benchmarks
@@ -114,7 +134,16 @@ class Sampler:
             self.full_scans += 1
             self.parents_read += len(ppids)
             children, alive = _children(ppids), set(ppids)
-            self._trees = {root: frozenset(_tree(root, children, alive)) for root in roots}
+            self._anchors = {}
+            self._trees = {}
+            for root in roots:
+                parent = ppids.get(root, 0)
+                anchor = parent if parent > 1 and _is_nanny(parent) else root
+                self._anchors[root] = anchor
+                found = _tree(anchor, children, alive) if root in alive else set()
+                if anchor != root:
+                    found.discard(anchor)
+                self._trees[root] = frozenset(found)
             self._listed = alive
             self._full_at = now
             return self._trees
@@ -123,14 +152,18 @@ class Sampler:
         self._listed = listed
         children = _children(_ppids(new)) if new else {}
         self.parents_read += len(new)
-        trees = {}
+        trees: dict[int, frozenset[int]] = {}
         for root in roots:
             tree = kept[root]
             if root not in listed:
                 trees[root] = frozenset()
                 continue
             if not tree <= listed or children:
-                grown = _grow({pid for pid in tree if pid in listed}, children)
+                anchor = self._anchors.get(root, root)
+                members = {pid for pid in tree if pid in listed}
+                grown = _grow(members | {anchor}, children)  # orphans adopted by the nanny, too
+                if anchor != root:
+                    grown.discard(anchor)
                 if grown != tree:
                     tree = frozenset(grown)
             trees[root] = tree
@@ -142,7 +175,8 @@ class Sampler:
     ) -> tuple[list[DeviceSample], dict[str, Usage]]:
         """leases: (lease_id, device_uuid, root pids of its kernels) → device samples, usage by lease.
 
-        A lease's usage covers the whole process tree of each root (kernels that fork count).
+        A lease's usage covers the whole process tree of each root (kernels that fork count;
+        under a nanny, processes it adopted from the kernel's tree count too).
         """
         devices = self.backend.sample_devices()
         trees = self.trees({root for _, _, roots in leases for root in roots})
