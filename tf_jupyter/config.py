@@ -17,6 +17,7 @@ from traitlets import Dict, Enum, Float, Integer, List, Unicode, validate
 from traitlets.config import Config, Configurable
 from traitlets.config.application import Application
 
+from tf_jupyter.kernel_env import DEFAULT_REMOTE_NAMES
 from tf_jupyter.qos import QOS_NAMES
 
 log = logging.getLogger("tf_jupyter.config")
@@ -64,6 +65,11 @@ class TfVgpu(Configurable):
     refresh_interval = Float(5.0, config=True, help="Seconds between inventory refreshes of each worker.")
     lease_ttl = Integer(60, config=True, help=(
         "Lease TTL asked of workers, in seconds; the kernel launcher renews at a third of it."))
+    kernel_env = List(Unicode(), default_value=list(DEFAULT_REMOTE_NAMES), config=True, help=(
+        "Variables of the client's environment that a vGPU kernel on a remote worker gets: names, or "
+        "patterns such as 'MY_*' (the kernelspec's own env always travels). A kernel on a worker on this "
+        "machine (embedded or local) gets the client's whole environment, as a local kernel would, less the "
+        "launcher's TF_VGPU_* secrets. Read from the config files by the kernel launcher."))
     profiles_dir = Unicode("", config=True, help=(
         "Kernelspec directory where `tf-jupyter profiles add` writes (default: this environment's "
         "share/jupyter/kernels)."))

@@ -27,11 +27,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV
+from tf_jupyter.kernel_env import kernel_env, worker_is_local
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.relay import Relay
 from tf_jupyter.standalone import LaunchError, standalone_lease
@@ -90,7 +90,7 @@ class Launcher:
                 kernel = await self.client.start_kernel(
                     self.lease_id, key=self.connection["key"].encode(),
                     signature_scheme=self.connection.get("signature_scheme", "hmac-sha256"),
-                    cwd=os.getcwd(), env=passthrough_env(os.environ),
+                    cwd=os.getcwd(), env=self._kernel_env(),
                     labels={"launcher_pid": str(os.getpid())}, kernel_args=self.kernel_args)
                 self.kernel_id = kernel.id
             print(f"tf-vgpu: kernel {self.kernel_id} in lease {self.lease_id} on {self.client.address}",
@@ -135,6 +135,21 @@ class Launcher:
             elif self.client is not None:
                 await self.client.close()
 
+    def _kernel_env(self) -> dict[str, str]:
+        """This launcher's environment, as a local kernel would get it (tf_jupyter.kernel_env says what
+        travels to a remote worker: c.TfVgpu.kernel_env and the kernelspec's own env)."""
+        assert self.client is not None
+        if worker_is_local(self.client.address):
+            return kernel_env(os.environ, self.client.address)
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+        from tf_jupyter.config import TfVgpu, load_jupyter_config
+
+        spec_env: list[str] = []
+        with contextlib.suppress(NoSuchKernel, ValueError, OSError):
+            spec_env = list(KernelSpecManager().get_kernel_spec(f"vgpu-{self.profile_name}").env)
+        return kernel_env(os.environ, self.client.address, TfVgpu(config=load_jupyter_config()).kernel_env, spec_env)
+
     async def _still_running(self, kernel_id: str) -> bool:
         assert self.client is not None
         try:
@@ -165,12 +180,6 @@ async def _parent_gone(parent: int, interval: float = 1.0) -> None:
     """Returns when `parent`, the process that started the launcher, has exited (we get re-parented)."""
     while os.getppid() == parent:
         await asyncio.sleep(interval)
-
-
-def passthrough_env(env: Mapping[str, str]) -> dict[str, str]:
-    """Variables a Jupyter server sets for kernels that still make sense on the worker."""
-    keep = ("JPY_SESSION_NAME", "JPY_PARENT_PID", "PYDEVD_DISABLE_FILE_VALIDATION", "MPLBACKEND", "LANG", "LC_ALL")
-    return {k: env[k] for k in keep if k in env}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -343,3 +343,66 @@ def test_launcher_refuses_to_replace_the_connection_file(tf_worker, user_env, tm
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "would replace the connection file" in result.stderr, result.stderr
     assert_no_leases_left(tf_worker)
+
+
+async def test_each_kernel_gets_its_own_clients_environment(tmp_path, monkeypatch):
+    """Defect 17: a vGPU kernel got the environment of whoever first started the local worker (plus a
+    short pass-through list): a client's own variables and start_kernel(env=...) did not reach it, and a
+    later client's kernel saw the first client's variables. On a worker on this machine a kernel now gets
+    its client's environment exactly, as a local kernel would, less the launcher's TF_VGPU_* secrets."""
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.connect import write_connection_file
+    from jupyter_client.manager import AsyncKernelManager
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps({"TfVgpu": {
+        "embedded_worker": "auto", "embedded_worker_args": ["--host-vram", "8Gi", "--backend", "host"]}}))
+    user = {"JUPYTER_CONFIG_DIR": str(config), "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+            "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_PLATFORM_DIRS": "1"}
+    (tmp_path / "work").mkdir()
+    show = ("import os; print(os.environ.get('TFJ_MARK'), os.environ.get('TFJ_ONLY_ONE'), "
+            "os.environ.get('TF_VGPU_CLIENT_TOKEN'), 'TF_VGPU_LEASE_ID' in os.environ)")
+
+    # Client one runs the kernelspec's argv itself (as VS Code does): its launcher starts the local worker.
+    env_one = subprocess_env(user) | {"TFJ_MARK": "one", "TFJ_ONLY_ONE": "x"}
+    connection_file, _ = write_connection_file(str(tmp_path / "work" / "one.json"), ip="127.0.0.1",
+                                               key=os.urandom(16).hex().encode())
+    proc = launch_kernelspec("vgpu-small", Path(connection_file), env_one, tmp_path / "one.log")
+    kc_one = BlockingKernelClient()
+    kc_one.load_connection_file(connection_file)
+    kc_one.start_channels(hb=False)
+    km = None
+    worker_pid = 0
+    try:
+        kc_one.wait_for_ready(timeout=90)
+        printed: list[str] = []
+        kc_one.execute_interactive(show, timeout=60, output_hook=lambda m: printed.append(m["content"].get("text", "")))
+        assert "".join(printed).split() == ["one", "x", "None", "True"], (printed, (tmp_path / "one.log").read_text())
+        worker_pid = json.loads((tmp_path / "runtime" / "tf-vgpu-worker.json").read_text())["pid"]
+
+        # Client two: jupyter_client in this process, with start_kernel(env=...), on the same local worker.
+        for key, value in user.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.delenv("TF_VGPU_HANDOFF", raising=False)
+        monkeypatch.delenv("TFJ_ONLY_ONE", raising=False)
+        km = AsyncKernelManager(kernel_name="vgpu-small")
+        await km.start_kernel(env={**os.environ, "TFJ_MARK": "two"})
+        kc_two = km.client()
+        kc_two.start_channels()
+        try:
+            await kc_two.wait_for_ready(timeout=90)
+            printed = []
+            await kc_two.execute_interactive(show, timeout=60,
+                                             output_hook=lambda m: printed.append(m["content"].get("text", "")))
+            assert "".join(printed).split() == ["two", "None", "None", "True"], printed
+        finally:
+            kc_two.stop_channels()
+    finally:
+        kc_one.stop_channels()
+        proc.terminate()
+        proc.wait(60)
+        if km is not None:
+            await km.shutdown_kernel(now=True)
+        if worker_pid:
+            os.kill(worker_pid, 15)

@@ -63,6 +63,18 @@ def _file_key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
+# The worker's own variables a kernel gets under its client's (paths, locale, GPU libraries):
+# nothing else of the environment of whoever started the worker reaches a kernel.
+BASE_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+BASE_ENV_PREFIXES = ("LC_", "CUDA_", "NVIDIA_")
+
+
+def base_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The base of every kernel's environment on this worker (the client's and the slice's go on top)."""
+    source = dict(os.environ) if environ is None else environ
+    return {k: v for k, v in source.items() if k in BASE_ENV_NAMES or k.startswith(BASE_ENV_PREFIXES)}
+
+
 def default_kernel_argv() -> list[str]:
     """The worker's own Python running ipykernel with the vGPU startup module and %vgpu."""
     return [sys.executable, "-m", "tf_remoting.kernel", "-f", "{connection_file}"]
@@ -111,7 +123,7 @@ class KernelSupervisor:
         directory = self.directory(kernel_id)
         directory.mkdir(mode=0o700, parents=True)
         spec = {
-            "kernel_id": kernel_id, "argv": argv, "env": env, "cwd": cwd,
+            "kernel_id": kernel_id, "argv": argv, "env": {**base_env(), **env}, "env_complete": True, "cwd": cwd,
             "key": base64.b64encode(key).decode(), "signature_scheme": signature_scheme or "hmac-sha256",
             "socket": str(self.socket_path(kernel_id)), "chunk_size": self.chunk_size,
             "replay_messages": self.replay_messages, "replay_bytes": self.replay_bytes,

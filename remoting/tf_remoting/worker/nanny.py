@@ -81,8 +81,9 @@ def launch_kernel(directory: Path, spec: dict[str, Any]) -> tuple[subprocess.Pop
     with os.fdopen(fd, "w") as f:
         json.dump(connection, f)
     argv = [a.replace("{connection_file}", str(conn_file)) for a in spec["argv"]]
-    env = dict(os.environ)
-    env.update(spec.get("env", {}))
+    # The worker wrote the whole environment (its base, the client's, the slice's); an older spec
+    # holds only additions to ours.
+    env = dict(spec["env"]) if spec.get("env_complete") else {**os.environ, **spec.get("env", {})}
     with open(directory / "kernel.log", "ab") as out:
         proc = subprocess.Popen(argv, env=env, cwd=spec.get("cwd") or None, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
