@@ -33,6 +33,8 @@ fi
 .venv/bin/ruff check .
 # Type check both packages (settings in pyproject.toml: typed defs required, unused ignores reported).
 .venv/bin/mypy
-# TypeScript: type check, eslint and unit tests (vitest) of the extension.
-(cd labextension && { [ -d node_modules ] || npm install --no-audit --no-fund; } && npm run -s lint && npm test -s)
+# TypeScript: api.d.ts up to date with openapi.yaml (check:api), type check, eslint and unit tests
+# (vitest) of the extension. npm install again when package-lock.json changed since the last one.
+(cd labextension && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm install --no-audit --no-fund; } \
+    && npm run -s lint && npm test -s)
 exec .venv/bin/python -m pytest "$@"
