@@ -50,7 +50,7 @@ async def test_framework_raises_its_own_oom_past_a_2gib_slice_and_the_kernel_sur
     fw = FRAMEWORKS[name]
     requires_module(fw.module)
     async with nvml_worker.client() as client, kernel_in_slice(client, 2 * GiB, 20) as k:
-        await k.value(fw.setup + "\nNone", timeout=240)
+        assert await k.value(fw.setup + "\n'ready'", timeout=240) == 'ready'
         applied = await k.value(f"from tf_remoting.kernel.caps import applied\napplied.get({name!r}, '')")
         assert fw.applied in applied, f"the {name} cap was not installed: caps.applied says {applied!r}"
 
