@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 
 from tf_remoting.devices.procfs import PidWatch, ProcStatReader, stat_fields
+from tf_remoting.worker.proctree import kill_descendants
 
 MAX_UNIX_PATH = 107
 _LINUX = sys.platform.startswith("linux")
@@ -189,6 +190,7 @@ class KernelSupervisor:
                 self._known.pop(kernel_id, None)
                 return KernelProcess("starting", 0, 0, None)
             self._known[kernel_id] = known
+        assert known is not None  # loaded above, or remembered
         known.used = now
         state = known.state
         # A nanny verified by _load just now needs no second look.
@@ -262,7 +264,9 @@ class KernelSupervisor:
         return True
 
     def stop(self, kernel_id: str) -> None:
-        """Ask the nanny to terminate the kernel and exit (it escalates on its own).
+        """Ask the nanny to terminate the kernel and exit. The nanny escalates on its own (SIGKILL
+        after nanny_loop.STOP_GRACE) and, once the kernel has exited, kills and reaps every process
+        the kernel started, double-forked ones included (they are reparented to it, a subreaper).
 
         A nanny whose kernel has exited may linger to hand its last messages over: it is told to
         go too, since whoever stops the kernel will not collect them."""
@@ -272,11 +276,22 @@ class KernelSupervisor:
                 os.kill(state.nanny_pid, signal.SIGTERM)
 
     def kill(self, kernel_id: str) -> None:
+        """Kill the kernel and every process it started now (the watchdog's last step).
+
+        Everything below the nanny is SIGKILLed from here, without waiting for the nanny, until
+        none is left (a process forking meanwhile has its child killed by the next pass); the nanny,
+        told to stop, reaps them, records the kernel's exit and goes. Where some still live after
+        half a second of that, the nanny is killed too.
+        """
         state = self.state(kernel_id)
-        if state.status == "running":
-            for pid in (state.kernel_pid, state.nanny_pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        if state.status != "running":
+            return
+        left = kill_descendants(state.nanny_pid, timeout=0.5) if _LINUX else set()
+        if not _LINUX:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.kernel_pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.nanny_pid, signal.SIGKILL if left else signal.SIGTERM)
 
 
 def _process_start(pid: int, reader: ProcStatReader | None = None) -> Any:

@@ -8,41 +8,27 @@ SIGKILL) or a network cut loses nothing: the buffer lives here, not in the worke
 the kernel and records its exit code in DIR/state.json, where a restarted worker finds it.
 
 Files in DIR: spec.json (written by the worker), connection.json, state.json, kernel.log.
-This module imports only the standard library: the kernel starts before anything heavy loads.
+The nanny is a child subreaper (see `tf_remoting.worker.proctree`): whatever the kernel starts,
+double-forked or orphaned, stays below it, is counted as the kernel's, and is killed and reaped
+with the kernel. This module imports only the standard library (and tf_remoting modules that do):
+the kernel starts before anything heavy loads.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-LINGER_AFTER_EXIT = 30.0  # seconds the nanny waits for a client to collect the last messages
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
-def write_state(directory: Path, status: str, kernel_pid: int, exit_code: int | None, socket_path: str) -> None:
-    """DIR/state.json: how the worker (and a restarted one) learns the kernel's fate."""
-    write_json_atomic(directory / "state.json", {
-        "status": status, "nanny_pid": os.getpid(), "kernel_pid": kernel_pid,
-        "exit_code": exit_code, "socket": socket_path, "time": time.time(),
-    })
-
+from tf_remoting.worker.nanny_state import write_state
+from tf_remoting.worker.proctree import die_with_parent, kill_descendants, set_child_subreaper
 
 def listen(socket_path: str) -> socket.socket:
     """The unix socket the worker connects to (owner-only), listening before the relay loop runs."""
@@ -57,12 +43,6 @@ def listen(socket_path: str) -> socket.socket:
     listener.listen(4)
     listener.setblocking(False)
     return listener
-
-
-def _die_with_parent() -> None:
-    """In the kernel child: get SIGKILL if the nanny dies, so no kernel is ever orphaned."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def launch_kernel(directory: Path, spec: dict[str, Any]) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
@@ -86,7 +66,7 @@ def launch_kernel(directory: Path, spec: dict[str, Any]) -> tuple[subprocess.Pop
     env = dict(spec["env"]) if spec.get("env_complete") else {**os.environ, **spec.get("env", {})}
     with open(directory / "kernel.log", "ab") as out:
         proc = subprocess.Popen(argv, env=env, cwd=spec.get("cwd") or None, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+                                stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     return proc, connection
 
 
@@ -97,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     directory = Path(args[0])
     spec = json.loads((directory / "spec.json").read_text())
+    subreaper = set_child_subreaper()  # before the kernel exists: all its descendants inherit it
     proc, connection = launch_kernel(directory, spec)
     # Listen and say "running" now, with the standard library only: the worker's StartKernel
     # returns here, and a client that connects early waits in the backlog while the relay loop loads.
@@ -105,13 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s nanny %(levelname)s %(message)s")
     from tf_remoting.worker.nanny_loop import Nanny  # heavy imports, while the kernel starts
 
+    if not subreaper:
+        logging.warning("could not become a child subreaper: processes the kernel double-forks escape "
+                        "its accounting and its end")
     nanny = Nanny(directory, spec, proc, connection)
     nanny.start(listener)
     try:
         return nanny.run()
     finally:
-        if nanny.proc.poll() is None:
-            nanny.proc.kill()
+        # The kernel and everything it started, whoever their parent is now.
+        left = kill_descendants(os.getpid(), reap_them=True)
+        if left:
+            logging.warning("processes %s of the kernel survived SIGKILL", sorted(left))
         with contextlib.suppress(OSError):
             os.unlink(nanny.socket_path)
         for port in range(1, 6):  # the kernel's IPC endpoints, if it could not remove them itself
