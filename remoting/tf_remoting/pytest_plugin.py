@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tf_remoting.client import RuntimeClient
+from tf_remoting.worker.proctree import kill_descendants
 
 
 class WorkerProcess:
@@ -104,6 +105,8 @@ class WorkerProcess:
     def cleanup(self) -> None:
         self.stop()
         for state in self.kernel_states().values():
+            with contextlib.suppress(KeyError, TypeError, ValueError):  # what the kernel started, too
+                kill_descendants(int(state["nanny_pid"]), timeout=2.0)  # type: ignore[call-overload]
             for key in ("kernel_pid", "nanny_pid"):
                 with contextlib.suppress(ProcessLookupError, TypeError, ValueError):
                     os.kill(int(state[key]), signal.SIGKILL)  # type: ignore[call-overload]

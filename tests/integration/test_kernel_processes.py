@@ -84,11 +84,11 @@ async def test_children_and_double_forked_grandchildren_are_counted_and_go_with_
         try:
             before = (await asyncio.wait_for(lease_samples(watch, lease.id, 2), 20))[-1].vram_used
             pids = await spawn(remote)
-            nanny = psutil.Process(pids["kernel"]).ppid()
-            assert psutil.Process(pids["grandchild"]).ppid() == nanny  # adopted by the nanny
             after = await asyncio.wait_for(lease_samples(watch, lease.id, 3, after=time.time() + 0.1), 20)
             # 160 MiB in the child, 120 MiB in the grandchild: both counted (before: the grandchild never).
             assert max(s.vram_used for s in after) >= before + 260 * MiB, (before, after)
+            nanny = psutil.Process(pids["kernel"]).ppid()
+            assert psutil.Process(pids["grandchild"]).ppid() == nanny  # adopted by the nanny, a subreaper
         finally:
             await watch.aclose()
             await remote.close()
@@ -175,3 +175,5 @@ async def test_forked_workers_count_shared_memory_once(tf_worker):
             await watch.aclose()
             await remote.close()
             await client.release(lease.id)
+        left = await gone(workers)
+        assert not left, f"forked workers of the released kernel still there: {left}"
