@@ -20,7 +20,7 @@ from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.local_worker import LocalWorker, LocalWorkerError, ensure_local_worker, stop_local_worker
 from tf_jupyter.pool import Pool, Tls
 from tf_jupyter.profiles import BUILTIN_PROFILES, Profile
-from tf_jupyter.provisioner import VgpuProvisioner, forget_pending_kernel
+from tf_jupyter.provisioner import forget_pending_kernel
 from tf_jupyter.tokens import read_token
 from tf_remoting.client import RemotingError
 
@@ -35,6 +35,8 @@ class TfVgpuApp(ExtensionApp):
 
     settings_obj: TfVgpu
     pool: Pool | None = None
+    pool_ready: asyncio.Event  # set once the pool is up, or failed to come up
+    pool_error: str = ""  # why there is no pool: vGPU kernel starts fail with this sentence
     local_worker: LocalWorker | None = None
     _local_proc: Any = None
     _idle_task: asyncio.Task[None] | None = None
@@ -53,7 +55,7 @@ class TfVgpuApp(ExtensionApp):
         config.merge(self.server.config)
         self.settings_obj = TfVgpu(parent=self.server, config=config)
         self.settings["tf_vgpu"] = self
-        VgpuProvisioner.server_pool_ready = asyncio.Event()  # set once the pool is up (or failed)
+        self.pool_ready = asyncio.Event()  # set once the pool is up, or failed (then pool_error says why)
         self._map_kernelspecs()
 
     def initialize_handlers(self) -> None:
@@ -108,8 +110,7 @@ class TfVgpuApp(ExtensionApp):
         try:
             await self._start_pool()
         finally:
-            if VgpuProvisioner.server_pool_ready is not None:
-                VgpuProvisioner.server_pool_ready.set()
+            self.pool_ready.set()
 
     async def _start_pool(self) -> None:
         s = self.settings_obj
@@ -124,7 +125,7 @@ class TfVgpuApp(ExtensionApp):
                 # run on some other worker under other settings than configured.
                 message = f"the embedded vGPU worker is not available: {exc}"
                 self.log.error("tf-vgpu: %s", message)
-                VgpuProvisioner.server_error = message
+                self.pool_error = message
                 if not addresses and not s.workers_dns:
                     return
         local = self.local_worker
@@ -139,9 +140,8 @@ class TfVgpuApp(ExtensionApp):
                                      if "backend " in line and "worker " in line), "")
                 self.log.info("tf-vgpu: embedded worker at %s (%s); %s", local.address, how, backend_line.strip())
         if not token_file:
-            VgpuProvisioner.server_error = (f"c.TfVgpu.token_file is not set; the workers {addresses} cannot be "
-                                            "reached")
-            self.log.error("tf-vgpu: %s", VgpuProvisioner.server_error)
+            self.pool_error = f"c.TfVgpu.token_file is not set; the workers {addresses} cannot be reached"
+            self.log.error("tf-vgpu: %s", self.pool_error)
             return
         self.pool = Pool(addresses, read_token(token_file), dns=s.workers_dns,
                          tls=Tls(s.tls_ca, s.tls_cert, s.tls_key, s.tls_server_name), policy=s.placement_policy,

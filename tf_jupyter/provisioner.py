@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
@@ -68,13 +68,6 @@ def server_extension(configurable: Any) -> TfVgpuApp | None:
 
 class VgpuProvisioner(LocalProvisioner):
     profile = Unicode("small", config=True, help="The vGPU profile this kernelspec asks for.")
-
-    # Set by the server extension when its pool could not be set up (the embedded worker did not
-    # start): kernels then fail with this sentence instead of placing themselves on some other worker.
-    server_error: ClassVar[str] = ""
-    # Set (not yet done) when this process is a Jupyter server with tf_jupyter loaded: its kernels
-    # wait for the server's pool, and never place themselves the standalone way.
-    server_pool_ready: ClassVar[asyncio.Event | None] = None
 
     worker: str = ""
     lease_id: str = ""
@@ -142,18 +135,20 @@ class VgpuProvisioner(LocalProvisioner):
             await pool.stop()
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
-        pool = self._server_pool()
+        app = server_extension(self)
+        pool = app.pool if app is not None else None
         began = time.monotonic()
         reach: dict[str, Any]
         try:
-            ready = VgpuProvisioner.server_pool_ready
-            if pool is None and ready is not None:
+            if app is not None and pool is None:
+                # In a server, kernels wait for its pool and never place themselves the standalone
+                # way (on some other worker, under other settings than the server's).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ready.wait(), 120)
-                pool = self._server_pool()
+                    await asyncio.wait_for(app.pool_ready.wait(), 120)
+                pool = app.pool
                 if pool is None:
                     raise LaunchError("this vGPU kernel cannot start: " + (
-                        VgpuProvisioner.server_error or "the server's vGPU pool is not ready after 120 s"))
+                        app.pool_error or "the server's vGPU pool is not ready after 120 s"))
             profile = self._profile()
             if pool is not None:
                 await self._place_in_server(pool, profile)

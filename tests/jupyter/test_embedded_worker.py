@@ -66,7 +66,8 @@ async def test_stopping_the_server_leaves_no_kernel_nanny_or_lease(jupyter_serve
     deadline = time.monotonic() + 20
     while (left := processes_of(server.root)) and time.monotonic() < deadline:
         await asyncio.sleep(0.25)
-    assert not left, "\n".join(left) + "\n" + server.log()[-3000:]
+    nanny_logs = "".join(f"{p}:\n{p.read_text()[-1500:]}" for p in (state_dir / "kernels").glob("*/nanny.log"))
+    assert not left, "\n".join(left) + "\n" + nanny_logs + (state_dir / "worker.log").read_text()[-3000:]
     assert ledger_rows(state_dir)[1] == [], "leases left unreleased"
     # A worker started later on the same state finds nothing to re-adopt that nobody owns.
     (tmp_path / "later").mkdir()
@@ -107,3 +108,70 @@ async def test_a_bad_embedded_worker_args_is_one_clear_line_and_no_kernel_runs_e
     message = body["message"] if isinstance(body, dict) else body
     assert "cannot start" in message and "unrecognized arguments" in message, message
     assert not [p for p in processes_of(server.root) if "tf_remoting" in p], processes_of(server.root)
+
+
+def use_server_dirs(server: JupyterServerProcess, monkeypatch) -> None:
+    """This test process becomes a client of the same user as the server (its Jupyter directories)."""
+    for key, value in server.env().items():
+        if key.startswith("JUPYTER_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("TF_VGPU_HANDOFF", raising=False)
+    config = server.root / "config"
+    config.mkdir(exist_ok=True)
+    (config / "jupyter_server_config.json").write_text(json.dumps({"TfVgpu": EMBEDDED}))
+
+
+async def test_a_worker_of_another_install_is_not_reused_nor_stopped(jupyter_server_factory, monkeypatch):
+    """Defect 3: a server attached to a local worker started from another venv's files (and ignored
+    embedded_worker_args then). It says what runs, uses it not, and leaves it alone."""
+    from tf_jupyter.local_worker import ensure_local_worker, stop_local_worker
+
+    server = jupyter_server_factory(settings=EMBEDDED)
+    use_server_dirs(server, monkeypatch)
+    other, proc = ensure_local_worker(list(EMBEDDED["embedded_worker_args"]), idle_exit=0.0)
+    assert proc is not None
+    try:
+        record_file = server.root / "runtime" / "tf-vgpu-worker.json"
+        record = json.loads(record_file.read_text())
+        record.update(package="/opt/other-venv/lib/python3.11/site-packages/tf_remoting", version="0.0.9")
+        record_file.write_text(json.dumps(record))
+        server.start()
+        await asyncio.sleep(1.0)
+        lines = [x for x in server.log().splitlines() if "embedded vGPU worker is not available" in x]
+        assert len(lines) == 1, server.log()[-3000:]
+        line = lines[0]
+        assert f"pid {other.pid}" in line and "tf_remoting 0.0.9 from /opt/other-venv" in line, line
+        status, body = await server.request("POST", "/api/sessions", {
+            "path": "o.ipynb", "type": "notebook", "name": "o.ipynb", "kernel": {"name": "vgpu-small"}})
+        assert status >= 500 and "0.0.9" in str(body), body
+        server.stop()
+        assert alive(other.pid), "the server stopped a worker it did not start"
+    finally:
+        stop_local_worker(other, proc)
+
+
+async def test_the_embedded_worker_outlives_the_server_while_a_standalone_kernel_uses_it(jupyter_server_factory,
+                                                                                        monkeypatch):
+    """Defect 3: the server stopped its embedded worker although a standalone kernel (jupyter console,
+    papermill) still ran on it."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    server = jupyter_server_factory(settings=EMBEDDED).start()
+    use_server_dirs(server, monkeypatch)
+    await asyncio.sleep(1.0)
+    worker_pid = runtime_record(server)["pid"]
+    km = AsyncKernelManager(kernel_name="vgpu-small")
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=90)
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(30)
+        assert "is left running: other clients still hold 1 lease(s)" in server.log(), server.log()[-3000:]
+        assert alive(worker_pid)
+        reply = await kc.execute_interactive("6*7", timeout=60)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel(now=True)

@@ -123,7 +123,8 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         except ledger_mod.NotFound:
             # Idempotent: a lease that was released (or reclaimed) before is fine; unknown is not.
             return pb.ReleaseResponse(released=await w.db(w.ledger.release, caller.principal, request.lease_id))
-        for k in await w.db(w.ledger.kernels, rec.id):
+        # Exited kernels too: their nanny may linger to hand over last messages nobody will collect.
+        for k in await w.db(w.ledger.kernels, rec.id, include_exited=True):
             w.supervisor.stop(k.id)
         released = await w.db(w.ledger.release, caller.principal, rec.id)
         w.tokens.remove_lease_tokens(rec.id)
