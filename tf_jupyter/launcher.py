@@ -33,6 +33,7 @@ from typing import Any
 from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV
 from tf_jupyter.kernel_env import kernel_env, worker_is_local
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
+from tf_jupyter.local_worker import LocalWorkerError
 from tf_jupyter.relay import Relay
 from tf_jupyter.standalone import LaunchError, standalone_lease
 from tf_jupyter.tokens import read_token
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownProfile as exc:
         print(f"tf-vgpu: {exc}", file=sys.stderr)
         return 2
-    except LaunchError as exc:
+    except (LaunchError, LocalWorkerError) as exc:
         print(f"tf-vgpu: {exc}", file=sys.stderr)
         return 1
     except RemotingError as exc:

@@ -175,3 +175,25 @@ async def test_the_embedded_worker_outlives_the_server_while_a_standalone_kernel
     finally:
         kc.stop_channels()
         await km.shutdown_kernel(now=True)
+
+
+def test_a_launcher_run_directly_says_why_its_local_worker_did_not_start(tmp_path):
+    """Without a server: the launcher exits 1 with the worker's own usage error, not a traceback."""
+    import os
+    import sys
+
+    from jupyter_client.connect import write_connection_file
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "jupyter_server_config.json").write_text(json.dumps({"TfVgpu": {
+        "embedded_worker": "auto", "embedded_worker_args": ["--no-such-flag"]}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER_", "TF_VGPU_"))}
+    env.update(JUPYTER_CONFIG_DIR=str(config), JUPYTER_DATA_DIR=str(tmp_path / "data"),
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_PLATFORM_DIRS="1")
+    connection_file, _ = write_connection_file(str(tmp_path / "k.json"), ip="127.0.0.1")
+    result = subprocess.run([sys.executable, "-m", "tf_jupyter.launcher", "--profile", "small", "-f",
+                             connection_file], capture_output=True, text=True, timeout=90, env=env)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "unrecognized arguments: --no-such-flag" in result.stderr and "Traceback" not in result.stderr, \
+        result.stderr
