@@ -162,19 +162,22 @@ def test_server_side_events_validate() -> None:
     message = contract.component("EventMessage")
     pool = Pool([], "token")
     queue = pool.subscribe()
-    pool._broadcast({"type": "worker", "worker": "127.0.0.1:1", "up": False, "error": "connection refused"})
-    pool._broadcast({"type": "worker", "worker": "127.0.0.1:1", "up": True})
-    pool._broadcast({"type": "queue", "queue": pool.queue_json()})
+    down = pool.workers.add("127.0.0.1:1")
+    pool.workers.mark_down(down, "connection refused")
+    pool.events.broadcast({"type": "worker", "worker": "127.0.0.1:1", "up": True})
+    pool.scheduler.on_queue_change()
     pool.emit("idle_warning", "kernel idle for 600 s", kernel_id="k1")
-    pool._broadcast(pool._event_json("127.0.0.1:1", pb.Event(kind=pb.EVENT_KIND_LEASE_RELEASED, message="freed",
-                                                             lease_id="l1", time=time.time())))
+    pool._on_update(down, pb.WatchResponse(
+        time=time.time(), devices=[pb.DeviceSample(device_uuid="host-0", vram_total=4 << 30)],
+        leases=[pb.LeaseSample(lease_id="l1", device_uuid="host-0", mode=pb.ISOLATION_MODE_HOST)],
+        events=[pb.Event(kind=pb.EVENT_KIND_LEASE_RELEASED, message="freed", lease_id="l1", time=time.time())]))
     seen = []
     while not queue.empty():
         m = queue.get_nowait()
         seen.append(m["type"])
         errors = list(message.iter_errors(m))
         assert not errors, (m, [e.message for e in errors])
-    assert seen == ["worker", "worker", "queue", "event", "event"]
+    assert seen == ["worker", "worker", "queue", "event", "sample", "event"]
     assert contract.component("Pool").is_valid(pool.pool_json())
 
 
