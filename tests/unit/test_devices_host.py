@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -227,4 +229,51 @@ def test_portable_psutil_path_measures_the_same(monkeypatch: pytest.MonkeyPatch)
             pid = big.pid
         assert backend.usage(uuid, {pid}).vram_used == 0
     finally:
+        backend.close()
+
+
+# 150 MiB, then 3 forked children that only wait; a line on stdin makes the parent allocate 60 MiB more.
+FORKED_WORKERS = (
+    "import os, sys, time\nb = bytearray(150 * 2**20)\nb[::4096] = b'x' * len(b[::4096])\n"
+    "kids = []\nfor _ in range(3):\n    pid = os.fork()\n"
+    "    if pid == 0:\n        time.sleep(120)\n        os._exit(0)\n"
+    "    kids.append(pid)\nprint(*kids, flush=True)\nsys.stdin.readline()\n"
+    "more = bytearray(60 * 2**20)\nmore[::4096] = b'x' * len(more[::4096])\n"
+    "print('more', flush=True)\nsys.stdin.read()\n"
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PSS comes from /proc/<pid>/smaps_rollup")
+def test_forked_children_count_shared_memory_once_and_growth_at_once() -> None:
+    backend = HostBackend()
+    uuid = backend.devices()[0].uuid
+    proc = subprocess.Popen([sys.executable, "-c", FORKED_WORKERS], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    kids = [int(p) for p in proc.stdout.readline().split()]
+    try:
+        pids = {proc.pid, *kids}
+        parent_rss = psutil.Process(proc.pid).memory_info().rss
+        summed_rss = sum(psutil.Process(p).memory_info().rss for p in pids)
+        assert summed_rss > 3 * parent_rss  # what summing RSS says
+        used = backend.usage(uuid, pids).vram_used
+        assert 150 * MiB <= used < 1.5 * parent_rss, (used / MiB, parent_rss / MiB)
+        alone = backend.usage(uuid, {proc.pid}).vram_used  # a lone process: its RSS
+        assert abs(alone - psutil.Process(proc.pid).memory_info().rss) < 4 * MiB
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "more"
+        grown = backend.usage(uuid, pids).vram_used  # within PSS_REFRESH_S: last PSS + RSS growth
+        assert grown >= used + 55 * MiB, (used / MiB, grown / MiB)
+    finally:
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdin.close()
+        proc.stdout.close()
+        for pid in kids:  # reparented to init (or a subreaper), which reaps them
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+                psutil.Process(pid).wait(timeout=5)
         backend.close()

@@ -5,8 +5,11 @@ resident set (RSS, from /proc/<pid>/stat: microseconds); a set of several counts
 proportional set size (PSS, from /proc/<pid>/smaps_rollup), where a page shared by n processes
 counts 1/n in each. Summed RSS would count the pages a forked child shares with its parent once per
 child (a 195 MiB kernel with four DataLoader-style workers measured 951 MiB). PSS costs a walk of
-the process's page tables (a few hundred microseconds for a kernel-sized process), so it is read
-only where a kernel has children; the idle 64-kernel sample keeps its cost.
+the process's page tables (about 1 ms for a process with 200 MiB resident), so it is read only
+where a kernel has children (the idle 64-kernel sample keeps its cost), and each process's is
+read afresh every ``PSS_REFRESH_S`` seconds: in between, its last PSS plus how much its RSS grew
+since stands for it (new memory is the process's own, so growth shows at once; a page a child
+copies on write shows at the next refresh).
 Where the kernel runs in its own cgroup (``memory_enforcement == "cgroup"``) the kernel's memory
 limit is the cgroup's own figure and enforced by Linux, not by this sample.
 """
@@ -30,6 +33,14 @@ _EVICT_AFTER_S = 60.0  # forget processes nobody asked about for this long
 _LINUX = sys.platform.startswith("linux")
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if _LINUX else 100
 _PAGE = os.sysconf("SC_PAGE_SIZE") if _LINUX else 4096
+PSS_REFRESH_S = 5.0
+
+
+class _Pss(NamedTuple):
+    ident: float  # start time of the process measured
+    pss: int
+    rss: int  # its RSS when the PSS was read
+    at: float
 
 
 class _Seen(NamedTuple):
@@ -88,6 +99,7 @@ class HostBackend(DeviceBackend):
         self._lock = threading.Lock()
         # CPU use is a delta between two readings, so the previous reading of each pid is kept.
         self._seen: dict[int, _Seen] = {}
+        self._pss_seen: dict[int, _Pss] = {}  # last PSS of processes in multi-process sets
         self._procs: dict[int, psutil.Process] = {}  # reused between readings where not on Linux
         self._stat = ProcStatReader()  # Linux: each measured process's stat file, kept open
         self._rollup = ProcStatReader(name="smaps_rollup")  # and, in multi-process sets, its PSS
@@ -127,7 +139,7 @@ class HostBackend(DeviceBackend):
         with self._lock:  # one lock and one clock reading for the whole sample
             seen, read = self._seen, self._read
             for _, pids in requests:
-                memory = {}  # pid -> RSS
+                memory: dict[int, tuple[float, int]] = {}  # pid -> (identity, RSS)
                 cpu = 0.0  # percent of one CPU, summed
                 for pid in pids:
                     reading = read(pid)
@@ -135,25 +147,37 @@ class HostBackend(DeviceBackend):
                         seen.pop(pid, None)
                         continue
                     ident, cpu_s, pid_rss = reading
-                    memory[pid] = pid_rss
+                    memory[pid] = (ident, pid_rss)
                     last = seen.get(pid)
                     # A new identity is a reused pid: a new process, whose first reading is a baseline.
                     if last is not None and last.ident == ident and now > last.at:
                         cpu += max(0.0, 100.0 * (cpu_s - last.cpu_s) / (now - last.at))
                     seen[pid] = _Seen(ident, cpu_s, now)
                 if len(memory) > 1:  # shared pages once, not once per process (see the module's text)
-                    for pid in memory:
-                        pss = self._pss(pid)
-                        if pss is not None:
-                            memory[pid] = pss
-                out.append(Usage(vram_used=sum(memory.values()), utilization=min(100.0, cpu / self._cpus)))
+                    used = sum(self._proportional(pid, ident, rss, now) for pid, (ident, rss) in memory.items())
+                else:
+                    used = sum(rss for _, rss in memory.values())
+                out.append(Usage(vram_used=used, utilization=min(100.0, cpu / self._cpus)))
             if now - self._last_sweep > _EVICT_AFTER_S / 2:
                 self._seen = {p: e for p, e in self._seen.items() if now - e.at < _EVICT_AFTER_S}
                 self._procs = {p: proc for p, proc in self._procs.items() if p in self._seen}
                 self._stat.keep_only(self._seen)
                 self._rollup.keep_only(self._seen)
+                self._pss_seen = {p: e for p, e in self._pss_seen.items() if p in self._seen}
                 self._last_sweep = now
         return out
+
+    def _proportional(self, pid: int, ident: float, rss: int, now: float) -> int:
+        """The process's PSS: read every PSS_REFRESH_S, else the last one plus its RSS growth since."""
+        last = self._pss_seen.get(pid)
+        if last is not None and last.ident == ident and now - last.at < PSS_REFRESH_S:
+            return max(0, last.pss + rss - last.rss)
+        pss = self._pss(pid)
+        if pss is None:
+            self._pss_seen.pop(pid, None)
+            return rss
+        self._pss_seen[pid] = _Pss(ident, pss, rss, now)
+        return pss
 
     def _pss(self, pid: int) -> int | None:
         """The process's PSS in bytes; None where it cannot be read (then its RSS counts)."""
@@ -184,6 +208,7 @@ class HostBackend(DeviceBackend):
     def close(self) -> None:
         with self._lock:
             self._seen.clear()
+            self._pss_seen.clear()
             self._procs.clear()
             self._stat.close()
             self._rollup.close()
