@@ -34,6 +34,8 @@ def history_args(argv: list[str]) -> list[str]:
     private to the kernel (history per principal, across kernels, is a later feature). Where there
     is no such directory (run by hand), history stays in memory rather than in a shared file.
     """
+    if any(arg.startswith("--HistoryManager.hist_file") for arg in argv):
+        return []  # the client chose (nbclient asks for :memory:): a second value is an error to traitlets
     conn = connection_file(argv)
     directory = os.path.dirname(os.path.abspath(conn)) if conn else ""
     if directory and os.path.isdir(directory) and os.access(directory, os.W_OK):
