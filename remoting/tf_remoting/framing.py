@@ -10,6 +10,7 @@ import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import cast
 
 from tf_remoting.proto import pb
 
@@ -28,6 +29,11 @@ CHANNEL_NAMES = {
 }
 
 
+def _channel(channel: int) -> pb.Channel:
+    # Channels travel as plain ints in this module; the generated stubs type the field as the enum.
+    return cast(pb.Channel, channel)
+
+
 def message_size(parts: Iterable[bytes]) -> int:
     return sum(len(p) for p in parts)
 
@@ -35,12 +41,12 @@ def message_size(parts: Iterable[bytes]) -> int:
 def encode(channel: int, seq: int, parts: list[bytes], chunk_size: int = CHUNK_SIZE) -> list[pb.Frame]:
     """One message as one frame, or as several chunk frames when it is bigger than chunk_size."""
     if message_size(parts) <= chunk_size:
-        return [pb.Frame(channel=channel, seq=seq, parts=parts)]
+        return [pb.Frame(channel=_channel(channel), seq=seq, parts=parts)]
     blob = pb.Parts(parts=parts).SerializeToString()
     frames = []
     for start in range(0, len(blob), chunk_size):
         piece = blob[start:start + chunk_size]
-        frames.append(pb.Frame(channel=channel, seq=seq, chunk=piece,
+        frames.append(pb.Frame(channel=_channel(channel), seq=seq, chunk=piece,
                                chunk_last=start + chunk_size >= len(blob)))
     return frames
 
@@ -111,7 +117,7 @@ class ReplayBuffer:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.chunk_size = chunk_size
-        self._channels = {c: _ChannelBuffer() for c in CHANNELS}
+        self._channels: dict[int, _ChannelBuffer] = {c: _ChannelBuffer() for c in CHANNELS}
 
     def append(self, channel: int, parts: list[bytes]) -> list[pb.Frame]:
         """Number a new message, keep it, and return its frames."""
@@ -171,7 +177,7 @@ class Deduplicator:
         return True
 
     def positions(self) -> list[pb.ChannelPosition]:
-        return [pb.ChannelPosition(channel=c, seq=s) for c, s in self.received.items() if s]
+        return [pb.ChannelPosition(channel=_channel(c), seq=s) for c, s in self.received.items() if s]
 
 
 # Length-prefixed records on the worker <-> nanny unix socket.
