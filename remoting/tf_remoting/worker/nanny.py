@@ -30,6 +30,7 @@ from typing import Any
 from tf_remoting.worker.nanny_state import write_state
 from tf_remoting.worker.proctree import die_with_parent, kill_descendants, set_child_subreaper
 
+
 def listen(socket_path: str) -> socket.socket:
     """The unix socket the worker connects to (owner-only), listening before the relay loop runs."""
     with contextlib.suppress(FileNotFoundError):
