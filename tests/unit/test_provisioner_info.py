@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpec
-
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_client.multikernelmanager import AsyncMultiKernelManager
 from jupyter_server.serverapp import ServerApp
