@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from pathlib import Path
 
 from tf_remoting.client.session import RemoteKernel
 
@@ -31,21 +30,21 @@ def text_of(outputs: list[dict]) -> str:
     return json.dumps([m["content"] for m in outputs])
 
 
-async def test_each_kernel_keeps_its_history_in_its_own_directory(tf_worker):
+async def test_each_kernel_keeps_its_history_to_itself(tf_worker):
     async with tf_worker.client() as client:
         lease = await client.allocate(vram=2048 * MiB, compute=10)
         kernels = await start_kernels(client, lease.id, 2)
         try:
-            files = []
-            for kernel_id, remote in kernels:
+            for _kernel_id, remote in kernels:
                 result = await remote.execute("print(get_ipython().history_manager.hist_file)")
-                files.append(Path(result.stdout().strip()))
-                assert files[-1].parent == tf_worker.state_dir / "kernels" / kernel_id, files[-1]
-            assert files[0] != files[1]
-            for kernel_id, remote in kernels:  # and it is used: the history is there
+                assert result.stdout().strip() == ":memory:", result.stdout()
+            for kernel_id, remote in kernels:
                 await remote.execute(f"x_{kernel_id} = 1")
-                result = await remote.execute("%history -n -l 1")
+            for kernel_id, remote in kernels:  # the history works, and holds this kernel's code only
+                result = await remote.execute("%history -n -g x_")
                 assert f"x_{kernel_id} = 1" in result.stdout(), result.stdout()
+                others = [k for k, _ in kernels if k != kernel_id]
+                assert all(f"x_{k} = 1" not in result.stdout() for k in others), result.stdout()
         finally:
             for _, remote in kernels:
                 await remote.close()
