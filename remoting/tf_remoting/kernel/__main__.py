@@ -3,20 +3,9 @@
     python -m tf_remoting.kernel -f CONNECTION_FILE
 """
 
-import os
 import sys
 
 from tf_remoting.kernel.caps import install_caps
-
-def connection_file(argv: list[str]) -> str | None:
-    """The -f / --f / --ConnectionFileMixin.connection_file argument, if given."""
-    for i, arg in enumerate(argv):
-        if arg in ("-f", "--f") and i + 1 < len(argv):
-            return argv[i + 1]
-        for prefix in ("-f=", "--f=", "--ConnectionFileMixin.connection_file=", "--IPKernelApp.connection_file="):
-            if arg.startswith(prefix):
-                return arg[len(prefix):]
-    return None
 
 
 def history_args(argv: list[str]) -> list[str]:
