@@ -8,6 +8,11 @@ Use with `pytest_plugins = ["tf_remoting.pytest_plugin", "tf_jupyter.pytest_plug
 
 The server gets its own Jupyter config, data and runtime directories; kernelspecs come from the
 installed wheel (share/jupyter/kernels/vgpu-*), the extension from its jupyter_server_config.d.
+
+Why not pytest-jupyter's `jp_serverapp` / `jp_fetch`: they run the ServerApp inside the test's own
+process and event loop. Our tests need the server as the separate process it is in production: they
+send it SIGTERM and check it exits, look for kernels, nannies and workers it leaves behind, and
+start and stop its embedded worker, none of which an in-process server can show.
 """
 
 from __future__ import annotations
