@@ -153,8 +153,10 @@ def test_resize_request_schema_agrees_with_the_handler() -> None:
     assert body.is_valid(example)
 
 
-def test_server_side_events_validate() -> None:
-    """Messages built by the pool itself (worker up/down, queue, server events) fit the schemas."""
+async def test_server_side_events_validate() -> None:
+    """Messages built by the pool itself (worker up/down, queue, server events) fit the schemas.
+
+    Async: the pool's worker clients are grpc.aio channels, which need a running loop."""
     from tf_jupyter.pool import Pool
     from tf_remoting.proto import pb
 
@@ -179,6 +181,7 @@ def test_server_side_events_validate() -> None:
         assert not errors, (m, [e.message for e in errors])
     assert seen == ["worker", "worker", "queue", "event", "sample", "event"]
     assert contract.component("Pool").is_valid(pool.pool_json())
+    await pool.stop()
 
 
 # ---------------------------------------------------------------------------- against a real server

@@ -156,11 +156,11 @@ async def test_50_kernels_execute_for_60s_nothing_lost(tf_worker_factory, jupyte
                     "kernel": {"name": "vgpu-tiny"}}, timeout=180)
                 assert status == 201, (status, s, server.log()[-3000:])
                 sessions.append(s)
-                sockets.append(ws := await KernelWebSocket.connect(server, s["kernel"]["id"]))
                 try:
+                    sockets.append(ws := await KernelWebSocket.connect(server, s["kernel"]["id"]))
                     first = await ws.execute("import os; print(os.environ.get('TF_VGPU_LEASE_ID', 'none'))",
                                              timeout=120)
-                except TimeoutError:
+                except (TimeoutError, ConnectionError) as exc:
                     kid = s["kernel"]["id"]
                     async with worker.client() as client:
                         mine = [k for lease in await client.list_leases() for k in lease.kernels
@@ -169,8 +169,10 @@ async def test_50_kernels_execute_for_60s_nothing_lost(tf_worker_factory, jupyte
                                    {f.name: f.read_text(errors="replace")[-1500:]
                                     for f in (worker.state_dir / "kernels" / k.id).glob("*.log")})
                             for k in mine}
-                    raise AssertionError(f"kernel {kid}: no reply to its first cell in 120 s\n"
-                                         f"kernel dirs: {logs}\nserver log:\n{server.log()[-6000:]}\n"
+                    raise AssertionError(f"kernel {kid}: no kernel_info or first-cell reply in 120 s ({exc!r})\n"
+                                         f"kernel dirs: {logs}\nserver log on this kernel:\n"
+                                         f"{chr(10).join(x for x in server.log().splitlines() if kid in x)[-6000:]}\n"
+                                         f"server log:\n{server.log()[-6000:]}\n"
                                          f"worker log:\n{worker.log()[-4000:]}") from None
                 assert first["reply"]["content"]["status"] == "ok", first["reply"]["content"]
                 assert text_of(first).startswith("lease-"), first
