@@ -181,15 +181,7 @@ class VgpuProvisioner(LocalProvisioner):
         """A start that failed (queue_timeout, no worker) leaves nothing: no lease, no pool entry,
         and no kernel id in the kernel manager's pending list, where jupyter_server's shutdown at
         exit would look for a kernel that never existed (a 404 that kept the server from stopping)."""
-        if self.lease_id:
-            if pool is not None:
-                await pool.release(self.worker, self.lease_id)
-            else:
-                async with self._client() as client:
-                    if client is not None:
-                        with contextlib.suppress(RemotingError):
-                            await client.release(self.lease_id)
-            self.lease_id = ""
+        await self._release_lease(pool)
         if pool is not None:
             pool.forget_kernel(self.kernel_id)
         forget_pending_kernel(getattr(self.parent, "parent", None), self.kernel_id)
@@ -222,9 +214,16 @@ class VgpuProvisioner(LocalProvisioner):
         if restart or not self.lease_id:
             return
         pool = self._server_pool()
+        await self._release_lease(pool)
+        if pool is not None:
+            pool.forget_kernel(self.kernel_id)
+
+    async def _release_lease(self, pool: Pool | None) -> None:
+        """Free this kernel's lease, through the server's pool when there is one."""
+        if not self.lease_id:
+            return
         if pool is not None:
             await pool.release(self.worker, self.lease_id)
-            pool.forget_kernel(self.kernel_id)
         else:
             async with self._client() as client:
                 if client is not None:

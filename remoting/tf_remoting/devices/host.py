@@ -27,7 +27,7 @@ import psutil
 
 from .base import DeviceBackend, DeviceError, DeviceInfo, DeviceSample, Usage
 from .cgroup import cgroup_v2_memory_root
-from .procfs import ProcStatReader, rollup_pss, stat_fields
+from .procfs import ProcStatReader, read_stat, rollup_pss, stat_fields
 
 _EVICT_AFTER_S = 60.0  # forget processes nobody asked about for this long
 _LINUX = sys.platform.startswith("linux")
@@ -60,16 +60,9 @@ def _read_proc_stat(pid: int, reader: ProcStatReader | None = None) -> tuple[flo
         if stat is None:
             return None
     else:
-        try:
-            fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
-        except OSError:
+        stat = read_stat(pid)
+        if stat is None:
             return None
-        try:
-            stat = os.read(fd, 4096)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
     f = stat_fields(stat)
     if f is None or f[0] == b"Z":  # cut short by an exit; a zombie holds no memory, runs no more
         return None

@@ -56,6 +56,20 @@ def stat_fields(stat: bytes) -> list[bytes] | None:
     return fields if len(fields) >= 22 else None
 
 
+def read_stat(pid: int) -> bytes | None:
+    """/proc/<pid>/stat read once (open, read, close), or None when the process is gone."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 class ProcStatReader:
     """Reads /proc/<pid>/stat (or another per-process file: ``name``, e.g. "smaps_rollup"). Not
     thread-safe: its owner serializes the calls.

@@ -36,7 +36,10 @@ def die_with_parent() -> None:
 
 
 def _stat(pid: int) -> tuple[bytes, int] | None:
-    """(state letter, parent pid) of a process, or None when it is gone."""
+    """(state letter, parent pid) of a process, or None when it is gone.
+
+    Its own read of /proc (devices.procfs.read_stat does the same) because the nanny imports this
+    module before the kernel starts, and importing tf_remoting.devices loads psutil."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
