@@ -187,10 +187,15 @@ class KernelWebSocket:
         self = cls(await server.websocket(f"/api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex}"))
         msg_id = await self.send("kernel_info_request", {})
         deadline = time.monotonic() + timeout
-        while True:
-            msg = await self.recv(max(0.1, deadline - time.monotonic()))
-            if msg["channel"] == "shell" and msg.get("parent_header", {}).get("msg_id") == msg_id:
-                return self
+        try:
+            while True:
+                msg = await self.recv(max(0.1, deadline - time.monotonic()))
+                if msg["channel"] == "shell" and msg.get("parent_header", {}).get("msg_id") == msg_id:
+                    return self
+        except (TimeoutError, ConnectionError) as exc:
+            seen = [(m["channel"], m.get("msg_type") or m.get("header", {}).get("msg_type")) for m in self.messages]
+            raise AssertionError(f"kernel {kernel_id}: no kernel_info_reply on its websocket ({exc!r}); messages "
+                                 f"seen: {seen[-20:]}\nserver log:\n{server.log()[-12000:]}") from None
 
     async def send(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> str:
         msg = self.session.msg(msg_type, content)

@@ -534,7 +534,10 @@ async def test_unauthenticated_large_calls_are_refused_before_they_are_read(tf_w
         await watcher
     assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 120, set(codes)
     grown = max(peak, proc.memory_info().rss) - before
-    assert grown < 150 * MiB, f"the worker grew by {grown / MiB:.0f} MiB"
+    # Reading every body would hold 120 x 15 MiB (it grew by ~3 GiB before the interceptor refused
+    # unread); what remains is what HTTP/2 flow control lets each stream send before the refusal,
+    # seen between 60 and 211 MiB depending on the machine's load.
+    assert grown < 400 * MiB, f"the worker grew by {grown / MiB:.0f} MiB"
 
 
 async def test_an_oversized_control_request_is_refused_with_a_sentence(tf_worker):
