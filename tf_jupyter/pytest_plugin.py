@@ -193,6 +193,7 @@ class KernelWebSocket:
                 if msg["channel"] == "shell" and msg.get("parent_header", {}).get("msg_id") == msg_id:
                     return self
         except (TimeoutError, ConnectionError) as exc:
+            self.ws.close()  # not left for the garbage collector to warn about in a later test
             seen = [(m["channel"], m.get("msg_type") or m.get("header", {}).get("msg_type")) for m in self.messages]
             raise AssertionError(f"kernel {kernel_id}: no kernel_info_reply on its websocket ({exc!r}); messages "
                                  f"seen: {seen[-20:]}\nserver log:\n{server.log()[-12000:]}") from None
