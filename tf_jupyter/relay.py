@@ -29,11 +29,16 @@ ROUTED_PORTS = {
 }
 
 
-def _send_now(sock: zmq.Socket, parts: list[bytes]) -> None:
-    """Send without the asyncio wrapper: errors raise here instead of hiding in a future."""
-    for part in parts[:-1]:
-        zmq.Socket.send(sock, part, zmq.SNDMORE | zmq.NOBLOCK)
-    zmq.Socket.send(sock, parts[-1], zmq.NOBLOCK)
+def _send_now(sock: zmq.asyncio.Socket, parts: list[bytes]) -> None:
+    """Send at once; errors raise here instead of hiding in a future.
+
+    Through the asyncio socket's own send: a send makes ZMQ process the socket's pending commands,
+    which can consume the edge of its file descriptor that would have woken a waiting recv (a
+    request that arrived meanwhile then sat unread forever). pyzmq's send reschedules that recv;
+    a send on the plain socket underneath did not (a lost first reply, seen in the load test).
+    """
+    # with NOBLOCK and no send waiting (we never wait on one) the future is already done
+    cast("asyncio.Future[Any]", sock.send_multipart(parts, zmq.NOBLOCK)).result()
 
 
 class Relay:
