@@ -32,6 +32,7 @@ class AuthError(Exception):
 class Caller:
     principal: str
     lease_scope: str = ""  # non-empty: a kernel token, limited to this lease
+    groups: frozenset[str] = frozenset()  # what the identity source says (JupyterHub groups); empty for token files
 
     def may_use(self, lease_id: str) -> bool:
         return not self.lease_scope or self.lease_scope == lease_id
