@@ -581,30 +581,34 @@ class FileChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., size: _Optional[int] = ...) -> None: ...
 
 class TransferRequest(_message.Message):
-    __slots__ = ("kernel_id", "direction", "client_path", "kernel_path", "timeout_seconds")
+    __slots__ = ("kernel_id", "direction", "client_path", "kernel_path", "timeout_seconds", "overwrite")
     KERNEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_PATH_FIELD_NUMBER: _ClassVar[int]
     KERNEL_PATH_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     kernel_id: str
     direction: TransferDirection
     client_path: str
     kernel_path: str
     timeout_seconds: int
-    def __init__(self, kernel_id: _Optional[str] = ..., direction: _Optional[_Union[TransferDirection, str]] = ..., client_path: _Optional[str] = ..., kernel_path: _Optional[str] = ..., timeout_seconds: _Optional[int] = ...) -> None: ...
+    overwrite: bool
+    def __init__(self, kernel_id: _Optional[str] = ..., direction: _Optional[_Union[TransferDirection, str]] = ..., client_path: _Optional[str] = ..., kernel_path: _Optional[str] = ..., timeout_seconds: _Optional[int] = ..., overwrite: _Optional[bool] = ...) -> None: ...
 
 class TransferAsk(_message.Message):
-    __slots__ = ("transfer_id", "direction", "client_path", "kernel_path")
+    __slots__ = ("transfer_id", "direction", "client_path", "kernel_path", "overwrite")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_PATH_FIELD_NUMBER: _ClassVar[int]
     KERNEL_PATH_FIELD_NUMBER: _ClassVar[int]
+    OVERWRITE_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     direction: TransferDirection
     client_path: str
     kernel_path: str
-    def __init__(self, transfer_id: _Optional[str] = ..., direction: _Optional[_Union[TransferDirection, str]] = ..., client_path: _Optional[str] = ..., kernel_path: _Optional[str] = ...) -> None: ...
+    overwrite: bool
+    def __init__(self, transfer_id: _Optional[str] = ..., direction: _Optional[_Union[TransferDirection, str]] = ..., client_path: _Optional[str] = ..., kernel_path: _Optional[str] = ..., overwrite: _Optional[bool] = ...) -> None: ...
 
 class TransferResult(_message.Message):
     __slots__ = ("transfer_id", "ok", "message", "size")
