@@ -29,6 +29,12 @@ class MemoryEnforcement(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MEMORY_ENFORCEMENT_FRAMEWORK: _ClassVar[MemoryEnforcement]
     MEMORY_ENFORCEMENT_MPS: _ClassVar[MemoryEnforcement]
 
+class InventoryView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    INVENTORY_VIEW_UNSPECIFIED: _ClassVar[InventoryView]
+    INVENTORY_VIEW_OWN: _ClassVar[InventoryView]
+    INVENTORY_VIEW_ALL: _ClassVar[InventoryView]
+
 class Qos(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     QOS_UNSPECIFIED: _ClassVar[Qos]
@@ -92,6 +98,9 @@ MEMORY_ENFORCEMENT_WATCHDOG: MemoryEnforcement
 MEMORY_ENFORCEMENT_CGROUP: MemoryEnforcement
 MEMORY_ENFORCEMENT_FRAMEWORK: MemoryEnforcement
 MEMORY_ENFORCEMENT_MPS: MemoryEnforcement
+INVENTORY_VIEW_UNSPECIFIED: InventoryView
+INVENTORY_VIEW_OWN: InventoryView
+INVENTORY_VIEW_ALL: InventoryView
 QOS_UNSPECIFIED: Qos
 QOS_LOW: Qos
 QOS_MEDIUM: Qos
@@ -161,7 +170,7 @@ class GetInventoryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Inventory(_message.Message):
-    __slots__ = ("worker_id", "version", "backend", "default_mode", "oversubscription", "devices", "leases", "sample_interval_ms", "shares_filesystem")
+    __slots__ = ("worker_id", "version", "backend", "default_mode", "oversubscription", "devices", "leases", "sample_interval_ms", "shares_filesystem", "view", "viewer")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +180,8 @@ class Inventory(_message.Message):
     LEASES_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     SHARES_FILESYSTEM_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    VIEWER_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     version: str
     backend: str
@@ -180,7 +191,9 @@ class Inventory(_message.Message):
     leases: _containers.RepeatedCompositeFieldContainer[Lease]
     sample_interval_ms: int
     shares_filesystem: bool
-    def __init__(self, worker_id: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., default_mode: _Optional[_Union[IsolationMode, str]] = ..., oversubscription: _Optional[float] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., sample_interval_ms: _Optional[int] = ..., shares_filesystem: _Optional[bool] = ...) -> None: ...
+    view: InventoryView
+    viewer: str
+    def __init__(self, worker_id: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., default_mode: _Optional[_Union[IsolationMode, str]] = ..., oversubscription: _Optional[float] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., sample_interval_ms: _Optional[int] = ..., shares_filesystem: _Optional[bool] = ..., view: _Optional[_Union[InventoryView, str]] = ..., viewer: _Optional[str] = ...) -> None: ...
 
 class SliceRequest(_message.Message):
     __slots__ = ("vram", "compute")
@@ -295,8 +308,10 @@ class ResizeRequest(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., slice: _Optional[_Union[SliceRequest, _Mapping]] = ...) -> None: ...
 
 class ListLeasesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("all_principals",)
+    ALL_PRINCIPALS_FIELD_NUMBER: _ClassVar[int]
+    all_principals: bool
+    def __init__(self, all_principals: _Optional[bool] = ...) -> None: ...
 
 class ListLeasesResponse(_message.Message):
     __slots__ = ("leases",)
