@@ -67,6 +67,14 @@ class WorkerConfig:
         "help": "Messages kept per channel per kernel for resuming clients."})
     replay_bytes: str = field(default="256Mi", metadata={
         "help": "Bytes kept per channel per kernel for resuming clients."})
+    tenant_uids: str = field(default="", metadata={
+        "help": "FIRST-LAST: run each principal's kernels under a uid of its own from this range "
+                "(remembered in the ledger), with a private 0700 home in STATE_DIR/homes. Needs root "
+                "(or CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_KILL, CAP_SETGID, CAP_SETUID). Default: kernels run "
+                "as the worker's user."})
+    tenant_accounts: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "Principals that run as an existing account of this host instead of a uid from "
+                "tenant_uids: principal -> account name (config file only; needs tenant_uids)."})
 
     def validate(self) -> None:
         """Raise ValueError with a sentence for the first bad setting."""
@@ -86,6 +94,15 @@ class WorkerConfig:
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        if self.tenant_uids:
+            from tf_remoting.worker.tenants import parse_uid_range
+
+            parse_uid_range(self.tenant_uids)
+        if self.tenant_accounts and not self.tenant_uids:
+            raise ValueError("tenant_accounts needs tenant_uids (the range for principals without an account)")
+        if not isinstance(self.tenant_accounts, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.tenant_accounts.items()):
+            raise ValueError("tenant_accounts maps principal names to account names, e.g. {alice = \"alice\"}")
         try:
             if self.host_vram:
                 parse_bytes(self.host_vram)

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -30,10 +31,12 @@ import psutil
 
 from tf_remoting.devices.procfs import PidWatch, ProcStatReader, stat_fields
 from tf_remoting.worker.proctree import kill_descendants
+from tf_remoting.worker.tenants import Tenant, open_dir
 
 MAX_UNIX_PATH = 107
 _LINUX = sys.platform.startswith("linux")
 _FORGET_AFTER_S = 60.0  # remembered kernel states not asked for this long are dropped
+_MAX_STATE_BYTES = 1 << 16
 
 
 class KernelStartError(RuntimeError):
@@ -84,12 +87,18 @@ def default_kernel_argv() -> list[str]:
 class KernelSupervisor:
     def __init__(self, state_dir: Path, environments: dict[str, list[str]] | None = None,
                  chunk_size: int = 1 << 20, replay_messages: int = 50_000,
-                 replay_bytes: int = 256 << 20) -> None:
+                 replay_bytes: int = 256 << 20, tenants: bool = False) -> None:
         self.state_dir = state_dir
+        # With tenant uids, each kernel's directory and its socket directory (STATE/s/<id>/) belong
+        # to its tenant (0700); the parents are the worker's, passable (0711) but not listable.
+        self.tenants = tenants
         self.kernels_dir = state_dir / "kernels"
         self.sockets_dir = state_dir / "s"
         self.kernels_dir.mkdir(parents=True, exist_ok=True)
         self.sockets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if tenants:
+            open_dir(self.kernels_dir)
+            open_dir(self.sockets_dir)
         self.environments = {"python3": default_kernel_argv(), **(environments or {})}
         self.chunk_size = chunk_size
         self.replay_messages = replay_messages
@@ -109,7 +118,15 @@ class KernelSupervisor:
         return self.kernels_dir / kernel_id
 
     def socket_path(self, kernel_id: str) -> Path:
+        if self.tenants:
+            return self.sockets_dir / kernel_id / "n.sock"
         return self.sockets_dir / f"{kernel_id}.sock"
+
+    def scope_path(self, kernel_id: str) -> Path:
+        """Where the digest of the kernel's token is kept: out of the tenant's reach with tenant uids."""
+        if self.tenants:
+            return self.state_dir / "scopes" / kernel_id
+        return self.directory(kernel_id) / "scope"
 
     def argv_for(self, environment: str, argv: list[str]) -> list[str]:
         if argv:
@@ -120,9 +137,22 @@ class KernelSupervisor:
         return list(self.environments[name])
 
     async def start(self, kernel_id: str, argv: list[str], env: dict[str, str], cwd: str,
-                    key: bytes, signature_scheme: str, timeout: float = 20.0) -> KernelProcess:
+                    key: bytes, signature_scheme: str, timeout: float = 20.0,
+                    tenant: Tenant | None = None) -> KernelProcess:
+        """Start the kernel's nanny (as the tenant's uid, when given) and wait until it runs.
+
+        With a tenant, spec.json (the HMAC key, the kernel's token) is its 0600 file in its 0700
+        directory, and the nanny starts with the tenant's uid, gid and groups (setgroups, setregid,
+        setreuid: real, effective and saved ids all changed for good), then forbids itself new
+        privileges (PR_SET_NO_NEW_PRIVS) before it starts the kernel."""
         directory = self.directory(kernel_id)
         directory.mkdir(mode=0o700, parents=True)
+        if tenant is not None:
+            os.chown(directory, tenant.uid, tenant.gid)
+            sockets = self.socket_path(kernel_id).parent
+            sockets.mkdir(mode=0o700)
+            os.chown(sockets, tenant.uid, tenant.gid)
+            env = {**env, **tenant.env()}
         spec = {
             "kernel_id": kernel_id, "argv": argv, "env": {**base_env(), **env}, "env_complete": True, "cwd": cwd,
             "key": base64.b64encode(key).decode(), "signature_scheme": signature_scheme or "hmac-sha256",
@@ -130,13 +160,22 @@ class KernelSupervisor:
             "replay_messages": self.replay_messages, "replay_bytes": self.replay_bytes,
         }
         spec_path = directory / "spec.json"
-        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(spec_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        if tenant is not None:
+            os.fchown(fd, tenant.uid, tenant.gid)
         with os.fdopen(fd, "w") as f:
             json.dump(spec, f)
-        with open(directory / "nanny.log", "ab") as out:
-            child = subprocess.Popen([sys.executable, "-m", "tf_remoting.worker.nanny", str(directory)],
+        log_fd = os.open(directory / "nanny.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        identity: dict[str, Any] = {}
+        if tenant is not None:
+            os.fchown(log_fd, tenant.uid, tenant.gid)
+            identity = {"user": tenant.uid, "group": tenant.gid, "extra_groups": list(tenant.groups),
+                        "umask": 0o077}
+        with os.fdopen(log_fd, "ab") as out:
+            child = subprocess.Popen([sys.executable, "-m", "tf_remoting.worker.nanny",
+                                      *(["--tenant"] if tenant is not None else []), str(directory)],
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, close_fds=True)
+                                     start_new_session=True, close_fds=True, **identity)
         self._children.append(child)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -220,12 +259,19 @@ class KernelSupervisor:
     def _load(self, kernel_id: str, path: str) -> _Known | None:
         """Parse state.json (its identity taken from the same open file) and check its nanny."""
         try:
-            fd = os.open(path, os.O_RDONLY)
+            # Written by the nanny, which runs as the tenant with tenant uids: no symlink or FIFO is
+            # followed or waited on, and no more than a state file's size is read.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
-                key = _file_key(os.fstat(fd))
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    return None
+                key = _file_key(st)
                 chunks = []
-                while chunk := os.read(fd, 1 << 16):
+                size = 0
+                while size < _MAX_STATE_BYTES and (chunk := os.read(fd, 1 << 16)):
                     chunks.append(chunk)
+                    size += len(chunk)
             finally:
                 os.close(fd)
             data = json.loads(b"".join(chunks))
@@ -242,21 +288,37 @@ class KernelSupervisor:
         self._drop_nanny(nanny_pid)
         nanny_start: Any = None
         if self._pids.watch(nanny_pid):
-            if _is_nanny(nanny_pid, kernel_id) and self._pids.alive(nanny_pid):
+            if self._is_nanny(nanny_pid, kernel_id) and self._pids.alive(nanny_pid):
                 nanny_start = "pidfd"
         else:
             start = _process_start(nanny_pid, self._stat)
-            if start is not None and _is_nanny(nanny_pid, kernel_id) and _process_start(nanny_pid, self._stat) == start:
+            if start is not None and self._is_nanny(nanny_pid, kernel_id) \
+                    and _process_start(nanny_pid, self._stat) == start:
                 nanny_start = start
         if nanny_start is None:
             self._drop_nanny(nanny_pid)
         return _Known(key, KernelProcess("running", nanny_pid, kernel_pid, None), nanny_start, 0.0)
+
+    def _owner(self, kernel_id: str) -> int | None:
+        """The uid owning the kernel's directory: its tenant's (only the worker can change it)."""
+        try:
+            return os.stat(self.directory(kernel_id)).st_uid
+        except OSError:
+            return None
+
+    def _is_nanny(self, pid: int, kernel_id: str) -> bool:
+        """_is_nanny(), and with tenant uids also running as the kernel's tenant: the pids in
+        state.json come from the tenant's nanny, so they are trusted only for the tenant's own
+        processes (which the tenant could signal itself)."""
+        return _is_nanny(pid, kernel_id) and (not self.tenants or _runs_as(pid, self._owner(kernel_id)))
 
     def signal(self, kernel_id: str, signum: int) -> bool:
         """Send a signal to the kernel process; False when it is not running."""
         state = self.state(kernel_id)
         if state.status != "running":
             return False
+        if self.tenants and not _runs_as(state.kernel_pid, self._owner(kernel_id)):
+            return False  # state.json is the tenant's file: never a pid of someone else's
         try:
             os.kill(state.kernel_pid, signum)
         except ProcessLookupError:
@@ -271,7 +333,7 @@ class KernelSupervisor:
         A nanny whose kernel has exited may linger to hand its last messages over: it is told to
         go too, since whoever stops the kernel will not collect them."""
         state = self.state(kernel_id)
-        if state.status == "running" or (state.status == "exited" and _is_nanny(state.nanny_pid, kernel_id)):
+        if state.status == "running" or (state.status == "exited" and self._is_nanny(state.nanny_pid, kernel_id)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state.nanny_pid, signal.SIGTERM)
 
@@ -311,6 +373,20 @@ def _process_start(pid: int, reader: ProcStatReader | None = None) -> Any:
         return proc.create_time()
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def _runs_as(pid: int, uid: int | None) -> bool:
+    """True when the process's real, effective, saved and filesystem uids are all `uid`."""
+    if uid is None or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return all(int(v) == uid for v in line.split()[1:])
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def _is_nanny(pid: int, kernel_id: str) -> bool:

@@ -270,6 +270,10 @@ CREATE TABLE IF NOT EXISTS kernels (
     labels TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS kernels_lease ON kernels(lease_id);
+CREATE TABLE IF NOT EXISTS tenant_uids (
+    principal TEXT PRIMARY KEY,
+    uid INTEGER NOT NULL UNIQUE
+);
 """
 
 _LEASE_COLUMNS = "id, principal, qos, mode, created_at, expires_at, ttl_seconds, profile, labels, released_at"
@@ -804,6 +808,27 @@ class Ledger:
         return problems
 
     # ------------------------------------------------------------------ kernels
+
+    def tenant_uid(self, principal: str, first: int, last: int, has_account: Callable[[int], bool]) -> int:
+        """The uid of the principal's kernels (``--tenant-uids FIRST-LAST``), remembered across restarts.
+
+        Its uid so far while that is still in the range; else the lowest uid of the range that no
+        other principal has and no account of this host uses. ResourceExhausted when none is left.
+        """
+        from tf_remoting.worker.tenants import pick_uid
+
+        with self._write() as conn:
+            rows = dict(conn.execute("SELECT principal, uid FROM tenant_uids").fetchall())
+            current = rows.pop(principal, None)
+            uid = pick_uid(current, set(rows.values()), first, last, has_account)
+            if uid is None:
+                raise ResourceExhausted(
+                    f"no uid is left for principal {principal!r}: all {last - first + 1} uids of the "
+                    f"tenant range {first}-{last} belong to other principals or to accounts of this host; "
+                    "the worker's administrator can widen --tenant-uids")
+            if uid != current:
+                conn.execute("INSERT OR REPLACE INTO tenant_uids (principal, uid) VALUES (?, ?)", (principal, uid))
+            return uid
 
     def add_kernel(self, rec: KernelRecord) -> None:
         """Record a kernel started in an active lease."""

@@ -1,6 +1,7 @@
 """The kernel nanny: one small process per kernel that outlives the worker.
 
-The worker starts `python -m tf_remoting.worker.nanny DIR` in a new process session. The nanny starts the
+The worker starts `python -m tf_remoting.worker.nanny [--tenant] DIR` in a new process session
+(with `--tenant`, as the principal's own uid: see `tf_remoting.worker.tenants`). The nanny starts the
 kernel as its child, connects to its ZMQ endpoints (IPC sockets in the state directory) and
 serves one unix socket that the worker connects to (`tf_remoting.worker.nanny_loop`). It numbers every
 message the kernel sends and keeps it in the replay buffer until the client acknowledges it, so a worker restart (even
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tf_remoting.worker.nanny_state import write_state
-from tf_remoting.worker.proctree import die_with_parent, kill_descendants, set_child_subreaper
+from tf_remoting.worker.proctree import die_with_parent, kill_descendants, no_new_privileges, set_child_subreaper
 
 
 def listen(socket_path: str) -> socket.socket:
@@ -73,9 +74,22 @@ def launch_kernel(directory: Path, spec: dict[str, Any]) -> tuple[subprocess.Pop
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    tenant = args[:1] == ["--tenant"]
+    if tenant:
+        args = args[1:]
     if len(args) != 1:
-        print("usage: python -m tf_remoting.worker.nanny KERNEL_DIR", file=sys.stderr)
+        print("usage: python -m tf_remoting.worker.nanny [--tenant] KERNEL_DIR", file=sys.stderr)
         return 2
+    if tenant:
+        # Started by a root worker as the tenant's uid: make sure nothing of root is left, and that
+        # no setuid program can give the kernel any of it back.
+        if 0 in os.getresuid() or 0 in os.getresgid() or 0 in os.getgroups():
+            print("nanny: --tenant, but this process still has root's uid or gid; not starting a kernel",
+                  file=sys.stderr)
+            return 2
+        if not no_new_privileges():
+            print("nanny: cannot set PR_SET_NO_NEW_PRIVS; not starting a kernel", file=sys.stderr)
+            return 2
     directory = Path(args[0])
     spec = json.loads((directory / "spec.json").read_text())
     subreaper = set_child_subreaper()  # before the kernel exists: all its descendants inherit it

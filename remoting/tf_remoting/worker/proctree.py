@@ -18,6 +18,7 @@ import time
 
 PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NO_NEW_PRIVS = 38
 
 
 def set_child_subreaper() -> bool:
@@ -25,6 +26,15 @@ def set_child_subreaper() -> bool:
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def no_new_privileges() -> bool:
+    """PR_SET_NO_NEW_PRIVS for this process and all it starts: execve never grants privileges again
+    (setuid and setgid bits, file capabilities are ignored). False where refused."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 

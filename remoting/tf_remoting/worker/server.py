@@ -75,6 +75,7 @@ async def serve(config: WorkerConfig, address_file: str = "", stop: asyncio.Even
     with contextlib.suppress(FileNotFoundError):
         os.unlink(worker.state_dir / "kernels.sock")
     server.add_insecure_port(worker.kernel_address)
+    worker.open_kernel_socket()
     if listen.startswith("unix:"):
         worker.address = listen
     else:

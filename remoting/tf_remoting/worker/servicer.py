@@ -32,6 +32,7 @@ from tf_remoting.worker.kernels import KernelStartError
 from tf_remoting.worker.leases import KernelRecord, LeaseRecord
 from tf_remoting.worker.messages import device_message, kernel_message, lease_message
 from tf_remoting.worker.state import Worker
+from tf_remoting.worker.tenants import Tenant, private_dir
 from tf_remoting.worker.transfers import FileTransfers
 
 MAX_ENV = 256
@@ -180,7 +181,8 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                            "environment variables need non-empty names without '=' and no NUL bytes")
         kernel_id = uuid.uuid4().hex[:16]
-        cwd = self._kernel_cwd(lease, request.cwd)
+        tenant = await w.db(w.tenant, lease.principal)
+        cwd = self._kernel_cwd(lease, request.cwd, tenant)
         kernel_token = secrets.token_urlsafe(32)
         env = {**request.env, **w.slice_env(lease, kernel_id, kernel_token)}
         rec = KernelRecord(id=kernel_id, lease_id=lease.id, principal=lease.principal, nanny_pid=0, pid=0,
@@ -190,12 +192,12 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         await w.db(w.ledger.add_kernel, rec)
         try:
             state = await w.supervisor.start(kernel_id, argv, env, cwd, request.key,
-                                             request.signature_scheme)
+                                             request.signature_scheme, tenant=tenant)
         except (KernelStartError, OSError) as exc:
             await w.db(w.ledger.update_kernel, kernel_id, status="exited", exit_code=-1)
             raise RpcError(grpc.StatusCode.INTERNAL, str(exc)) from None
         w.confine_host_kernel(lease, kernel_id, state.kernel_pid)
-        (w.supervisor.directory(kernel_id) / "scope").write_text(token_digest_hex(kernel_token))
+        w.supervisor.scope_path(kernel_id).write_text(token_digest_hex(kernel_token))
         w.tokens.add_kernel_token(kernel_token, lease.principal, lease.id)
         await w.db(w.ledger.update_kernel, kernel_id, status="running", pid=state.kernel_pid,
                    nanny_pid=state.nanny_pid)
@@ -203,14 +205,19 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
                lease.id, kernel_id, lease.principal)
         return kernel_message(w, await w.db(w.ledger.get_kernel, caller.principal, kernel_id))
 
-    def _kernel_cwd(self, lease: LeaseRecord, requested: str) -> str:
+    def _kernel_cwd(self, lease: LeaseRecord, requested: str, tenant: Tenant | None = None) -> str:
+        """The notebook's directory (shared filesystem), else STATE/work/<lease>. With tenant uids
+        the notebook's directory only when it is the tenant's own; the per-lease one is 0700, its."""
         w = self.worker
         if w.config.shares_filesystem and requested:
             if not os.path.isdir(requested):
                 raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"working directory {requested!r} does not exist on the worker")
-            return requested
+            if tenant is None or os.stat(requested).st_uid == tenant.uid:
+                return requested
         directory = w.state_dir / "work" / lease.id
+        if tenant is not None:
+            return str(private_dir(directory, tenant.uid, tenant.gid))
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         return str(directory)
 

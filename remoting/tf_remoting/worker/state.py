@@ -13,12 +13,16 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
+import pwd
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
 
 import grpc
@@ -30,7 +34,7 @@ from tf_remoting.devices.cgroup import CgroupSlice, cgroup_v2_memory_root
 from tf_remoting.proto import enum_name, pb
 from tf_remoting.quantities import parse_bytes
 from tf_remoting.slice_env import SliceEnv
-from tf_remoting.worker import isolation, nanny_link
+from tf_remoting.worker import isolation, nanny_link, tenants
 from tf_remoting.worker import leases as ledger_mod
 from tf_remoting.worker.auth import Caller, TokenTable, ensure_token_file
 from tf_remoting.worker.config import WorkerConfig
@@ -55,10 +59,16 @@ class Worker:
         config.validate()
         self.config = config
         self.state_dir = config.state_path
+        self.tenant_range = tenants.parse_uid_range(config.tenant_uids) if config.tenant_uids else None
+        if self.tenant_range is not None:
+            tenants.check_capabilities()
+            os.umask(0o077)  # nothing the worker makes is readable by a kernel unless it is given
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.worker_id = self._worker_id()
         if ensure_token_file(config.token_path):
             log.info("created token file %s with a new random token", config.token_path)
+        if self.tenant_range is not None:
+            self._check_tenant_setup()
         self.tokens = TokenTable(config.token_path)
         self.backend = backend or open_backend(config.backend)
         self.devices: list[DeviceInfo] = self._offered_devices()
@@ -69,7 +79,11 @@ class Worker:
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
         self.supervisor = KernelSupervisor(self.state_dir, config.kernel_environments,
                                            replay_messages=config.replay_messages,
-                                           replay_bytes=parse_bytes(config.replay_bytes))
+                                           replay_bytes=parse_bytes(config.replay_bytes),
+                                           tenants=self.tenant_range is not None)
+        self.device_groups: tuple[int, ...] = ()
+        if self.tenant_range is not None:
+            self._private_state()
         self.sampler = Sampler(self.backend)
         self.watchdog = Watchdog(WatchdogPolicy(warn_ratio=config.watchdog_warn_ratio,
                                                 grace_seconds=config.watchdog_grace,
@@ -123,6 +137,82 @@ class Worker:
         return [DeviceCapacity(uuid=d.uuid, index=d.index, name=d.name, vram_total=d.vram_total,
                                compute_capacity=compute) for d in self.devices]
 
+    # ------------------------------------------------------------------ tenant uids
+
+    def _check_tenant_setup(self) -> None:
+        """With tenant uids: refuse to start (ValueError, a sentence) where kernels running as other
+        users could read the token file or could not start at all."""
+        if tenants.readable_by_others(self.config.token_path):
+            raise ValueError(f"the token file {self.config.token_path} is readable by other users; with "
+                             f"--tenant-uids kernels run as other users and could read it: "
+                             f"chmod 600 {self.config.token_path}")
+        blocked = tenants.unreachable_for_others([sys.executable, sys.prefix, sys.base_prefix,
+                                                  os.path.dirname(tf_remoting.__file__), self.state_dir.parent])
+        if blocked:
+            raise ValueError(f"with --tenant-uids kernels run as other users, who cannot enter {', '.join(blocked)} "
+                             "(no search permission for others) to reach the Python interpreter, its packages or "
+                             "the state directory; install tf-jupyter where others can read it (e.g. a venv in "
+                             "/opt) or chmod o+x those directories")
+        for principal, account in self.config.tenant_accounts.items():
+            try:
+                entry = pwd.getpwnam(account)
+            except KeyError:
+                raise ValueError(f"tenant_accounts: principal {principal!r} maps to account {account!r}, "
+                                 "which this host does not have") from None
+            if entry.pw_uid == 0 or entry.pw_gid == 0:
+                raise ValueError(f"tenant_accounts: account {account!r} of principal {principal!r} is root's "
+                                 "(uid or gid 0); kernels never run as root")
+
+    def _private_state(self) -> None:
+        """The state directory with tenant uids: passable by kernels (0711) to reach their own
+        directories, but not listable, and the worker's files in it (ledger, ids) 0600."""
+        tenants.open_dir(self.state_dir)
+        for name in ("homes", "work"):
+            tenants.open_dir(self.state_dir / name)
+        (self.state_dir / "scopes").mkdir(mode=0o700, exist_ok=True)
+        for path in [*self.state_dir.glob("ledger.sqlite3*"), self.state_dir / "worker_id", self.config.token_path]:
+            tenants.private_file(path)
+        self.device_groups = tenants.device_groups()
+        if self.device_groups:
+            log.info("tenant kernels get the groups of the GPU device files: %s", self.device_groups)
+
+    def open_kernel_socket(self) -> None:
+        """kernels.sock, where kernels call the worker with their own tokens: reachable by every
+        tenant uid (each call is authenticated by its token)."""
+        if self.tenant_range is not None:
+            os.chmod(self.state_dir / "kernels.sock", 0o666)
+
+    def tenant(self, principal: str) -> tenants.Tenant | None:
+        """Who the principal's kernels run as (None without tenant uids), its home made ready.
+        Blocking (the ledger): call through `db`. ResourceExhausted when the uid range is used up."""
+        if self.tenant_range is None:
+            return None
+        try:
+            return self._tenant(principal)
+        except ValueError as exc:  # its home is not a directory
+            raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"principal {principal!r}: {exc}") from None
+
+    def _tenant(self, principal: str) -> tenants.Tenant:
+        assert self.tenant_range is not None
+        account = self.config.tenant_accounts.get(principal)
+        if account:
+            entry = pwd.getpwnam(account)
+            groups = tuple(sorted((set(os.getgrouplist(account, entry.pw_gid)) | set(self.device_groups))
+                                  - {entry.pw_gid, 0}))
+            home = Path(entry.pw_dir)
+            try:
+                own_home = os.lstat(home).st_uid == entry.pw_uid and home.is_dir()
+            except OSError:
+                own_home = False
+            if not own_home:
+                home = tenants.private_dir(self.state_dir / "homes" / tenants.safe_name(principal),
+                                           entry.pw_uid, entry.pw_gid)
+            return tenants.Tenant(principal, entry.pw_uid, entry.pw_gid, home, groups)
+        first, last = self.tenant_range
+        uid = self.ledger.tenant_uid(principal, first, last, tenants.has_account)
+        home = tenants.private_dir(self.state_dir / "homes" / tenants.safe_name(principal), uid, uid)
+        return tenants.Tenant(principal, uid, uid, home, self.device_groups)
+
     def adopt(self) -> int:
         """Re-adopt kernels left running by an earlier worker process; returns how many."""
         adopted = 0
@@ -130,7 +220,7 @@ class Worker:
             state = self.supervisor.state(rec.id)
             if state.status == "running":
                 adopted += 1
-                scope = self.supervisor.directory(rec.id) / "scope"
+                scope = self.supervisor.scope_path(rec.id)
                 with contextlib.suppress(OSError):
                     self.tokens.add_kernel_digest(scope.read_text().strip(), rec.principal, rec.lease_id)
                 if rec.status != "running":
