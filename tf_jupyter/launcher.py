@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV
-from tf_jupyter.kernel_env import kernel_env, worker_is_local
+from tf_jupyter.kernel_env import client_kernel_env
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.local_worker import LocalWorkerError
 from tf_jupyter.relay import Relay
@@ -137,19 +137,9 @@ class Launcher:
                 await self.client.close()
 
     def _kernel_env(self) -> dict[str, str]:
-        """This launcher's environment, as a local kernel would get it (tf_jupyter.kernel_env says what
-        travels to a remote worker: c.TfVgpu.kernel_env and the kernelspec's own env)."""
+        """This launcher's environment, as a local kernel would get it (see tf_jupyter.kernel_env)."""
         assert self.client is not None
-        if worker_is_local(self.client.address):
-            return kernel_env(os.environ, self.client.address)
-        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-        from tf_jupyter.config import TfVgpu, load_jupyter_config
-
-        spec_env: list[str] = []
-        with contextlib.suppress(NoSuchKernel, ValueError, OSError):
-            spec_env = list(KernelSpecManager().get_kernel_spec(f"vgpu-{self.profile_name}").env)
-        return kernel_env(os.environ, self.client.address, TfVgpu(config=load_jupyter_config()).kernel_env, spec_env)
+        return client_kernel_env(os.environ, self.client.address, self.profile_name)
 
     async def _still_running(self, kernel_id: str) -> bool:
         assert self.client is not None

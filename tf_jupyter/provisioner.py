@@ -1,10 +1,9 @@
 """The `tf-vgpu` kernel provisioner (selected by the metadata of vgpu-* kernelspecs).
 
 It builds on jupyter_client's LocalProvisioner: the kernelspec's argv (the kernel launcher) runs
-locally as usual. `pre_launch` places and leases the slice and hands the lease to the launcher,
-which starts the kernel on the worker and relays it. A restart keeps the lease; a shutdown
-releases it. (Starting the kernel here, so that it boots while the launcher starts, was tried and
-taken back: CI's 50-kernel load test then lost a first cell's reply, cause not yet found.)
+locally as usual. `pre_launch` places and leases the slice, starts the kernel on the worker (it
+boots while the launcher process starts up) and hands lease and kernel to the launcher, which
+relays it. A restart keeps the lease; a shutdown releases it.
 
 - Inside a Jupyter server with tf_jupyter loaded, placement goes through the server's pool, so the
   queue, the lease and the kernel are known to the server and its API.
@@ -34,6 +33,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
 from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV
+from tf_jupyter.kernel_env import client_kernel_env
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.placement import Request
 from tf_jupyter.pool import KernelSlice, Pool
@@ -158,15 +158,19 @@ class VgpuProvisioner(LocalProvisioner):
                 await self._place_standalone(profile)
                 assert self._reach is not None
                 reach = self._reach
-            kwargs = await super().pre_launch(**kwargs)
+            kernel_args = [str(a) for a in kwargs.get("extra_arguments") or []]  # the base class pops them
+            kwargs = await super().pre_launch(**kwargs)  # writes the connection file: its key is known from here
+            placed = time.monotonic()
+            remote_id = await self._start_early(kwargs, kernel_args)
         except BaseException:
             await self._forget_failed_start(pool)
             raise
         env = kwargs["env"]
-        self.log.debug("vGPU kernel %s: slice placed on %s in %.0f ms", self.kernel_id, self.worker,
-                       (time.monotonic() - began) * 1e3)
+        self.log.debug("vGPU kernel %s: slice placed on %s in %.0f ms, kernel %s started there in %.0f ms",
+                       self.kernel_id, self.worker, (placed - began) * 1e3, remote_id,
+                       (time.monotonic() - placed) * 1e3)
         tls = reach["tls"]
-        env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id,
+        env[HANDOFF_ENV] = json.dumps({"worker": self.worker, "lease_id": self.lease_id, "kernel_id": remote_id,
                                        "ttl": reach["ttl"], "release_on_exit": pool is None,
                                        "tls_ca": tls["tls_ca"] or "", "tls_cert": tls["client_cert"] or "",
                                        "tls_key": tls["client_key"] or "",
@@ -176,6 +180,23 @@ class VgpuProvisioner(LocalProvisioner):
             env[TOKEN_FILE_ENV] = reach["token_file"]
         env[PARENT_ENV] = str(os.getpid())
         return kwargs
+
+    async def _start_early(self, kwargs: dict[str, Any], kernel_args: list[str]) -> str:
+        """Start the kernel on the worker from this already-running process, so that it boots while
+        the launcher process starts; the launcher then only attaches its relay (it starts the kernel
+        itself if this one is gone by then). Same key, directory, environment and arguments as the
+        launcher would give it. Returns the worker's kernel id."""
+        key = self.connection_info["key"]
+        async with self._client() as client:
+            if client is None:
+                raise LaunchError(f"vGPU worker {self.worker} is not in the pool any more")
+            kernel = await client.start_kernel(
+                self.lease_id, key=key if isinstance(key, bytes) else str(key).encode(),
+                signature_scheme=self.connection_info.get("signature_scheme") or "hmac-sha256",
+                cwd=kwargs.get("cwd") or os.getcwd(),
+                env=client_kernel_env(kwargs["env"], self.worker, self.profile),
+                labels={"jupyter_kernel_id": self.kernel_id or ""}, kernel_args=kernel_args)
+        return kernel.id
 
     async def _forget_failed_start(self, pool: Pool | None) -> None:
         """A start that failed (queue_timeout, no worker) leaves nothing: no lease, no pool entry,
