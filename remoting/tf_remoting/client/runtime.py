@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -263,24 +264,50 @@ class TransferError(Exception):
 
 async def move_file(client: RuntimeClient, kernel_id: str, ask: pb.TransferAsk, root: str | Path) -> str:
     """Do what the kernel asked: push a file from `root` into its directory, or pull one into `root`.
-    Returns a sentence saying what moved."""
-    local = paths.confined(root, ask.client_path, f"the notebook's directory ({Path(root).resolve()})")
+    Returns a sentence saying what moved.
+
+    Whoever holds the kernel's token can ask (the kernel itself, or a program that found the
+    token), so the file is reached only beneath `root`, without following a symlink at any
+    component (tf_remoting.paths), and a pull never replaces an existing file unless the kernel
+    said `--overwrite` (`ask.overwrite`)."""
+    shown = Path(root).resolve()
+    where = f"the notebook's directory ({shown})"
     if ask.direction == pb.TRANSFER_TO_KERNEL:
-        if not local.is_file():
-            raise TransferError(f"{ask.client_path!r} is not a file in {Path(root).resolve()}")
-        data = await asyncio.to_thread(local.read_bytes)
-        await client.put_file(kernel_id, ask.kernel_path, data, mode=local.stat().st_mode & 0o777)
+        def read() -> tuple[bytes, int]:
+            try:
+                # O_NONBLOCK: opening a FIFO must not hang the transfer.
+                fd = paths.open_file(root, ask.client_path, where, os.O_RDONLY | os.O_NONBLOCK)
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                raise TransferError(f"{ask.client_path!r} is not a file in {shown}") from None
+            with os.fdopen(fd, "rb") as f:
+                st = os.fstat(f.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise TransferError(f"{ask.client_path!r} is not a file in {shown}")
+                return f.read(), st.st_mode & 0o777
+
+        data, mode = await asyncio.to_thread(read)
+        await client.put_file(kernel_id, ask.kernel_path, data, mode=mode)
         return f"pushed {ask.client_path} ({format_bytes(len(data))}) to {ask.kernel_path} in the kernel's directory"
     if ask.direction == pb.TRANSFER_FROM_KERNEL:
-        if local.is_dir():
-            raise TransferError(f"{ask.client_path!r} is a directory in {Path(root).resolve()}")
+        paths.relative_parts(ask.client_path, where)  # a bad path fails before the download
         data = await client.get_file(kernel_id, ask.kernel_path)
 
         def write() -> None:
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name}.tf-download")
-            tmp.write_bytes(data)
-            os.replace(tmp, local)
+            try:
+                upload = paths.start_upload(root, ask.client_path, where, 0o666, overwrite=ask.overwrite)
+            except IsADirectoryError:
+                raise TransferError(f"{ask.client_path!r} is a directory in {shown}") from None
+            except FileExistsError:
+                raise TransferError(f"{ask.client_path!r} already exists in {shown}; pull to another name, or "
+                                    "add --overwrite to replace it") from None
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(upload.fd, view):]
+            except BaseException:
+                upload.abort()
+                raise
+            upload.commit()
 
         await asyncio.to_thread(write)
         return f"pulled {ask.kernel_path} ({format_bytes(len(data))}) to {ask.client_path} in the notebook's directory"

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic_arguments import argument, kwds, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, kwds, magic_arguments
+from IPython.utils.process import arg_split
 
 from tf_remoting.quantities import QuantityError, format_bytes, parse_bytes, parse_percent
 from tf_remoting.slice_env import NotInSlice, SliceEnv
@@ -36,10 +37,13 @@ HELP = """%vgpu — this kernel's vGPU slice
                                  e.g. --vram 8Gi --compute 50; on success the in-kernel caps
                                  (PyTorch, CuPy) follow. A flag left out keeps its current value.
   %vgpu push LOCAL [REMOTE]      copy a file from the notebook's directory to the kernel's
-  %vgpu pull REMOTE [LOCAL]      copy a file from the kernel's directory to the notebook's
-                                 Paths are relative to each directory (up to 2 GiB a file). The
-                                 kernel's Jupyter side does the copy. When the kernel shares the
-                                 notebook's filesystem there is nothing to move.
+  %vgpu pull [--overwrite] REMOTE [LOCAL]
+                                 copy a file from the kernel's directory to the notebook's; a
+                                 file that exists there is replaced only with --overwrite
+                                 Paths are relative to each directory (up to 2 GiB a file), with
+                                 no '..' and no symbolic links on the way. The kernel's Jupyter
+                                 side does the copy. When the kernel shares the notebook's
+                                 filesystem there is nothing to move.
   %vgpu help                     this text
 
 Sizes: 4Gi, 512Mi, 1.5Gi (binary) or 4G (decimal). Percentages: 50 or 50%.
@@ -417,7 +421,7 @@ def resize(vram: int | None, compute: int | None) -> None:
 # ---------------------------------------------------------------------------- push / pull
 
 
-def transfer(command: str, args: Sequence[str]) -> None:
+def transfer(command: str, args: Sequence[str], overwrite: bool = False) -> None:
     source, target = ("LOCAL", "REMOTE") if command == "push" else ("REMOTE", "LOCAL")
     if not 1 <= len(args) <= 2:
         raise _fail(f"%vgpu {command} takes {source} [{target}]; see %vgpu help")
@@ -437,7 +441,8 @@ def transfer(command: str, args: Sequence[str]) -> None:
     client_path, kernel_path = (first, second) if command == "push" else (second, first)
     direction = pb.TRANSFER_TO_KERNEL if command == "push" else pb.TRANSFER_FROM_KERNEL
     request = pb.TransferRequest(kernel_id=slice_.kernel_id, direction=direction, client_path=client_path,
-                                 kernel_path=kernel_path, timeout_seconds=int(TRANSFER_TIMEOUT))
+                                 kernel_path=kernel_path, timeout_seconds=int(TRANSFER_TIMEOUT),
+                                 overwrite=overwrite)
     try:
         with _stub() as (stub, metadata):
             result = stub.RequestTransfer(request, metadata=metadata, timeout=TRANSFER_TIMEOUT + 10)
@@ -503,11 +508,14 @@ class _Once(argparse.Action):
 @argument("--vram", type=_vram, action=_Once, metavar="SIZE", help="resize: VRAM of the slice, e.g. 8Gi")
 @argument("--compute", type=_compute, action=_Once, metavar="PERCENT",
           help="resize: compute share of the device, e.g. 50")
+@argument("--overwrite", action="store_true",
+          help="pull: replace a file that exists in the notebook's directory")
 @argument("-h", "--help", action="store_true", help="same as %%vgpu help")
 def vgpu(line: str) -> Any:
     """This kernel's vGPU slice (see %vgpu help)."""
     try:
-        parsed = parse_argstring(vgpu, line)
+        # Intermixed: options may come between the positionals (%vgpu pull --overwrite a.bin).
+        parsed = vgpu.parser.parse_intermixed_args(arg_split(line, strict=True))
     except ValueError as exc:  # unbalanced quotes
         raise _fail(f"%vgpu: {exc}") from None
     except UsageError as exc:  # argparse's own sentence, e.g. "argument --vram: expected one argument"
@@ -520,6 +528,9 @@ def vgpu(line: str) -> Any:
         raise _fail(f"unknown %vgpu command {command!r}; the commands are {', '.join(COMMANDS)} (see %vgpu help)")
     if command != "resize" and (parsed.vram is not None or parsed.compute is not None):
         raise _fail(f"%vgpu {command}: --vram and --compute belong to %vgpu resize")
+    if command != "pull" and parsed.overwrite:
+        raise _fail(f"%vgpu {command}: --overwrite belongs to %vgpu pull (a push always replaces the "
+                    "kernel's copy)")
     if command == "status":
         if args:
             raise _fail("%vgpu status takes no arguments")
@@ -532,7 +543,7 @@ def vgpu(line: str) -> Any:
             raise _fail(f"%vgpu resize: unexpected {' '.join(args)!r}; use --vram SIZE and/or --compute PERCENT")
         resize(parsed.vram, parsed.compute)
         return None
-    transfer(command, args)  # push or pull
+    transfer(command, args, parsed.overwrite)  # push or pull
     return None
 
 

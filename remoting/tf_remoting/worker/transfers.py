@@ -1,21 +1,25 @@
 """Files between a client and a kernel's working directory: PutFile and GetFile (the client moves
 them), RequestTransfer and CompleteTransfer (the kernel asks its Jupyter side, `%vgpu push/pull`).
 
-Paths are always relative to the kernel's directory and confined to it; errors name the path the
-caller gave, never the worker's.
+Paths are always relative to the kernel's directory and confined to it: files are opened from a
+descriptor of that directory without following a symlink at any component (tf_remoting.paths), so
+a directory swapped for a link between two steps gains nothing. Where the worker runs principals
+under their own uids, every open, mkdir and rename runs with the principal's file-system uid and
+gid (`as_identity`), so it can reach only what that user could, and what it creates is theirs.
+Errors name the path the caller gave, never the worker's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ctypes
 import errno
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -28,6 +32,7 @@ from tf_remoting.worker.state import Worker
 
 TRANSFER_TIMEOUT = 300.0  # seconds a kernel waits for its Jupyter side to move a file, by default
 MAX_FILE = 2 << 30
+WHERE = "the kernel's working directory"
 
 
 def file_error(relative: str, exc: OSError) -> RpcError:
@@ -45,19 +50,68 @@ def file_error(relative: str, exc: OSError) -> RpcError:
 
 
 def confined(root: str, relative: str) -> Path:
-    """A path inside a kernel's directory, or the status that says why not."""
+    """A path inside a kernel's directory by its words (for paths only passed on), or the status
+    that says why not."""
     try:
-        return paths.confined(root, relative, "the kernel's working directory")
+        return paths.confined(root, relative, WHERE)
     except paths.BadPath as exc:
         raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
     except paths.PathEscapes as exc:
         raise RpcError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
 
 
+# ---------------------------------------------------------------------------- file-system identity
+
+FsIdentity = tuple[int, int]  # (uid, gid) a file operation runs with; None: the worker's own
+T = TypeVar("T")
+_libc: list[Any] = []
+
+
+def _set_fs_ids(uid: int, gid: int) -> tuple[int, int]:
+    """setfsgid + setfsuid for the calling thread only (Linux keeps them per thread); returns the
+    previous ids. Raises PermissionError when the switch did not take (no CAP_SETUID/CAP_SETGID)."""
+    if not _libc:
+        _libc.append(ctypes.CDLL(None, use_errno=True))
+    libc = _libc[0]
+    old_gid = libc.setfsgid(gid)
+    old_uid = libc.setfsuid(uid)
+    # setfs*id returns the previous id, success or not: asking again with -1 (never valid) says
+    # whether the new one took.
+    if libc.setfsuid(-1) != uid or libc.setfsgid(-1) != gid:
+        libc.setfsuid(old_uid)
+        libc.setfsgid(old_gid)
+        raise PermissionError(errno.EPERM, f"cannot act as uid {uid} / gid {gid} (the worker needs CAP_SETUID "
+                              "and CAP_SETGID)")
+    return old_uid, old_gid
+
+
+def as_identity(identity: FsIdentity | None, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) with the file-system uid and gid of `identity` (a tenant's), on the calling thread,
+    switched back in `finally`: every open, mkdir and rename in fn is checked against that user's
+    permissions, and what it creates is that user's. Run it on a thread of its own (asyncio.to_thread)."""
+    if identity is None:
+        return fn(*args)
+    old = _set_fs_ids(*identity)
+    try:
+        return fn(*args)
+    finally:
+        _set_fs_ids(*old)
+
+
 class FileTransfers:
     """The file RPCs of the Runtime service (mixed into `servicer.RuntimeServicer`)."""
 
     worker: Worker
+
+    def fs_identity(self, principal: str) -> FsIdentity | None:
+        """The uid and gid file operations for `principal` run with: its tenant identity where the
+        worker runs kernels under per-principal uids, else None (the worker's own)."""
+        tenants = getattr(self.worker, "tenants", None)
+        lookup = getattr(tenants, "identity", None)
+        if lookup is None:
+            return None
+        found = lookup(principal)
+        return None if found is None else (int(found[0]), int(found[1]))
 
     async def PutFile(self, request_iterator: AsyncIterator[pb.PutFileRequest], context: Any) -> pb.FileInfo:
         w, caller = self.worker, current_caller()
@@ -66,42 +120,54 @@ class FileTransfers:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "the first PutFile message must be the header")
         rec = await w.db(w.ledger.get_kernel, caller.principal, first.header.kernel_id)
         path = first.header.path
-        target = confined(rec.cwd, path)
-        if target.is_dir():
-            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{path!r} is a directory")
+        mode = (first.header.mode & 0o777) or 0o644
+        identity = self.fs_identity(rec.principal)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            upload = await asyncio.to_thread(as_identity, identity, paths.start_upload, rec.cwd, path, WHERE, mode)
+        except paths.BadPath as exc:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except paths.PathEscapes as exc:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
+        except IsADirectoryError:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{path!r} is a directory") from None
         except OSError as exc:
             raise file_error(path, exc) from None
-        tmp = target.with_name(f".{target.name}.tf-upload-{uuid.uuid4().hex[:8]}")
         size = 0
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                         (first.header.mode & 0o777) or 0o644)
-            with os.fdopen(fd, "wb") as f:
-                async for msg in request_iterator:
-                    if msg.WhichOneof("kind") != "data":
-                        raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "only data may follow the header")
-                    size += len(msg.data)
-                    if size > MAX_FILE:
-                        raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                       f"file larger than {format_bytes(MAX_FILE)}")
-                    f.write(msg.data)
-            os.replace(tmp, target)
+            # Writes go to the open descriptor: nothing is looked up by name until the commit,
+            # which renames within the directory's descriptor.
+            async for msg in request_iterator:
+                if msg.WhichOneof("kind") != "data":
+                    raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "only data may follow the header")
+                size += len(msg.data)
+                if size > MAX_FILE:
+                    raise RpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"file larger than {format_bytes(MAX_FILE)}")
+                view = memoryview(msg.data)
+                while view:
+                    view = view[os.write(upload.fd, view):]
+            await asyncio.to_thread(as_identity, identity, upload.commit)
         except OSError as exc:
+            await asyncio.to_thread(as_identity, identity, upload.abort)
             raise file_error(path, exc) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        except BaseException:
+            await asyncio.to_thread(as_identity, identity, upload.abort)
+            raise
         return pb.FileInfo(path=path, size=size)
 
     async def GetFile(self, request: pb.GetFileRequest, context: Any) -> AsyncIterator[pb.FileChunk]:
         w, caller = self.worker, current_caller()
         rec = await w.db(w.ledger.get_kernel, caller.principal, request.kernel_id)
-        target = confined(rec.cwd, request.path)
+        # O_NONBLOCK: opening a FIFO must not block.
+        flags = os.O_RDONLY | os.O_NONBLOCK
         try:
-            # O_NONBLOCK: opening a FIFO must not block the worker's event loop.
-            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = await asyncio.to_thread(as_identity, self.fs_identity(rec.principal), paths.open_file,
+                                         rec.cwd, request.path, WHERE, flags)
+        except paths.BadPath as exc:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        except paths.PathEscapes as exc:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
+        except IsADirectoryError:
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"{request.path!r} is not a regular file") from None
         except OSError as exc:
             raise file_error(request.path, exc) from None
         st = os.fstat(fd)
@@ -142,7 +208,7 @@ class FileTransfers:
         w.transfers[transfer_id] = (rec.principal, rec.id, link, answer)
         link.inject(pb.ChannelsResponse(transfer=pb.TransferAsk(
             transfer_id=transfer_id, direction=request.direction, client_path=client_path,
-            kernel_path=request.kernel_path)).SerializeToString())
+            kernel_path=request.kernel_path, overwrite=request.overwrite)).SerializeToString())
         timeout = request.timeout_seconds or TRANSFER_TIMEOUT
         try:
             result = await asyncio.wait_for(answer, timeout)
