@@ -21,7 +21,7 @@ from tf_jupyter.local_worker import LocalWorker, LocalWorkerError, ensure_local_
 from tf_jupyter.pool import Pool, Tls
 from tf_jupyter.profiles import BUILTIN_PROFILES, Profile
 from tf_jupyter.provisioner import forget_pending_kernel
-from tf_jupyter.tokens import read_token
+from tf_jupyter.tokens import client_token
 from tf_remoting.client import RemotingError
 
 log = logging.getLogger("tf_jupyter")
@@ -139,15 +139,22 @@ class TfVgpuApp(ExtensionApp):
                 backend_line = next((line for line in open(local.backend_log)
                                      if "backend " in line and "worker " in line), "")
                 self.log.info("tf-vgpu: embedded worker at %s (%s); %s", local.address, how, backend_line.strip())
-        if not token_file:
+        if s.token_source == "file" and not token_file:
             self.pool_error = f"c.TfVgpu.token_file is not set; the workers {addresses} cannot be reached"
             self.log.error("tf-vgpu: %s", self.pool_error)
             return
-        self.pool = Pool(addresses, read_token(token_file), dns=s.workers_dns,
+        try:
+            token, follow = client_token(s.token_source, token_file)
+        except ValueError as exc:
+            self.pool_error = f"{exc}; the workers {addresses} cannot be reached"
+            self.log.error("tf-vgpu: %s", self.pool_error)
+            return
+        self.pool = Pool(addresses, token, dns=s.workers_dns,
                          tls=Tls(s.tls_ca, s.tls_cert, s.tls_key, s.tls_server_name), policy=s.placement_policy,
                          refresh_interval=s.refresh_interval, queue_timeout=s.queue_timeout, lease_ttl=s.lease_ttl)
         self.pool.default_qos = s.default_qos
-        self.pool.follow_token_file(token_file)
+        if follow:
+            self.pool.follow_token_file(follow)
         await self.pool.start()
         for w in self.pool.workers.values():
             if w.up and w.inventory is not None:

@@ -35,6 +35,10 @@ class TfVgpu(Configurable):
     token_file = Unicode("", config=True, help=(
         "File whose first token authenticates this server to every worker (TOKEN or PRINCIPAL TOKEN "
         "per line). Default for the embedded worker: the token file it creates."))
+    token_source = Enum(["file", "hub"], default_value="file", config=True, help=(
+        "What this server sends to workers: 'file', the first token of token_file; 'hub', the user's "
+        "JupyterHub token (JUPYTERHUB_API_TOKEN of a single-user server) for workers started with "
+        "--hub-api-url, which then know each hub user as its own principal, 'hub:NAME'."))
     tls_ca = Unicode("", config=True, help="CA bundle that signed the workers' certificates; turns TLS on.")
     tls_cert = Unicode("", config=True, help="Client certificate for workers that require mTLS.")
     tls_key = Unicode("", config=True, help="Client key for tls_cert.")

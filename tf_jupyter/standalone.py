@@ -12,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from tf_jupyter.profiles import Profile
-from tf_jupyter.tokens import read_token
+from tf_jupyter.tokens import client_token
 from tf_remoting.client import RuntimeClient
 
 if TYPE_CHECKING:  # imported when needed: a launcher handed its lease never loads the pool
@@ -43,13 +43,18 @@ async def standalone_lease(profile: Profile, labels: dict[str, str] | None = Non
         worker, _ = ensure_local_worker(list(settings.embedded_worker_args))
         addresses.append(worker.address)
         token_file = token_file or worker.token_file
-    if not token_file:
+    if settings.token_source == "file" and not token_file:
         raise LaunchError("c.TfVgpu.token_file is not set; it is needed to reach the configured workers")
-    pool = Pool(addresses, read_token(token_file), dns=settings.workers_dns,
+    try:
+        token, follow = client_token(settings.token_source, token_file)
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
+    pool = Pool(addresses, token, dns=settings.workers_dns,
                 tls=Tls(settings.tls_ca, settings.tls_cert, settings.tls_key, settings.tls_server_name),
                 policy=settings.placement_policy, queue_timeout=settings.queue_timeout, lease_ttl=settings.lease_ttl)
     pool.default_qos = settings.default_qos
-    pool.follow_token_file(token_file)
+    if follow:
+        pool.follow_token_file(follow)
     await pool.start(watch=True)
 
     def queued(position: int) -> None:

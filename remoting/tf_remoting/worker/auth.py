@@ -8,6 +8,10 @@ run as the worker's user and can read its token file. `tf-jupyter worker token n
 such lines. The file is re-read when it changes (modification time, inode or size), so tokens
 rotate without restarting the worker or its kernels.
 
+With a JupyterHub configured (`hub_auth`), a token neither table knows is shown to the hub, and the
+caller is the hub user, as `hub:NAME`: token-file principals may not start with `hub:`, so no hub
+user can become one of them.
+
 Kernels get a token of their own, scoped to their lease: `%vgpu` inside the kernel can read and
 resize that lease and nothing else.
 """
@@ -22,6 +26,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+HUB_PREFIX = "hub:"  # principals of JupyterHub users; kept out of token files
 
 
 class AuthError(Exception):
@@ -73,6 +79,9 @@ def parse_token_file(text: str) -> dict[bytes, str]:
         else:
             raise ValueError(f"token file line {number}: expected 'TOKEN', 'PRINCIPAL TOKEN' or "
                              "'PRINCIPAL sha256:HEX'")
+        if principal.startswith(HUB_PREFIX):
+            raise ValueError(f"token file line {number}: principals starting with '{HUB_PREFIX}' are JupyterHub "
+                             "users, named by the hub; choose another name")
         table[_entry_digest(token, number)] = principal
     if not table:
         raise ValueError("token file has no tokens")
@@ -123,14 +132,10 @@ class TokenTable:
             self._kernel_tokens = {d: c for d, c in self._kernel_tokens.items() if c.lease_scope != lease_id}
 
     def authenticate(self, authorization: str | None) -> Caller:
-        if not authorization:
-            raise AuthError("no token: send 'authorization: Bearer <token>' metadata")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise AuthError("malformed authorization metadata: expected 'Bearer <token>'")
+        token = bearer_token(authorization)
         with self._lock:
             self._reload()
-            digest = _digest(token.strip())
+            digest = _digest(token)
             # Compare digests in constant time against every entry.
             found: Caller | None = None
             for known, principal in self._table.items():
@@ -142,6 +147,16 @@ class TokenTable:
         if found is None:
             raise AuthError("token not recognised by this worker (expired, rotated or foreign)")
         return found
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of `authorization: Bearer <token>` metadata; AuthError with a sentence if absent."""
+    if not authorization:
+        raise AuthError("no token: send 'authorization: Bearer <token>' metadata")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("malformed authorization metadata: expected 'Bearer <token>'")
+    return token.strip()
 
 
 def ensure_token_file(path: Path) -> bool:
@@ -174,8 +189,8 @@ def new_token() -> str:
 
 def digest_line(principal: str, token: str) -> str:
     """The worker's token-file line for this token: `PRINCIPAL sha256:HEX`."""
-    if not principal or any(c.isspace() for c in principal) or principal.startswith("#"):
-        raise ValueError("a principal is one word that does not start with '#'")
+    if not principal or any(c.isspace() for c in principal) or principal.startswith(("#", HUB_PREFIX)):
+        raise ValueError(f"a principal is one word that does not start with '#' or '{HUB_PREFIX}'")
     if len(token) < 16 or any(c.isspace() for c in token):
         raise ValueError("tokens are one word of at least 16 characters")
     return f"{principal} {DIGEST_PREFIX}{token_digest_hex(token)}"

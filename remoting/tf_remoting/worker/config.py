@@ -27,6 +27,15 @@ class WorkerConfig:
         "help": "File of tokens, one per line: 'TOKEN' (principal 'default') or 'PRINCIPAL TOKEN'. "
                 "Re-read when it changes, so tokens rotate without a restart. Default: STATE_DIR/tokens, "
                 "created with one random token (mode 0600) when it does not exist."})
+    hub_api_url: str = field(default="", metadata={
+        "help": "JupyterHub API URL (e.g. http://hub:8081/hub/api): a token the token file does not know is "
+                "shown to the hub (GET /user), and its user is the principal 'hub:NAME', with the hub's groups."})
+    hub_cache_seconds: float = field(default=60.0, metadata={
+        "help": "Seconds a hub user confirmed by the hub keeps working while the hub cannot be reached "
+                "(the hub is asked again after at most 10 s)."})
+    hub_required_scope: str = field(default="custom:tf-vgpu:use", metadata={
+        "help": "Scope a hub token must carry to use this worker (empty: any hub user's token)."})
+    hub_ca: str = field(default="", metadata={"help": "PEM CA bundle for an https hub_api_url."})
     tls_cert: str = field(default="", metadata={"help": "PEM certificate chain; with --tls-key turns TLS on."})
     tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert."})
     tls_client_ca: str = field(default="", metadata={
@@ -90,6 +99,12 @@ class WorkerConfig:
             raise ValueError("oversubscription must be between 1 and 100")
         if not 1 <= self.lease_ttl <= 86400:
             raise ValueError("lease_ttl must be between 1 and 86400 seconds")
+        if self.hub_api_url and not self.hub_api_url.startswith(("http://", "https://")):
+            raise ValueError(f"hub_api_url must be an http:// or https:// URL, not {self.hub_api_url!r}")
+        if not 0 <= self.hub_cache_seconds <= 86400:
+            raise ValueError("hub_cache_seconds must be between 0 and 86400")
+        if self.hub_ca and not self.hub_api_url.startswith("https://"):
+            raise ValueError("hub_ca is for an https:// hub_api_url")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:

@@ -5,7 +5,10 @@ For each call it
 
 - authenticates the caller from the metadata *before* the request is read: an unauthenticated call
   gets a handler that answers UNAUTHENTICATED without reading a byte of its body, so strangers
-  cannot make the worker buffer large messages (it only sees metadata at this point);
+  cannot make the worker buffer large messages (it only sees metadata at this point). The token
+  file and kernel tokens are looked up first; a token they do not know is shown to JupyterHub when
+  one is configured (`hub_auth`: UNAVAILABLE while the hub cannot be reached, PERMISSION_DENIED for
+  a hub token without the worker's scope);
 - keeps kernel tokens to the calls their lease may make (`KERNEL_TOKEN_METHODS`);
 - reads unary requests as raw bytes and refuses one above its method's size limit
   (`REQUEST_LIMITS`) before decoding it; gRPC's own `grpc.max_receive_message_length` is one
@@ -32,8 +35,9 @@ from google.protobuf.message import DecodeError
 from tf_remoting.proto import SERVICE_NAME
 from tf_remoting.quantities import format_bytes
 from tf_remoting.worker import leases as ledger_mod
-from tf_remoting.worker.auth import AuthError, Caller, TokenTable
+from tf_remoting.worker.auth import AuthError, Caller, TokenTable, bearer_token
 from tf_remoting.worker.errors import RpcError
+from tf_remoting.worker.hub_auth import HubAuth, HubDenied, HubUnavailable
 from tf_remoting.worker.metrics import Metrics
 
 log = logging.getLogger("tf_remoting.worker")
@@ -69,9 +73,19 @@ def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
 class RuntimeInterceptor(grpc.aio.ServerInterceptor):
     """Authentication, request size limits and error mapping for the Runtime service."""
 
-    def __init__(self, tokens: TokenTable, metrics: Metrics) -> None:
+    def __init__(self, tokens: TokenTable, metrics: Metrics, hub: HubAuth | None = None) -> None:
         self.tokens = tokens
         self.metrics = metrics
+        self.hub = hub
+
+    async def authenticate(self, authorization: str | None) -> Caller:
+        """The caller of this metadata: token file and kernel tokens first, then the hub."""
+        try:
+            return self.tokens.authenticate(authorization)
+        except AuthError:
+            if self.hub is None:
+                raise
+            return await self.hub.caller(bearer_token(authorization))
 
     async def intercept_service(
         self,
@@ -85,9 +99,13 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         name = full[len(_PREFIX):]
         metadata = dict(handler_call_details.invocation_metadata or ())
         try:
-            caller = self.tokens.authenticate(metadata.get("authorization"))  # type: ignore[arg-type]
+            caller = await self.authenticate(metadata.get("authorization"))  # type: ignore[arg-type]
         except AuthError as exc:
             return self._refusal(name, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+        except HubUnavailable as exc:
+            return self._refusal(name, grpc.StatusCode.UNAVAILABLE, str(exc))
+        except HubDenied as exc:
+            return self._refusal(name, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         if caller.lease_scope and name not in KERNEL_TOKEN_METHODS:
             return self._refusal(name, grpc.StatusCode.PERMISSION_DENIED,
                                  f"a kernel's own token cannot call {name}; use the principal's token")

@@ -23,6 +23,7 @@ from tf_remoting.framing import GRPC_MAX_MESSAGE
 from tf_remoting.proto import SERVICE_NAME, pb, pb_grpc
 from tf_remoting.quantities import format_bytes
 from tf_remoting.worker.config import WorkerConfig
+from tf_remoting.worker.hub_auth import HubAuth
 from tf_remoting.worker.interceptor import RuntimeInterceptor
 from tf_remoting.worker.servicer import RuntimeServicer
 from tf_remoting.worker.state import Worker
@@ -42,6 +43,13 @@ def _credentials(config: WorkerConfig) -> grpc.ServerCredentials | None:
                                        require_client_auth=client_ca is not None)
 
 
+def hub_auth(config: WorkerConfig) -> HubAuth | None:
+    """The JupyterHub identity source of `--hub-api-url`, if one is set."""
+    if not config.hub_api_url:
+        return None
+    return HubAuth(config.hub_api_url, config.hub_cache_seconds, config.hub_required_scope, config.hub_ca)
+
+
 def build_server(worker: Worker) -> grpc.aio.Server:
     """The gRPC server of a worker: the generated Runtime service behind its interceptor.
 
@@ -50,7 +58,7 @@ def build_server(worker: Worker) -> grpc.aio.Server:
     never reads the body of an unauthenticated call.
     """
     server = grpc.aio.server(
-        interceptors=[RuntimeInterceptor(worker.tokens, worker.metrics)],
+        interceptors=[RuntimeInterceptor(worker.tokens, worker.metrics, hub_auth(worker.config))],
         options=[
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
