@@ -50,6 +50,18 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
+def view_line(inv: pb.Inventory) -> str:
+    """Which leases the worker showed this token (Inventory.view)."""
+    from tf_remoting.proto import pb
+
+    if inv.view == pb.INVENTORY_VIEW_OWN:
+        return (f"view: own leases (principal {inv.viewer}); others as used capacity "
+                "(in the devices' LEASED totals, without ids or names)")
+    if inv.view == pb.INVENTORY_VIEW_ALL:
+        return f"view: all principals (admin: principal {inv.viewer})"
+    return "view: not stated by this worker (an older version: every principal's leases)"
+
+
 def format_inventory(inv: pb.Inventory) -> str:
     from tf_jupyter.qos import qos_name
     from tf_remoting.proto import enum_name, pb
@@ -57,7 +69,7 @@ def format_inventory(inv: pb.Inventory) -> str:
 
     mode = enum_name(pb.IsolationMode, inv.default_mode)
     out = [f"worker {inv.worker_id} (tf-jupyter {inv.version}), backend {inv.backend}, default isolation "
-           f"{mode}, compute oversubscription x{inv.oversubscription:g}", "", "DEVICES"]
+           f"{mode}, compute oversubscription x{inv.oversubscription:g}", view_line(inv), "", "DEVICES"]
     rows = [["#", "DEVICE", "KIND", "VRAM LEASED / USED / TOTAL", "COMPUTE LEASED", "UTIL", "MEMORY BY"]]
     for d in inv.devices:
         kind = "host device (no GPU)" if d.kind == pb.DEVICE_KIND_HOST else "GPU"

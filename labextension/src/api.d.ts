@@ -181,8 +181,15 @@ export interface components {
             /** @description Device backend, e.g. host, nvidia. */
             backend: string;
             devices: components["schemas"]["Device"][];
-            /** @description Number of leases the worker reports to this server's principal. */
+            /** @description Number of leases the worker reports to this server's principal (see `view`). */
             leases: number;
+            /**
+             * @description Which leases the worker shows this server's principal: `own` (its own; other principals' count only in the devices' leased totals, with no ids, names or labels), `all` (an admin's view of every principal's), `unknown` (the worker is down, or older than this field).
+             * @enum {string}
+             */
+            view: "own" | "all" | "unknown";
+            /** @description The principal the worker knows this server as; empty when unknown. */
+            viewer: string;
         };
         Device: {
             uuid: string;

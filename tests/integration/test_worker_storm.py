@@ -121,6 +121,10 @@ async def storm():
         clients.close()
 
 
+# books() reads the inventory with alice's token: as an admin she sees bob's leases too.
+BOOKKEEPER = ["--admin-principals", "alice"]
+
+
 async def books(worker: WorkerProcess, results: list[Result]) -> tuple[int, int]:
     """Check the inventory against what was granted; returns (VRAM leased, compute leased)."""
     granted = [r for r in results if r.lease_id]
@@ -157,7 +161,7 @@ def granted(results: list[Result]) -> list[Result]:
 
 
 async def test_storm_grants_exactly_what_fits(tf_worker_factory, storm):
-    worker = tf_worker_factory(["--host-vram", "4Gi"]).start()
+    worker = tf_worker_factory(["--host-vram", "4Gi", *BOOKKEEPER]).start()
     clients = await storm(worker)
     results = await clients.allocate([(256 * MiB, 5)] * (PROCESSES * PER_PROCESS))
     assert len(results) == 60
@@ -179,7 +183,7 @@ async def test_storm_grants_exactly_what_fits(tf_worker_factory, storm):
 
 
 async def test_storm_with_oversubscription(tf_worker_factory, storm):
-    worker = tf_worker_factory(["--host-vram", "4Gi", "--oversubscription", "2"]).start()
+    worker = tf_worker_factory(["--host-vram", "4Gi", "--oversubscription", "2", *BOOKKEEPER]).start()
     async with worker.client() as client:
         inv = await client.inventory()
     assert inv.devices[0].compute_capacity == 200

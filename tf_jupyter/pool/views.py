@@ -24,6 +24,10 @@ def _enforcement(value: int) -> str:
     return enum_name(pb.MemoryEnforcement, value)
 
 
+# What a worker shows this server's principal of the leases on it (Inventory.view).
+VIEWS = {pb.INVENTORY_VIEW_OWN: "own", pb.INVENTORY_VIEW_ALL: "all"}
+
+
 def _kind(device: pb.Device) -> str:
     return "host" if device.kind == pb.DEVICE_KIND_HOST else "gpu"
 
@@ -46,7 +50,8 @@ def pool_json(workers: Mapping[str, WorkerState], policy: str, queue_length: int
         out.append({"address": w.address, "up": w.up, "error": w.error,
                     "worker_id": inv.worker_id if inv else "", "version": inv.version if inv else "",
                     "backend": inv.backend if inv else "", "devices": devices,
-                    "leases": len(inv.leases) if inv else 0})
+                    "leases": len(inv.leases) if inv else 0,
+                    "view": VIEWS.get(inv.view, "unknown") if inv else "unknown", "viewer": inv.viewer if inv else ""})
     return {"workers": out, "policy": policy, "queue_length": queue_length}
 
 

@@ -17,6 +17,8 @@ export const pool: IPool = {
       version: '0.1.0',
       backend: 'host',
       leases: 1,
+      view: 'own',
+      viewer: 'alice',
       devices: [
         {
           uuid: 'host-0',

@@ -180,8 +180,10 @@ class RuntimeClient:
         return await self._call(self.stub.Resize, pb.ResizeRequest(
             lease_id=lease_id, slice=pb.SliceRequest(vram=vram, compute=compute)))
 
-    async def list_leases(self) -> list[pb.Lease]:
-        return list((await self._call(self.stub.ListLeases, pb.ListLeasesRequest())).leases)
+    async def list_leases(self, all_principals: bool = False) -> list[pb.Lease]:
+        """The caller's leases; all_principals: every principal's (admins only, else PermissionDenied)."""
+        request = pb.ListLeasesRequest(all_principals=all_principals)
+        return list((await self._call(self.stub.ListLeases, request)).leases)
 
     # ------------------------------------------------------------------ kernels
 

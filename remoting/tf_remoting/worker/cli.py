@@ -41,6 +41,9 @@ def build_parser(prog: str = "tf-jupyter worker") -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=f.name, type=float, default=None, help=help_text)
         elif f.type in ("str", str):
             parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+        elif f.type in ("list[str]", list[str]):
+            parser.add_argument(flag, dest=f.name, type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
+                                default=None, help=help_text + " (comma-separated)")
         elif f.name == "kernel_environments":
             parser.add_argument(flag, dest=f.name, type=json.loads, default=None,
                                 help=help_text + " (JSON object)")

@@ -84,6 +84,13 @@ class WorkerConfig:
     tenant_accounts: dict[str, str] = field(default_factory=dict, metadata={
         "help": "Principals that run as an existing account of this host instead of a uid from "
                 "tenant_uids: principal -> account name (config file only; needs tenant_uids)."})
+    admin_principals: list[str] = field(default_factory=list, metadata={
+        "help": "Principals that may see every principal's leases and kernels (GetInventory, ListLeases "
+                "all_principals, Watch all_leases, /metrics per-lease series); everyone else sees their own "
+                "and others' only as used capacity."})
+    admin_groups: list[str] = field(default_factory=list, metadata={
+        "help": "Groups (as the identity source reports them, e.g. JupyterHub groups) whose members are "
+                "admins as with admin_principals."})
 
     def validate(self) -> None:
         """Raise ValueError with a sentence for the first bad setting."""
@@ -109,6 +116,10 @@ class WorkerConfig:
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        for name in ("admin_principals", "admin_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ValueError(f"{name} must be a list of non-empty names, not {value!r}")
         if self.tenant_uids:
             from tf_remoting.worker.tenants import parse_uid_range
 

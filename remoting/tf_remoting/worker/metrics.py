@@ -1,13 +1,24 @@
-"""Prometheus metrics of one worker, on their own registry (never the process-global one)."""
+"""Prometheus metrics of one worker, on their own registry (never the process-global one).
+
+The per-lease series (`tf_vgpu_lease_*`, labelled with lease id and principal) tell who runs what,
+so the HTTP endpoint serves them only as the caller may see them (`visibility.py`): a scrape with no
+`Authorization` header gets the device-level, count and counter series and no lease series; a
+bearer token of the worker's token file gets its own principal's leases (a kernel token: its lease),
+an admin's every lease. Kernels can reach the endpoint (it is on the host they run on), so what a
+token-less scrape shows is what every notebook user may see. Prometheus scrapes with an admin token.
+"""
 
 from __future__ import annotations
 
+import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from tf_remoting import __version__
 from tf_remoting.devices.base import DeviceInfo, DeviceSample
@@ -51,6 +62,13 @@ _LEASE_GAUGES = (
     ("tf_vgpu_lease_compute_limit_percent", "A lease's compute share, percent of its device"),
 )
 _LEASE_KEYS = ("vram_used", "vram_limit", "utilization", "compute_limit")
+LEASE_METRIC_NAMES = frozenset(n for n, _ in _LEASE_GAUGES)  # the series that name a lease and principal
+
+# (principal, lease id) -> shown to this scrape; see visibility.py.
+LeaseFilter = Callable[[str, str], bool]
+# Authorization header (None: none sent) -> the scrape's lease filter; raises PermissionError with
+# a sentence for a token the worker does not know.
+ScrapeAuthorizer = Callable[[str | None], LeaseFilter]
 
 
 class _Snapshot:
@@ -172,13 +190,34 @@ class Metrics:
     def event(self, kind: str) -> None:
         self.events.labels(kind=kind).inc()
 
-    def start_http(self, port: int, addr: str = "127.0.0.1") -> int:
-        """Serve /metrics on a daemon thread; port 0 picks a free port. Returns the bound port."""
+    def start_http(self, port: int, addr: str = "127.0.0.1", authorize: ScrapeAuthorizer | None = None) -> int:
+        """Serve /metrics on a daemon thread; port 0 picks a free port. Returns the bound port.
+
+        authorize decides which lease series each scrape gets (see the module's docstring); None
+        serves every series to everyone (tests, a registry without callers)."""
         if self._server is not None:
             raise RuntimeError("the metrics endpoint is already being served")
-        server, thread = start_http_server(port, addr=addr, registry=self.registry)
+        server_class = _Server6 if ":" in addr else _Server
+        server = make_server(addr, port, self._wsgi_app(authorize), server_class, handler_class=_QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
         self._server, self._thread = server, thread
         return int(server.server_address[1])
+
+    def _wsgi_app(self, authorize: ScrapeAuthorizer | None) -> Callable[..., Iterable[bytes]]:
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+                start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+                return [b"not found: the worker serves /metrics\n"]
+            try:
+                shown = authorize(environ.get("HTTP_AUTHORIZATION")) if authorize else None
+            except PermissionError as exc:
+                start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                                    ("WWW-Authenticate", "Bearer")])
+                return [f"{exc}\n".encode()]
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
+            return [self.render(shown)]
+        return app
 
     def stop_http(self) -> None:
         """Stop serving and close the socket; idempotent."""
@@ -190,6 +229,34 @@ class Metrics:
         if thread is not None:
             thread.join(timeout=5)
 
-    def render(self) -> bytes:
-        """The registry in the Prometheus text format."""
-        return generate_latest(self.registry)
+    def render(self, shown: LeaseFilter | None = None) -> bytes:
+        """The registry in the Prometheus text format; with `shown`, only the lease series it keeps."""
+        if shown is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Filtered(self.registry, shown))
+
+
+class _Filtered:
+    """A registry's families with the lease series a scrape may not see left out."""
+
+    def __init__(self, registry: CollectorRegistry, shown: LeaseFilter) -> None:
+        self._registry, self._shown = registry, shown
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():  # fresh family objects at every collect
+            if family.name in LEASE_METRIC_NAMES:
+                family.samples = [s for s in family.samples if self._shown(s.labels["principal"], s.labels["lease"])]
+            yield family
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # scrapes every 15 s would flood the log
+        pass

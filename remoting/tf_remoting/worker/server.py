@@ -27,6 +27,7 @@ from tf_remoting.worker.hub_auth import HubAuth
 from tf_remoting.worker.interceptor import RuntimeInterceptor
 from tf_remoting.worker.servicer import RuntimeServicer
 from tf_remoting.worker.state import Worker
+from tf_remoting.worker.visibility import scrape_authorizer
 
 __all__ = ["serve", "Worker"]
 
@@ -95,7 +96,8 @@ async def serve(config: WorkerConfig, address_file: str = "", stop: asyncio.Even
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     metrics_port = None
     if config.metrics_port >= 0:
-        metrics_port = worker.metrics.start_http(config.metrics_port, config.metrics_addr)
+        metrics_port = worker.metrics.start_http(config.metrics_port, config.metrics_addr,
+                                                 scrape_authorizer(worker.tokens.authenticate, worker.visibility))
     worker.start_background()
     for d in worker.devices:
         log.info("device %d: %s (%s, %s, modes %s, memory enforced by %s)", d.index, d.name, d.uuid,

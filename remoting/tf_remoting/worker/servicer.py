@@ -62,10 +62,14 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
     # ------------------------------------------------------------------ inventory and leases
 
     async def GetInventory(self, request: pb.GetInventoryRequest, context: Any) -> pb.Inventory:
+        """Devices with everyone's leased totals; leases as `visibility` shows them to the caller
+        (an admin: every principal's)."""
         w, caller = self.worker, current_caller()
+        everyone = w.visibility.is_admin(caller)
+        shown = w.visibility.lease_filter(caller, everyone)
 
         def read() -> tuple[dict[str, tuple[int, int]], list[pb.Lease]]:
-            return w.ledger.device_usage(), [lease_message(w, r) for r in w.ledger.leases() if caller.may_use(r.id)]
+            return w.ledger.device_usage(), [lease_message(w, r) for r in w.ledger.leases() if shown(r.principal, r.id)]
 
         leased, leases = await w.db(read)
         return pb.Inventory(
@@ -73,7 +77,8 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             default_mode=w.default_mode, oversubscription=w.config.oversubscription,
             devices=[device_message(w, d, leased) for d in w.devices], leases=leases,
             sample_interval_ms=int(w.config.sample_interval * 1000),
-            shares_filesystem=w.config.shares_filesystem)
+            shares_filesystem=w.config.shares_filesystem,
+            view=pb.INVENTORY_VIEW_ALL if everyone else pb.INVENTORY_VIEW_OWN, viewer=caller.principal)
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.Lease:
         w, caller = self.worker, current_caller()
@@ -151,8 +156,12 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
 
     async def ListLeases(self, request: pb.ListLeasesRequest, context: Any) -> pb.ListLeasesResponse:
         w, caller = self.worker, current_caller()
+        if request.all_principals and (refusal := w.visibility.refusal(caller, "ListLeases all_principals")):
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, refusal)
+        shown = w.visibility.lease_filter(caller, request.all_principals)
         return await w.db(lambda: pb.ListLeasesResponse(leases=[
-            lease_message(w, r) for r in w.ledger.leases(caller.principal) if caller.may_use(r.id)]))
+            lease_message(w, r) for r in w.ledger.leases(None if request.all_principals else caller.principal)
+            if shown(r.principal, r.id)]))
 
     # ------------------------------------------------------------------ kernels
 
@@ -315,8 +324,10 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
 
     async def Watch(self, request: pb.WatchRequest, context: Any) -> AsyncIterator[pb.WatchResponse]:
         w, caller = self.worker, current_caller()
+        if request.all_leases and (refusal := w.visibility.refusal(caller, "Watch all_leases")):
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED, refusal)
         queue: asyncio.Queue[pb.WatchResponse] = asyncio.Queue(maxsize=64)
-        entry = (queue, caller, bool(request.all_leases) and not caller.lease_scope)
+        entry = (queue, caller, request.all_leases)  # events and samples: visibility.sees_event / sees_lease
         if w.started_event is not None and not caller.lease_scope:  # a kernel's own watch: its lease only
             queue.put_nowait(pb.WatchResponse(time=w.started_event.time, events=[w.started_event]))
         w.subscribers.append(entry)

@@ -43,13 +43,14 @@ from tf_remoting.worker.kernels import KernelSupervisor
 from tf_remoting.worker.leases import DeviceCapacity, KernelRecord, LeaseRecord, Ledger
 from tf_remoting.worker.metrics import Metrics
 from tf_remoting.worker.telemetry import Sampler
+from tf_remoting.worker.visibility import Visibility, sees_event, sees_lease
 from tf_remoting.worker.watchdog import Watchdog, WatchdogPolicy
 
 log = logging.getLogger("tf_remoting.worker")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Subscriber = tuple["asyncio.Queue[pb.WatchResponse]", Caller, bool]
+Subscriber = tuple["asyncio.Queue[pb.WatchResponse]", Caller, bool]  # (queue, caller, sees every principal's)
 
 
 class Worker:
@@ -70,6 +71,7 @@ class Worker:
         if self.tenant_range is not None:
             self._check_tenant_setup()
         self.tokens = TokenTable(config.token_path)
+        self.visibility = Visibility.of(config.admin_principals, config.admin_groups)
         self.backend = backend or open_backend(config.backend)
         self.devices: list[DeviceInfo] = self._offered_devices()
         self.device_by_uuid = {d.uuid: d for d in self.devices}
@@ -272,10 +274,8 @@ class Worker:
                          principal=principal, message=message)
         self.metrics.event(enum_name(pb.EventKind, kind))
         log.info("event %s: %s", pb.EventKind.Name(kind), message)
-        for queue, caller, all_leases in self.subscribers:
-            if all_leases or not principal or principal == caller.principal:
-                if caller.lease_scope and lease_id and lease_id != caller.lease_scope:
-                    continue
+        for queue, caller, everyone in self.subscribers:
+            if sees_event(caller, principal, lease_id, kernel_id, everyone):
                 offer(queue, pb.WatchResponse(time=event.time, events=[event]))
         return event
 
@@ -415,9 +415,8 @@ class Worker:
                                    self.device_by_uuid else 0, utilization=s.utilization,
                                    vram_leased=leased.get(s.uuid, (0, 0))[0],
                                    compute_leased=leased.get(s.uuid, (0, 0))[1]) for s in device_samples]
-        for queue, caller, all_leases in self.subscribers:
-            mine = [s for s in lease_samples
-                    if (all_leases or s.principal == caller.principal) and caller.may_use(s.lease_id)]
+        for queue, caller, everyone in self.subscribers:
+            mine = [s for s in lease_samples if sees_lease(caller, s.principal, s.lease_id, everyone)]
             offer(queue, pb.WatchResponse(time=now, devices=devices if not caller.lease_scope else [],
                                           leases=mine))
         self.metrics.sampling_cpu.inc(cpu + sampling_cpu + time.thread_time() - cpu_began)
