@@ -142,9 +142,9 @@ class KernelSupervisor:
         """Start the kernel's nanny (as the tenant's uid, when given) and wait until it runs.
 
         With a tenant, spec.json (the HMAC key, the kernel's token) is its 0600 file in its 0700
-        directory, and the nanny starts with the tenant's uid, gid and groups (setgroups, setregid,
-        setreuid: real, effective and saved ids all changed for good), then forbids itself new
-        privileges (PR_SET_NO_NEW_PRIVS) before it starts the kernel."""
+        directory, and the nanny first becomes the tenant's uid, gid and groups (setgroups,
+        setresgid, setresuid: real, effective and saved ids all changed for good), then forbids
+        itself new privileges (PR_SET_NO_NEW_PRIVS), all before it reads the spec or starts the kernel."""
         directory = self.directory(kernel_id)
         directory.mkdir(mode=0o700, parents=True)
         if tenant is not None:
@@ -166,26 +166,27 @@ class KernelSupervisor:
         with os.fdopen(fd, "w") as f:
             json.dump(spec, f)
         log_fd = os.open(directory / "nanny.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
-        identity: dict[str, Any] = {}
+        identity: list[str] = []
         if tenant is not None:
             os.fchown(log_fd, tenant.uid, tenant.gid)
-            identity = {"user": tenant.uid, "group": tenant.gid, "extra_groups": list(tenant.groups),
-                        "umask": 0o077}
+            identity = ["--tenant", f"{tenant.uid}:{tenant.gid}:{','.join(map(str, tenant.groups))}"]
         with os.fdopen(log_fd, "ab") as out:
-            child = subprocess.Popen([sys.executable, "-m", "tf_remoting.worker.nanny",
-                                      *(["--tenant"] if tenant is not None else []), str(directory)],
+            child = subprocess.Popen([sys.executable, "-m", "tf_remoting.worker.nanny", *identity, str(directory)],
                                      stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True, close_fds=True, **identity)
+                                     start_new_session=True, close_fds=True)
         self._children.append(child)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = self.state(kernel_id)
             if state.status == "running" and self.socket_path(kernel_id).exists():
                 return state
-            if state.status == "exited":
+            if state.status == "exited" or (state.status == "starting" and child.poll() is not None):
                 break
             await asyncio.sleep(0.01)
-        raise KernelStartError(f"kernel {kernel_id} did not start; see {directory}/nanny.log and kernel.log")
+        code = child.poll()
+        raise KernelStartError(f"kernel {kernel_id} did not start"
+                               f"{'' if code is None else f' (its nanny exited with code {code})'}; "
+                               f"see {directory}/nanny.log and kernel.log")
 
     def reap(self) -> None:
         """Collect nannies of this worker that have exited (adopted ones are init's children)."""

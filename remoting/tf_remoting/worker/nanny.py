@@ -1,12 +1,13 @@
 """The kernel nanny: one small process per kernel that outlives the worker.
 
-The worker starts `python -m tf_remoting.worker.nanny [--tenant] DIR` in a new process session
-(with `--tenant`, as the principal's own uid: see `tf_remoting.worker.tenants`). The nanny starts the
-kernel as its child, connects to its ZMQ endpoints (IPC sockets in the state directory) and
-serves one unix socket that the worker connects to (`tf_remoting.worker.nanny_loop`). It numbers every
-message the kernel sends and keeps it in the replay buffer until the client acknowledges it, so a worker restart (even
-SIGKILL) or a network cut loses nothing: the buffer lives here, not in the worker. It also reaps
-the kernel and records its exit code in DIR/state.json, where a restarted worker finds it.
+The worker starts `python -m tf_remoting.worker.nanny [--tenant UID:GID:GROUPS] DIR` in a new
+process session (with `--tenant`, the nanny first becomes the principal's own uid: see
+`tf_remoting.worker.tenants`). The nanny starts the kernel as its child, connects to its ZMQ
+endpoints (IPC sockets in the state directory) and serves one unix socket that the worker connects
+to (`tf_remoting.worker.nanny_loop`). It numbers every message the kernel sends and keeps it in the
+replay buffer until the client acknowledges it, so a worker restart (even SIGKILL) or a network cut
+loses nothing: the buffer lives here, not in the worker. It also reaps the kernel and records its
+exit code in DIR/state.json, where a restarted worker finds it.
 
 Files in DIR: spec.json (written by the worker), connection.json, state.json, kernel.log.
 The nanny is a child subreaper (see `tf_remoting.worker.proctree`): whatever the kernel starts,
@@ -29,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from tf_remoting.worker.nanny_state import write_state
-from tf_remoting.worker.proctree import die_with_parent, kill_descendants, no_new_privileges, set_child_subreaper
+from tf_remoting.worker.proctree import (
+    become,
+    die_with_parent,
+    kill_descendants,
+    no_new_privileges,
+    set_child_subreaper,
+)
 
 
 def listen(socket_path: str) -> socket.socket:
@@ -76,13 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     tenant = args[:1] == ["--tenant"]
     if tenant:
-        args = args[1:]
+        identity, args = args[1], args[2:]
     if len(args) != 1:
-        print("usage: python -m tf_remoting.worker.nanny [--tenant] KERNEL_DIR", file=sys.stderr)
+        print("usage: python -m tf_remoting.worker.nanny [--tenant UID:GID:GROUP,...] KERNEL_DIR", file=sys.stderr)
         return 2
     if tenant:
-        # Started by a root worker as the tenant's uid: make sure nothing of root is left, and that
-        # no setuid program can give the kernel any of it back.
+        # Started by a root worker for a tenant: become the tenant before reading anything, make sure
+        # nothing of root is left, and that no setuid program can give the kernel any of it back.
+        # (Here rather than in the worker between fork and exec: that fork, in a process with gRPC's
+        # threads, crashed now and then.)
+        uid, gid, groups = identity.split(":")
+        become(int(uid), int(gid), [int(g) for g in groups.split(",") if g])
+        os.umask(0o077)
         if 0 in os.getresuid() or 0 in os.getresgid() or 0 in os.getgroups():
             print("nanny: --tenant, but this process still has root's uid or gid; not starting a kernel",
                   file=sys.stderr)

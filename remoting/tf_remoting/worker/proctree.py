@@ -30,6 +30,14 @@ def set_child_subreaper() -> bool:
         return False
 
 
+def become(uid: int, gid: int, groups: list[int]) -> None:
+    """Drop root for good: these supplementary groups, then real, effective and saved gid, then uid
+    (after which none of root's ids can be taken back). Raises OSError where refused."""
+    os.setgroups(groups)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
 def no_new_privileges() -> bool:
     """PR_SET_NO_NEW_PRIVS for this process and all it starts: execve never grants privileges again
     (setuid and setgid bits, file capabilities are ignored). False where refused."""
