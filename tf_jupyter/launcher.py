@@ -9,8 +9,9 @@ stream (tf_jupyter.relay), renews the lease, and turns SIGINT/SIGTERM into Signa
 
 Two ways in:
 - Started by the `tf-vgpu` provisioner inside a Jupyter server: the lease is handed over in
-  `TF_VGPU_HANDOFF` (worker, lease id; token in `TF_VGPU_CLIENT_TOKEN`). The server placed it,
-  queued it if needed and owns it: the launcher never releases it (a restart keeps the slice).
+  `TF_VGPU_HANDOFF` (worker, lease id; the token as a file, never in the environment: see
+  tf_jupyter.handoff). The server placed it, queued it if needed and owns it: the launcher never
+  releases it (a restart keeps the slice).
 - Started by any other client (jupyter console, papermill, nbclient, VS Code): it reads the same
   Jupyter configuration (`c.TfVgpu.*`) to find workers, or uses the local worker (starting one
   that stops itself after 10 idle minutes), places and allocates itself, waits in the queue
@@ -30,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV
+from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_FILE_ENV, TOKEN_HANDOFF_ENV, take_token_handoff
 from tf_jupyter.kernel_env import client_kernel_env
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.local_worker import LocalWorkerError
@@ -62,7 +63,7 @@ class Launcher:
         handoff = os.environ.get(HANDOFF_ENV)
         if handoff:
             info = json.loads(handoff)
-            self.client = RuntimeClient(info["worker"], os.environ[TOKEN_ENV], tls_ca=info.get("tls_ca") or None,
+            self.client = RuntimeClient(info["worker"], _handed_token(), tls_ca=info.get("tls_ca") or None,
                                         client_cert=info.get("tls_cert") or None,
                                         client_key=info.get("tls_key") or None,
                                         server_name=info.get("tls_server_name") or None)
@@ -165,6 +166,18 @@ class Launcher:
         await asyncio.sleep(5)
         with contextlib.suppress(RemotingError):
             await self.client.signal(self.kernel_id, pb.SIGNAL_KILL)
+
+
+def _handed_token() -> str:
+    """The token the provisioner handed over: from the client's token file, or from a one-use file
+    deleted as it is read. Never from the environment, which same-user processes can read."""
+    token_file = os.environ.get(TOKEN_FILE_ENV)
+    try:
+        if token_file:
+            return read_token(token_file)
+        return take_token_handoff(os.environ.pop(TOKEN_HANDOFF_ENV, ""))
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"cannot reach the vGPU worker: {exc}") from None
 
 
 async def _parent_gone(parent: int, interval: float = 1.0) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
-from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_ENV, TOKEN_FILE_ENV
+from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_FILE_ENV, TOKEN_HANDOFF_ENV, write_token_handoff
 from tf_jupyter.kernel_env import client_kernel_env
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.placement import Request
@@ -73,6 +73,7 @@ class VgpuProvisioner(LocalProvisioner):
     lease_id: str = ""
     # Without a server pool: how to reach the worker (token, token file, TLS, lease TTL).
     _reach: dict[str, Any] | None = None
+    _token_handoff = ""  # the one-use token file of the last launch (its launcher deletes it)
 
     def _server_pool(self) -> Pool | None:
         """The pool of the Jupyter server this kernel belongs to; None outside one (or before it is up)."""
@@ -175,9 +176,13 @@ class VgpuProvisioner(LocalProvisioner):
                                        "tls_ca": tls["tls_ca"] or "", "tls_cert": tls["client_cert"] or "",
                                        "tls_key": tls["client_key"] or "",
                                        "tls_server_name": tls["server_name"] or ""})
-        env[TOKEN_ENV] = reach["token"]
+        # The token itself stays out of the launcher's environment (tf_jupyter.handoff), the
+        # server's own JupyterHub token included: the launcher needs only what it is handed.
+        env.pop("JUPYTERHUB_API_TOKEN", None)
         if reach["token_file"]:
             env[TOKEN_FILE_ENV] = reach["token_file"]
+        else:
+            self._token_handoff = env[TOKEN_HANDOFF_ENV] = write_token_handoff(reach["token"])
         env[PARENT_ENV] = str(os.getpid())
         return kwargs
 
@@ -232,6 +237,10 @@ class VgpuProvisioner(LocalProvisioner):
 
     async def cleanup(self, restart: bool = False) -> None:
         await super().cleanup(restart)
+        if self._token_handoff:  # a launcher that died before taking its token leaves it
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._token_handoff)
+            self._token_handoff = ""
         if restart or not self.lease_id:
             return
         pool = self._server_pool()
