@@ -138,11 +138,9 @@ def test_jupyterhub_values_configure_real_traits() -> None:
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
     port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc")
     assert settings["workers_dns"] == f"{name}.{namespace}.svc.cluster.local:{port}"
-    # the token file is a mounted Secret key
-    mount = next(m for m in values["singleuser"]["storage"]["extraVolumeMounts"] if m["name"] == "tf-jupyter-token")
-    secret = yaml.safe_load((DEPLOY / "jupyterhub" / "client-token-secret.yaml").read_text())
-    keys = set(secret["stringData"])
-    assert any(settings["token_file"] == f"{mount['mountPath']}/{k}" for k in keys)
+    # No token made by hand: each server sends its own hub token, and the workers ask the hub.
+    assert settings["token_source"] == "hub" and "token_file" not in settings
+    assert "tf-jupyter-token" not in json.dumps(values["singleuser"].get("storage", {}))
     # Z2JH >= 2.0 keeps single-user pods off private IPs: an egress rule lets them reach the workers'
     # gRPC port, selected by the labels the manifests really put on the namespace and the worker pods.
     (namespace,) = _kind("Namespace")
@@ -161,6 +159,36 @@ def test_jupyterhub_values_configure_real_traits() -> None:
     container_port = next(p["containerPort"] for p in daemonset["spec"]["template"]["spec"]["containers"][0]["ports"]
                           if p["name"] == "grpc")
     assert any(ports == {(container_port, "TCP")} for ports in reaching), reaching
+
+
+def test_workers_ask_the_hub_that_gives_the_servers_tokens_their_scope() -> None:
+    """The workers' --hub-api-url is the Z2JH hub Service's API; the scope they require is defined in
+    the hub, held by the users and given to the servers' tokens; the hub's NetworkPolicy admits the
+    worker pods on the API's port."""
+    values = yaml.safe_load((DEPLOY / "jupyterhub" / "values.yaml").read_text())
+    (daemonset,) = _kind("DaemonSet")
+    (namespace,) = _kind("Namespace")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    config = _check_worker_args(container["args"])
+    match = re.fullmatch(r"http://hub\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)/hub/api", config.hub_api_url)
+    assert match, config.hub_api_url  # Z2JH's hub Service is "hub", its API port 8081
+    assert int(match.group(2)) == 8081
+    scope = config.hub_required_scope
+    hub_config = values["hub"]["config"]
+    assert scope in hub_config["JupyterHub"]["custom_scopes"]
+    assert scope in hub_config["Spawner"]["server_token_scopes"]
+    assert "users:activity!user" in hub_config["Spawner"]["server_token_scopes"]
+    assert not any(s.startswith("access:servers") for s in hub_config["Spawner"]["server_token_scopes"])
+    assert scope in values["hub"]["loadRoles"]["user"]["scopes"]
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    admitted = False
+    for rule in values["hub"]["networkPolicy"]["ingress"]:
+        ports = {p["port"] for p in rule["ports"]}
+        for peer in rule["from"]:
+            if (peer["namespaceSelector"]["matchLabels"].items() <= namespace["metadata"]["labels"].items()
+                    and peer["podSelector"]["matchLabels"].items() <= pod_labels.items()):
+                admitted = admitted or ports == {8081}
+    assert admitted, values["hub"]["networkPolicy"]
 
 
 def test_binder_postbuild_writes_real_traits_and_worker_flags() -> None:
@@ -266,13 +294,7 @@ def test_token_secret_is_in_the_worker_token_format() -> None:
             # Kernels run in the worker's container and can read its token file: digests only.
             for words in _entries(text):
                 assert words[-1].startswith("sha256:"), f"a plain token in the workers' Secret: {words[0]}"
-    client = yaml.safe_load((DEPLOY / "jupyterhub" / "client-token-secret.yaml").read_text())
-    for text in client["stringData"].values():
-        client_table = parse_token_file(text)
-        # The client Secret holds the token itself, and its digest is a line of the workers' Secret.
-        assert not any(words[-1].startswith("sha256:") for words in _entries(text))
-        for digest, principal in client_table.items():
-            assert any(table.get(digest) == principal for table in worker_tables), principal
+    assert worker_tables
 
 
 def test_systemd_worker_token_file_is_documented_with_digests() -> None:
