@@ -269,8 +269,8 @@ async def test_transfers_stay_in_the_notebook_directory_and_never_overwrite_unas
                          "%vgpu pull new.txt escape/planted.txt", "%vgpu pull --overwrite new.txt secret-link.txt",
                          "%vgpu push /etc/hostname", "%vgpu pull new.txt ../planted.txt"):
                 message = usage_error(await remote.execute(cell))
-                assert any(why in message for why in ("leaves the notebook's directory", "relative to the notebook's")), \
-                    (cell, message)
+                whys = ("leaves the notebook's directory", "relative to the notebook's")
+                assert any(why in message for why in whys), (cell, message)
             # The same with the kernel's token straight against the worker, as a thief would.
             token = (await remote.execute("import os; print(os.environ['TF_VGPU_TOKEN'], end='')")).stdout()
             async with worker.client(token) as thief:
@@ -287,3 +287,64 @@ async def test_transfers_stay_in_the_notebook_directory_and_never_overwrite_unas
     assert (notebook_dir / ".bashrc").read_text() == "mine"
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
     assert (outside / "secret.txt").read_text() == "not yours"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tenant uids need a worker run as root")
+async def test_with_tenant_uids_files_are_the_principals_and_the_race_gains_nothing(tmp_path):
+    """--tenant-uids: GetFile/PutFile act with the principal's uid: what they create is the
+    principal's, and a root-only file outside stays out of reach even through a swapped link."""
+    import stat as stat_mod
+    import sys
+
+    import tf_remoting
+    from tf_remoting.pytest_plugin import WorkerProcess
+    from tf_remoting.worker.tenants import unreachable_for_others
+
+    blocked = unreachable_for_others([sys.executable, sys.prefix, sys.base_prefix,
+                                      os.path.dirname(tf_remoting.__file__)])
+    modes = {path: os.stat(path).st_mode for path in blocked}
+    for path, mode in modes.items():
+        os.chmod(path, stat_mod.S_IMODE(mode) | stat_mod.S_IXOTH)
+    worker = WorkerProcess(["--host-vram", "2Gi", "--tenant-uids", "20300-20309", "--no-shares-filesystem"])
+    os.chmod(worker.root, 0o711)
+    os.chmod(worker.token_file, 0o600)
+    outside = Path(tempfile.mkdtemp(prefix="tf-outside-"))  # root's, 0700
+    try:
+        worker.start()
+        (outside / "secret.txt").write_bytes(OUTSIDE_SECRET)
+        before = snapshot(outside)
+        async with worker.client() as client:
+            lease = await client.allocate(vram=64 * MiB, compute=1, ttl_seconds=600)
+            kernel = await client.start_kernel(lease.id, key=secrets.token_hex(16).encode())
+            cwd = Path(kernel.cwd)
+            owner = cwd.stat().st_uid
+            assert 20300 <= owner <= 20309
+            await client.put_file(kernel.id, "sub/mine.txt", b"x")
+            made = cwd / "sub" / "mine.txt"
+            assert (made.stat().st_uid, made.parent.stat().st_uid) == (owner, owner)
+            # Swap a directory of theirs for a link to root's secret while files move.
+            (cwd / "d").mkdir()
+            (cwd / "d" / "secret.txt").write_bytes(b"inside")
+            swapper = Swapper(cwd, outside)
+            leaked: list[bytes] = []
+            swapper.start()
+            try:
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(RemotingError):
+                        data = await asyncio.wait_for(client.get_file(kernel.id, "d/secret.txt"), CALL_TIMEOUT)
+                        if data != b"inside":
+                            leaked.append(data)
+                    with contextlib.suppress(RemotingError):
+                        await asyncio.wait_for(client.put_file(kernel.id, "d/planted.txt", b"x"), CALL_TIMEOUT)
+            finally:
+                swapper.stop.set()
+                swapper.join(timeout=10)
+            await client.release(lease.id)
+        assert swapper.swaps > 10 and not leaked
+        assert snapshot(outside) == before
+    finally:
+        worker.cleanup()
+        shutil.rmtree(outside, ignore_errors=True)
+        for path, mode in modes.items():
+            os.chmod(path, stat_mod.S_IMODE(mode))

@@ -103,15 +103,11 @@ class FileTransfers:
 
     worker: Worker
 
-    def fs_identity(self, principal: str) -> FsIdentity | None:
-        """The uid and gid file operations for `principal` run with: its tenant identity where the
-        worker runs kernels under per-principal uids, else None (the worker's own)."""
-        tenants = getattr(self.worker, "tenants", None)
-        lookup = getattr(tenants, "identity", None)
-        if lookup is None:
-            return None
-        found = lookup(principal)
-        return None if found is None else (int(found[0]), int(found[1]))
+    async def fs_identity(self, principal: str) -> FsIdentity | None:
+        """The uid and gid file operations for `principal` run with: its tenant's where the worker
+        runs kernels under per-principal uids (--tenant-uids), else None (the worker's own)."""
+        tenant = await self.worker.db(self.worker.tenant, principal)
+        return None if tenant is None else (tenant.uid, tenant.gid)
 
     async def PutFile(self, request_iterator: AsyncIterator[pb.PutFileRequest], context: Any) -> pb.FileInfo:
         w, caller = self.worker, current_caller()
@@ -121,7 +117,7 @@ class FileTransfers:
         rec = await w.db(w.ledger.get_kernel, caller.principal, first.header.kernel_id)
         path = first.header.path
         mode = (first.header.mode & 0o777) or 0o644
-        identity = self.fs_identity(rec.principal)
+        identity = await self.fs_identity(rec.principal)
         try:
             upload = await asyncio.to_thread(as_identity, identity, paths.start_upload, rec.cwd, path, WHERE, mode)
         except paths.BadPath as exc:
@@ -159,9 +155,9 @@ class FileTransfers:
         rec = await w.db(w.ledger.get_kernel, caller.principal, request.kernel_id)
         # O_NONBLOCK: opening a FIFO must not block.
         flags = os.O_RDONLY | os.O_NONBLOCK
+        identity = await self.fs_identity(rec.principal)
         try:
-            fd = await asyncio.to_thread(as_identity, self.fs_identity(rec.principal), paths.open_file,
-                                         rec.cwd, request.path, WHERE, flags)
+            fd = await asyncio.to_thread(as_identity, identity, paths.open_file, rec.cwd, request.path, WHERE, flags)
         except paths.BadPath as exc:
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except paths.PathEscapes as exc:
