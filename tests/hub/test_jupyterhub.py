@@ -29,8 +29,8 @@ import pytest
 
 from tf_jupyter.pytest_plugin import KernelWebSocket, free_port, text_of
 from tf_remoting.client import PermissionDenied, RuntimeClient, Unauthenticated
+from tf_remoting.proto import pb
 from tf_remoting.pytest_plugin import WorkerProcess
-from tf_remoting.worker.config import WorkerConfig
 
 pytest.importorskip("jupyterhub", reason="the jupyterhub package is in the test extras")
 
@@ -65,7 +65,8 @@ c.JupyterHub.custom_scopes = {{"custom:tf-vgpu:use": {{"description": "use the t
 c.Spawner.server_token_scopes = ["users:activity!user", "custom:tf-vgpu:use"]
 c.JupyterHub.load_roles = [
     {{"name": "user", "scopes": ["self", "custom:tf-vgpu:use"]}},
-    {{"name": "test-driver", "scopes": ["admin:users", "admin:servers", "tokens"], "services": ["test-driver"]}},
+    {{"name": "test-driver", "scopes": ["admin:users", "admin:servers", "admin:groups", "tokens"],
+      "services": ["test-driver"]}},
 ]
 c.JupyterHub.services = [{{"name": "test-driver", "api_token": settings["service_token"]}}]
 """
@@ -208,8 +209,7 @@ def hub_worker() -> Iterator[WorkerProcess]:
     admin_token = secrets.token_urlsafe(24)
     worker.token = admin_token
     worker.token_file.write_text(f"admin {admin_token}\n")
-    if "admin_principals" in WorkerConfig.__dataclass_fields__:
-        worker.extra_args += ["--admin-principals", "admin"]
+    worker.extra_args += ["--admin-principals", "admin", "--admin-groups", "gpu-admins"]
     yield worker
     worker.cleanup()
 
@@ -221,6 +221,7 @@ async def test_hub_users_are_principals_of_one_shared_worker(hub_worker: WorkerP
     token_file_before = hub_worker.token_file.read_text()
     try:
         await asyncio.to_thread(hub.start, hub_worker.address)
+        hub.hub_api("POST", "/groups/gpu-admins", {"users": ["alice"]})  # hub groups reach the worker
         await asyncio.gather(*(asyncio.to_thread(hub.start_server, user) for user in USERS))
         servers = {user: UserServer(hub, user, hub.user_token(user)) for user in USERS}
 
@@ -250,6 +251,13 @@ async def test_hub_users_are_principals_of_one_shared_worker(hub_worker: WorkerP
             inventory = await asyncio.wait_for(admin.inventory(), 10)
         owners = sorted(lease.principal for lease in inventory.leases)
         assert owners == ["hub:alice", "hub:bob"], inventory
+
+        # Hub groups reach the worker: alice (in gpu-admins, an --admin-groups group) sees every
+        # lease; bob sees his own only.
+        for user, view, leases in (("alice", pb.INVENTORY_VIEW_ALL, 2), ("bob", pb.INVENTORY_VIEW_OWN, 1)):
+            async with RuntimeClient(hub_worker.address, servers[user].token) as client:
+                seen = await asyncio.wait_for(client.inventory(), 10)
+            assert (seen.viewer, seen.view, len(seen.leases)) == (f"hub:{user}", view, leases), seen
 
         # Only hub tokens with the worker's scope get in; an unknown one is unauthenticated.
         narrow = hub.user_token("alice", scopes=["read:users:name!user"])
