@@ -34,18 +34,20 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BASELINES = REPO.parent / "shared" / "design" / "BASELINES.md"
-BENCHMARKS = ["placement", "start", "tunnel", "telemetry"]
+BENCHMARKS = ["placement", "start", "tunnel", "telemetry", "tenant_start"]
 
 # Used only when BASELINES.md cannot be read (the table says so).
 DEFAULT_TARGETS = {
     "start": ("≤", 1.15), "execute": ("≤", 1.10), "flood": ("≥", 0.90), "big": ("≥", 0.50),
     "latency": ("≤", 1.5), "cpu": ("≤", 1.0), "placement_time": ("≤", 0.5), "placement_devices": ("≤", 1.05),
+    "tenant_start": ("≤", 1.05),
 }
 # Which row of "Our targets" (its first cell starts with this) and which bound in its second cell.
 TARGET_ROWS = {
     "start": ("vGPU kernel start", 0), "execute": ("execute round trip", 0), "flood": ("iopub flood", 0),
     "big": ("16 MiB output", 0), "latency": ("telemetry", 0), "cpu": ("telemetry", 1),
     "placement_time": ("placement", 0), "placement_devices": ("placement", 1),
+    "tenant_start": ("a kernel under its principal's own Unix uid", 0),
 }
 
 
@@ -181,14 +183,24 @@ def lines_telemetry(data: dict[str, Any], targets: dict[str, tuple[str, float]])
     return out
 
 
-READERS = {"tunnel": lines_tunnel, "placement": lines_placement, "start": lines_start, "telemetry": lines_telemetry}
+def lines_tenant_start(data: dict[str, Any], targets: dict[str, tuple[str, float]]) -> list[Line]:
+    name = "start → ready as the tenant's uid ÷ as the worker's user (StartKernel → kernel_info_reply)"
+    if "skipped" in data:
+        return [Line(name, f"skipped: {data['skipped']}", "", "", bound_text(targets["tenant_start"], " ×"), "")]
+    return [Line(name, fmt(data["tenant_ms"], "ms"), fmt(data["plain_ms"], "ms") + " worker's user",
+                 fmt(data["ratio"]), bound_text(targets["tenant_start"], " ×"),
+                 judge(data["ratio"], targets["tenant_start"]))]
+
+
+READERS = {"tunnel": lines_tunnel, "placement": lines_placement, "start": lines_start, "telemetry": lines_telemetry,
+           "tenant_start": lines_tenant_start}
 
 
 def command(name: str, args: argparse.Namespace, json_path: Path) -> list[str]:
     script = [sys.executable, str(HERE / f"{name}.py"), "--json", str(json_path)]
     if name == "tunnel" and not args.full:
         script.append("--quick")
-    if name == "start":
+    if name in ("start", "tenant_start"):
         script += ["--runs", "5" if args.full else "3"]
     return script
 

@@ -84,6 +84,7 @@ class Worker:
                                            replay_bytes=parse_bytes(config.replay_bytes),
                                            tenants=self.tenant_range is not None)
         self.device_groups: tuple[int, ...] = ()
+        self._tenants: dict[str, tenants.Tenant] = {}  # principal -> tenant, once its uid and home are ready
         if self.tenant_range is not None:
             self._private_state()
         self.sampler = Sampler(self.backend)
@@ -189,8 +190,12 @@ class Worker:
         Blocking (the ledger): call through `db`. ResourceExhausted when the uid range is used up."""
         if self.tenant_range is None:
             return None
+        known = self._tenants.get(principal)
+        if known is not None and known.home.is_dir():
+            return known
         try:
-            return self._tenant(principal)
+            self._tenants[principal] = tenant = self._tenant(principal)
+            return tenant
         except ValueError as exc:  # its home is not a directory
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION, f"principal {principal!r}: {exc}") from None
 
@@ -224,7 +229,7 @@ class Worker:
                 adopted += 1
                 scope = self.supervisor.scope_path(rec.id)
                 with contextlib.suppress(OSError):
-                    self.tokens.add_kernel_digest(scope.read_text().strip(), rec.principal, rec.lease_id)
+                    self.tokens.add_kernel_digest(scope.read_text().strip(), rec.principal, rec.lease_id, rec.id)
                 if rec.status != "running":
                     self.ledger.update_kernel(rec.id, status="running", pid=state.kernel_pid,
                                               nanny_pid=state.nanny_pid)
@@ -246,10 +251,15 @@ class Worker:
         """The isolation mode a new lease really gets; never one the devices cannot give."""
         return isolation.resolve_mode(requested, self.devices, self.config.isolation)
 
-    def check_scope(self, caller: Caller, lease_id: str) -> None:
+    def check_scope(self, caller: Caller, lease_id: str, kernel_id: str = "") -> None:
+        """A kernel's token acts on its own lease and, where a call names a kernel, its own kernel."""
         if not caller.may_use(lease_id):
             raise RpcError(grpc.StatusCode.PERMISSION_DENIED,
                            f"lease {lease_id} is not the lease this kernel token belongs to")
+        if kernel_id and caller.kernel_scope and kernel_id != caller.kernel_scope:
+            raise RpcError(grpc.StatusCode.PERMISSION_DENIED,
+                           f"kernel {kernel_id} is not the kernel this token belongs to; a kernel's token acts "
+                           "only on its own kernel")
 
     def slice_env(self, lease: LeaseRecord, kernel_id: str, kernel_token: str) -> dict[str, str]:
         """The variables that put a kernel inside its slice and tell it how to reach us."""
