@@ -39,6 +39,7 @@ class Caller:
     principal: str
     lease_scope: str = ""  # non-empty: a kernel token, limited to this lease
     groups: frozenset[str] = frozenset()  # what the identity source says (JupyterHub groups); empty for token files
+    kernel_scope: str = ""  # a kernel token: the one kernel of that lease it belongs to
 
     def may_use(self, lease_id: str) -> bool:
         return not self.lease_scope or self.lease_scope == lease_id
@@ -119,13 +120,13 @@ class TokenTable:
             return
         self._table, self._file_key = table, key
 
-    def add_kernel_token(self, token: str, principal: str, lease_id: str) -> None:
+    def add_kernel_token(self, token: str, principal: str, lease_id: str, kernel_id: str = "") -> None:
         with self._lock:
-            self._kernel_tokens[_digest(token)] = Caller(principal, lease_id)
+            self._kernel_tokens[_digest(token)] = Caller(principal, lease_id, kernel_scope=kernel_id)
 
-    def add_kernel_digest(self, digest_hex: str, principal: str, lease_id: str) -> None:
+    def add_kernel_digest(self, digest_hex: str, principal: str, lease_id: str, kernel_id: str = "") -> None:
         with self._lock:
-            self._kernel_tokens[bytes.fromhex(digest_hex)] = Caller(principal, lease_id)
+            self._kernel_tokens[bytes.fromhex(digest_hex)] = Caller(principal, lease_id, kernel_scope=kernel_id)
 
     def remove_lease_tokens(self, lease_id: str) -> None:
         with self._lock:

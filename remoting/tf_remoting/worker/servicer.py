@@ -207,7 +207,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             raise RpcError(grpc.StatusCode.INTERNAL, str(exc)) from None
         w.confine_host_kernel(lease, kernel_id, state.kernel_pid)
         w.supervisor.scope_path(kernel_id).write_text(token_digest_hex(kernel_token))
-        w.tokens.add_kernel_token(kernel_token, lease.principal, lease.id)
+        w.tokens.add_kernel_token(kernel_token, lease.principal, lease.id, kernel_id)
         await w.db(w.ledger.update_kernel, kernel_id, status="running", pid=state.kernel_pid,
                    nanny_pid=state.nanny_pid)
         w.emit(pb.EVENT_KIND_KERNEL_STARTED, f"kernel {kernel_id} started in lease {lease.id}",
@@ -245,7 +245,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
     async def KernelState(self, request: pb.KernelStateRequest, context: Any) -> pb.Kernel:
         w, caller = self.worker, current_caller()
         rec = await w.db(w.ledger.get_kernel, caller.principal, request.kernel_id)
-        w.check_scope(caller, rec.lease_id)
+        w.check_scope(caller, rec.lease_id, rec.id)
         state = w.supervisor.state(rec.id)
         msg = kernel_message(w, rec)
         if state.status == "exited":

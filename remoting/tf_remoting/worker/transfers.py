@@ -185,7 +185,7 @@ class FileTransfers:
         """A kernel asks its Jupyter side (over that side's Channels stream) to move a file."""
         w, caller = self.worker, current_caller()
         rec = await w.db(w.ledger.get_kernel, caller.principal, request.kernel_id)
-        w.check_scope(caller, rec.lease_id)
+        w.check_scope(caller, rec.lease_id, rec.id)
         if request.direction not in (pb.TRANSFER_TO_KERNEL, pb.TRANSFER_FROM_KERNEL):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "direction must be TO_KERNEL or FROM_KERNEL")
         confined(rec.cwd, request.kernel_path)
