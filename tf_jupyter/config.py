@@ -125,3 +125,9 @@ def load_jupyter_config() -> Config:
         for loaded, _filename in Application._load_config_files(basename, path=paths, log=log):
             config.merge(loaded)
     return config
+
+
+def configured_kernel_env() -> list[str]:
+    """`c.TfVgpu.kernel_env` as this machine's Jupyter configuration sets it: the variables that
+    travel to a kernel on a remote worker (see tf_jupyter.kernel_env)."""
+    return list(TfVgpu(config=load_jupyter_config()).kernel_env)

@@ -12,7 +12,7 @@ minimal base and the slice's variables (tf_remoting.slice_env), never another cl
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 # Never sent to a kernel: how the launcher itself reaches the worker.
 LAUNCHER_SECRETS = frozenset({"TF_VGPU_HANDOFF", "TF_VGPU_CLIENT_TOKEN", "TF_VGPU_CLIENT_TOKEN_FILE",
@@ -45,20 +45,19 @@ def kernel_env(environ: Mapping[str, str], worker_address: str, remote_names: It
             if k not in LAUNCHER_SECRETS and any(fnmatch.fnmatchcase(k, p) for p in patterns)}
 
 
-def client_kernel_env(environ: Mapping[str, str], worker_address: str, profile_name: str) -> dict[str, str]:
+def client_kernel_env(environ: Mapping[str, str], worker_address: str, profile_name: str,
+                      remote_names: Callable[[], Iterable[str]]) -> dict[str, str]:
     """What a vGPU kernel of profile `profile_name` gets from a client whose environment is `environ`:
-    all of it for a local worker; for a remote one what `c.TfVgpu.kernel_env` and the kernelspec's own
-    `env` name (read from this client's Jupyter configuration). The launcher and the provisioner
-    (which starts the kernel early) both use this, so the kernel gets the same either way."""
+    all of it for a local worker; for a remote one what `remote_names()` (c.TfVgpu.kernel_env, read
+    only then) and the kernelspec's own `env` name. The launcher and the provisioner (which starts the
+    kernel early) both use this, so the kernel gets the same either way."""
     if worker_is_local(worker_address):
         return kernel_env(environ, worker_address)
     import contextlib
 
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    from tf_jupyter.config import TfVgpu, load_jupyter_config
-
     spec_env: list[str] = []
     with contextlib.suppress(NoSuchKernel, ValueError, OSError):
         spec_env = list(KernelSpecManager().get_kernel_spec(f"vgpu-{profile_name}").env)
-    return kernel_env(environ, worker_address, TfVgpu(config=load_jupyter_config()).kernel_env, spec_env)
+    return kernel_env(environ, worker_address, remote_names(), spec_env)

@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tf_jupyter.config import configured_kernel_env
 from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_FILE_ENV, TOKEN_HANDOFF_ENV, take_token_handoff
 from tf_jupyter.kernel_env import client_kernel_env
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
@@ -140,7 +141,7 @@ class Launcher:
     def _kernel_env(self) -> dict[str, str]:
         """This launcher's environment, as a local kernel would get it (see tf_jupyter.kernel_env)."""
         assert self.client is not None
-        return client_kernel_env(os.environ, self.client.address, self.profile_name)
+        return client_kernel_env(os.environ, self.client.address, self.profile_name, configured_kernel_env)
 
     async def _still_running(self, kernel_id: str) -> bool:
         assert self.client is not None

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Unicode
 
+from tf_jupyter.config import configured_kernel_env
 from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_FILE_ENV, TOKEN_HANDOFF_ENV, write_token_handoff
 from tf_jupyter.kernel_env import client_kernel_env
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
@@ -199,7 +200,7 @@ class VgpuProvisioner(LocalProvisioner):
                 self.lease_id, key=key if isinstance(key, bytes) else str(key).encode(),
                 signature_scheme=self.connection_info.get("signature_scheme") or "hmac-sha256",
                 cwd=kwargs.get("cwd") or os.getcwd(),
-                env=client_kernel_env(kwargs["env"], self.worker, self.profile),
+                env=client_kernel_env(kwargs["env"], self.worker, self.profile, configured_kernel_env),
                 labels={"jupyter_kernel_id": self.kernel_id or ""}, kernel_args=kernel_args)
         return kernel.id
 
