@@ -99,6 +99,7 @@ async def test_a_kernel_token_refuses_everything_that_is_not_its_own(worker, ker
         assert [le.id for le in inventory.leases] == [me.lease_id]
         shown = str(inventory) + str(await scoped.list_leases())
         assert other.kernel_id not in shown or same_lease
+        assert me.token not in shown and other.token not in shown  # no API answer echoes a token
         # Calls outside KERNEL_TOKEN_METHODS are refused whatever they name.
         for call in (scoped.signal(other.kernel_id, pb.SIGNAL_INTERRUPT), scoped.release(other.lease_id),
                      scoped.get_file(other.kernel_id, "x"), scoped.put_file(other.kernel_id, "x", b"x")):
