@@ -17,6 +17,7 @@ from collections import Counter
 import pytest
 from client_processes import ClientProcesses
 
+from tf_remoting.proto import pb
 from tf_remoting.pytest_plugin import WorkerProcess
 from tf_remoting.worker.leases import DeviceCapacity, Ledger
 
@@ -109,7 +110,9 @@ async def watch_books(worker: WorkerProcess, stop: asyncio.Event, seen: list[tup
 @pytest.mark.timeout(300)
 async def test_200_concurrent_allocate_release_pairs_from_4_processes(tf_worker_factory):
     # 2 GiB and 100 %: the mix of sizes (64 MiB..1 GiB, 1..10 %) fights over both.
-    worker = tf_worker_factory(["--host-vram", "2Gi"]).start()
+    # The books are read with alice's token; the client processes are alice and bob, so she reads
+    # them as an admin (others see bob's leases only as used capacity).
+    worker = tf_worker_factory(["--host-vram", "2Gi", "--admin-principals", "alice"]).start()
     clients = Clients(worker)
     try:
         await clients.ready()
@@ -143,6 +146,7 @@ async def test_200_concurrent_allocate_release_pairs_from_4_processes(tf_worker_
 
         async with worker.client() as client:
             inv = await client.inventory()
+            assert inv.view == pb.INVENTORY_VIEW_ALL, inv.view
             assert not inv.leases, list(inv.leases)
             (device,) = inv.devices
             assert (device.vram_leased, device.compute_leased) == (0, 0)
