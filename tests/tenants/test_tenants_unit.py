@@ -183,3 +183,14 @@ def test_ledger_of_an_older_version_gains_the_table(tmp_path: Path) -> None:
     with _ledger(path) as ledger:
         assert len(ledger.leases()) == 1  # kept
         assert ledger.tenant_uid("alice", 20000, 20001, lambda uid: False) == 20000
+
+
+def test_strays_are_processes_no_live_nanny_accounts_for() -> None:
+    from tf_remoting.worker.tenants import strays
+
+    # 10 nanny (live) -> 11 kernel -> 12 child; 20 reparented to init (1) after its nanny died;
+    # 21 its child; 30 a nanny that runs, no children.
+    procs = {10: (5, 0), 11: (10, 0), 12: (11, 0), 20: (1, 0), 21: (20, 0), 30: (5, 0)}
+    assert strays(procs, {10, 30}) == [20, 21]
+    assert strays(procs, set()) == [10, 11, 12, 20, 21, 30]
+    assert strays({}, {10}) == []

@@ -188,6 +188,13 @@ class KernelSupervisor:
                                f"{'' if code is None else f' (its nanny exited with code {code})'}; "
                                f"see {directory}/nanny.log and kernel.log")
 
+    def nanny_pids(self) -> set[int]:
+        """The nannies this worker started or adopted that still run: every process of a tenant
+        must be one of them or descend from one."""
+        pids = {c.pid for c in self._children if c.returncode is None}
+        pids.update(k.state.nanny_pid for k in self._known.values() if k.state.status == "running")
+        return pids
+
     def reap(self) -> None:
         """Collect nannies of this worker that have exited (adopted ones are init's children)."""
         self._children = [c for c in self._children if c.poll() is None]

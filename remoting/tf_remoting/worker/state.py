@@ -47,6 +47,7 @@ from tf_remoting.worker.visibility import Visibility, sees_event, sees_lease
 from tf_remoting.worker.watchdog import Watchdog, WatchdogPolicy
 
 log = logging.getLogger("tf_remoting.worker")
+STRAY_SWEEP_SECONDS = 2.0  # how often processes of tenant uids are checked against the live nannies
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -85,6 +86,7 @@ class Worker:
                                            tenants=self.tenant_range is not None)
         self.device_groups: tuple[int, ...] = ()
         self._tenants: dict[str, tenants.Tenant] = {}  # principal -> tenant, once its uid and home are ready
+        self._next_stray_sweep = 0.0  # see _end_tenant_strays
         if self.tenant_range is not None:
             self._private_state()
         self.sampler = Sampler(self.backend)
@@ -347,6 +349,10 @@ class Worker:
                 except Exception:
                     self._step_failed("kernel_exit", f"recording the exit of kernel {rec.id}")
         try:
+            await self._end_tenant_strays()
+        except Exception:
+            self._step_failed("strays", "ending processes of tenant uids outside every kernel")
+        try:
             expired = await self.db(self.ledger.expired)
         except Exception:
             self._step_failed("ledger", "listing expired leases")
@@ -430,6 +436,19 @@ class Worker:
             offer(queue, pb.WatchResponse(time=now, devices=devices if not caller.lease_scope else [],
                                           leases=mine))
         self.metrics.sampling_cpu.inc(cpu + sampling_cpu + time.thread_time() - cpu_began)
+
+    async def _end_tenant_strays(self) -> None:
+        """With tenant uids, end every process of a tenant uid that no live nanny accounts for. The
+        nanny runs as its tenant, so a kernel may kill it; what that kernel started would then run on
+        outside any slice, uncounted, after its lease is gone. Every STRAY_SWEEP_SECONDS."""
+        now = time.monotonic()
+        if self.tenant_range is None or now < self._next_stray_sweep:
+            return
+        self._next_stray_sweep = now + STRAY_SWEEP_SECONDS
+        processes = await asyncio.to_thread(tenants.tenant_processes, self.tenant_range)
+        roots = self.supervisor.nanny_pids()  # read after the scan: a nanny started meanwhile is in it
+        for pid in tenants.end_strays(processes, roots):
+            log.warning("process %d of a tenant uid ran outside every kernel (its nanny is gone): ended", pid)
 
     async def _record_exit(self, rec: KernelRecord, exit_code: int | None) -> None:
         """A kernel's exit: announced once, written to the ledger (retried until it is)."""

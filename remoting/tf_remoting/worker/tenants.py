@@ -205,3 +205,70 @@ def readable_by_others(path: Path) -> bool:
         return bool(os.stat(path).st_mode & 0o044)
     except OSError:
         return False
+
+
+# ---------------------------------------------------------------------------- processes outside every kernel
+
+
+def _proc_identity(pid: int) -> tuple[int, int, int] | None:
+    """(real uid, parent pid, start time) of a live process, None when it is gone or a zombie. The
+    real uid from /proc/<pid>/status: the owner of /proc/<pid> itself turns root when a process makes
+    itself non-dumpable, which would hide it."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            uid_line = next(line for line in f if line.startswith(b"Uid:"))
+    except (OSError, StopIteration, IndexError):
+        return None
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(uid_line.split()[1]), int(fields[1]), int(fields[19])
+
+
+def tenant_processes(uid_range: tuple[int, int]) -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, start time) of every live process whose real uid is a tenant uid."""
+    first, last = uid_range
+    found: dict[int, tuple[int, int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            ident = _proc_identity(int(name))
+            if ident is not None and first <= ident[0] <= last:
+                found[int(name)] = (ident[1], ident[2])
+    return found
+
+
+def strays(processes: dict[int, tuple[int, int]], roots: set[int]) -> list[int]:
+    """The processes no root accounts for: neither a root nor descended from one through tenant
+    processes (a chain that leaves them, e.g. reparented to init when its nanny was killed, is not)."""
+    accounted: dict[int, bool] = {}
+
+    def ok(pid: int) -> bool:
+        chain = []
+        while pid in processes and pid not in accounted and pid not in roots:
+            chain.append(pid)
+            pid = processes[pid][0]
+        result = pid in roots or accounted.get(pid, False)
+        for p in chain:
+            accounted[p] = result
+        return result
+
+    return sorted(pid for pid in processes if not ok(pid))
+
+
+def end_strays(processes: dict[int, tuple[int, int]], roots: set[int]) -> list[int]:
+    """SIGKILL the strays among `processes` (each checked again to be the same process first: its pid
+    may have been reused since the scan). Returns the pids ended."""
+    import signal
+
+    ended = []
+    for pid in strays(processes, roots):
+        ident = _proc_identity(pid)
+        if ident is None or ident[2] != processes[pid][1]:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        ended.append(pid)
+    return ended
