@@ -1,0 +1,110 @@
+"""Which idle kernels a waiting higher-QoS request displaces (tf_jupyter.preemption), as plain Python."""
+
+from __future__ import annotations
+
+import pytest
+
+from tf_jupyter.preemption import Device, Held, Waiter, to_release
+
+GiB = 1 << 30
+
+
+def dev(uuid: str = "d0", total: int = 4, free: int = 0, compute_free: int = 100, worker: str = "w1") -> Device:
+    return Device(worker, uuid, total * GiB, free * GiB, 100, compute_free)
+
+
+def held(kid: str, qos: str = "low", idle: float = 100.0, vram: int = 2, compute: int = 10, uuid: str = "d0",
+         worker: str = "w1") -> Held:
+    return Held(kid, worker, qos, idle, ((uuid, vram * GiB, compute),))
+
+
+def ids(releases) -> list[str]:
+    return sorted(r.kernel_id for r in releases)
+
+
+def test_an_idle_lower_qos_kernel_makes_room_for_a_waiting_request():
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10)]
+    assert ids(to_release(waiting, [held("a", "low")], [dev(free=2)], min_idle=30)) == ["a"]
+
+
+@pytest.mark.parametrize("qos", ["critical", "high"])
+def test_same_or_higher_qos_kernels_are_never_released(qos):
+    waiting = [Waiter("w1", "high", 3 * GiB, 10)]
+    assert to_release(waiting, [held("a", qos)], [dev(free=2)], min_idle=30) == []
+
+
+def test_a_critical_kernel_is_not_released_even_for_a_critical_request():
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10)]
+    assert to_release(waiting, [held("a", "critical", idle=1e9)], [dev(free=2)], min_idle=0) == []
+
+
+def test_a_kernel_not_idle_long_enough_stays():
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10)]
+    assert to_release(waiting, [held("a", idle=29.0)], [dev(free=2)], min_idle=30) == []
+
+
+def test_nothing_is_released_when_the_request_fits_already():
+    waiting = [Waiter("w1", "critical", 1 * GiB, 10)]
+    assert to_release(waiting, [held("a")], [dev(free=2)], min_idle=30) == []
+
+
+def test_a_request_waiting_on_its_quota_displaces_no_one():
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10, for_room=False)]
+    assert to_release(waiting, [held("a")], [dev(free=2)], min_idle=30) == []
+
+
+def test_nothing_is_released_when_our_kernels_cannot_make_enough_room():
+    # 1 GiB free + our 1 GiB < 3 GiB: the rest is another principal's; releasing ours would not help
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10)]
+    assert to_release(waiting, [held("a", vram=1)], [dev(free=1)], min_idle=30) == []
+
+
+def test_compute_counts_as_well_as_vram():
+    waiting = [Waiter("w1", "critical", 1 * GiB, 50)]
+    kernels = [held("a", vram=1, compute=40)]
+    assert ids(to_release(waiting, kernels, [dev(free=3, compute_free=20)], min_idle=30)) == ["a"]
+    assert to_release(waiting, kernels, [dev(free=3, compute_free=5)], min_idle=30) == []
+
+
+def test_kernels_on_other_workers_or_devices_that_cannot_help_stay():
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10)]
+    devices = [dev("d0", free=2), dev("d1", free=0), dev("e0", worker="w2", free=0)]
+    kernels = [held("on-d0", vram=1), held("on-d1", vram=1, uuid="d1"), held("on-w2", vram=4, uuid="e0", worker="w2")]
+    assert ids(to_release(waiting, kernels, devices, min_idle=30)) == ["on-d0"]
+
+
+def test_the_device_needing_the_fewest_releases_is_used_lowest_qos_then_longest_idle_first():
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10)]
+    devices = [dev("d0", free=1), dev("d1", free=0)]
+    kernels = [held("d0-small-a", vram=1, idle=50), held("d0-small-b", vram=1, idle=60),
+               held("d1-big", "medium", vram=4, uuid="d1")]
+    assert ids(to_release(waiting, kernels, devices, min_idle=30)) == ["d1-big"]
+    # on one device: low before medium, then the longest idle; no more than needed
+    kernels = [held("m", "medium", vram=2, idle=500), held("l-short", vram=2, idle=40),
+               held("l-long", vram=2, idle=90)]
+    assert ids(to_release(waiting, kernels, [dev("d0", total=8, free=1)], min_idle=30)) == ["l-long"]
+
+
+def test_a_whole_device_request_needs_the_device_empty():
+    waiting = [Waiter("w1", "critical", 0, 100, whole_device=True)]
+    assert ids(to_release(waiting, [held("a", vram=2), held("b", vram=2)], [dev(free=0)], min_idle=30)) == ["a", "b"]
+    # someone else's 1 GiB stays on it: ours cannot empty it
+    assert to_release(waiting, [held("a", vram=2)], [dev(free=1)], min_idle=30) == []
+
+
+def test_a_request_over_several_devices_needs_room_on_each():
+    waiting = [Waiter("w1", "critical", 2 * GiB, 10, count=2)]
+    devices = [dev("d0", free=0), dev("d1", free=0)]
+    assert to_release(waiting, [held("a")], devices, min_idle=30) == []
+    assert ids(to_release(waiting, [held("a"), held("b", uuid="d1")], devices, min_idle=30)) == ["a", "b"]
+
+
+def test_room_promised_to_one_request_is_not_promised_to_the_next():
+    waiting = [Waiter("w1", "critical", 2 * GiB, 10), Waiter("w1", "high", 2 * GiB, 10)]
+    kernels = [held("a", vram=2), held("b", vram=2, idle=50)]
+    # 0 free: the first takes a's room (longest idle), the second b's
+    assert [(r.kernel_id, r.waiter.qos) for r in to_release(waiting, kernels, [dev(free=0)], min_idle=30)] == [
+        ("a", "critical"), ("b", "high")]
+    # 2 GiB free: the first takes the free room, so the second still needs a
+    assert [(r.kernel_id, r.waiter.qos) for r in to_release(waiting, kernels, [dev(free=2)], min_idle=30)] == [
+        ("a", "high")]
