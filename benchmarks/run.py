@@ -1,6 +1,6 @@
 """Run every benchmark and print one table of figures beside their baselines and targets.
 
-    python benchmarks/run.py                 # tunnel --quick, placement, start, telemetry: ~2.5 min on 2 cores
+    python benchmarks/run.py                 # tunnel --quick, placement, start, telemetry, ...: ~2.5 min on 2 cores
     python benchmarks/run.py --full          # tunnel's full run (and 5 start runs): ~5 min
     python benchmarks/run.py --only tunnel placement --out results/
 
@@ -34,13 +34,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BASELINES = REPO.parent / "shared" / "design" / "BASELINES.md"
-BENCHMARKS = ["placement", "start", "tunnel", "telemetry", "tenant_start"]
+BENCHMARKS = ["placement", "start", "tunnel", "telemetry", "tenant_start", "fairshare"]
 
 # Used only when BASELINES.md cannot be read (the table says so).
 DEFAULT_TARGETS = {
     "start": ("≤", 1.15), "execute": ("≤", 1.10), "flood": ("≥", 0.90), "big": ("≥", 0.50),
     "latency": ("≤", 1.5), "cpu": ("≤", 1.0), "placement_time": ("≤", 0.5), "placement_devices": ("≤", 1.05),
-    "tenant_start": ("≤", 1.05),
+    "tenant_start": ("≤", 1.05), "fair_critical": ("≤", 0.25), "fair_jain": ("≥", 0.95), "fair_decision": ("≤", 5.0),
 }
 # Which row of "Our targets" (its first cell starts with this) and which bound in its second cell.
 TARGET_ROWS = {
@@ -48,7 +48,9 @@ TARGET_ROWS = {
     "big": ("16 MiB output", 0), "latency": ("telemetry", 0), "cpu": ("telemetry", 1),
     "placement_time": ("placement", 0), "placement_devices": ("placement", 1),
     "tenant_start": ("a kernel under its principal's own Unix uid", 0),
+    "fair_critical": ("fair share", 0), "fair_jain": ("fair share", 1), "fair_decision": ("quota / queue decision", 0),
 }
+UTILISATION_TARGET = ("≥", 1.0)  # "mean device utilisation ≥ FIFO's": a ratio, the row gives no number
 
 
 def read_targets(path: Path) -> tuple[dict[str, tuple[str, float]], str]:
@@ -192,8 +194,35 @@ def lines_tenant_start(data: dict[str, Any], targets: dict[str, tuple[str, float
                  judge(data["ratio"], targets["tenant_start"]))]
 
 
+def lines_fairshare(data: dict[str, Any], targets: dict[str, tuple[str, float]]) -> list[Line]:
+    fifo, line = data["fifo"], data.get("line")
+    day = f"{data['users']} users, {data['days']} days of {data['hours']:g} h, {data['requests']:,} requests"
+    if line is None:
+        return [Line(f"fair share ({day}): worker's line", f"not measured: {data.get('line_missing', '?')}",
+                     "", "", bound_text(targets["fair_critical"], " ×"), "n/a")]
+    out = []
+    for qos in ("critical", "high", "medium", "low"):
+        a, b = line["p95_wait_s"][qos], fifo["p95_wait_s"][qos]
+        target = targets["fair_critical"] if qos == "critical" else None
+        out.append(Line(f"fair share: p95 wait, QoS {qos} ({day})" if qos == "critical" else
+                        f"fair share: p95 wait, QoS {qos}", fmt(a, "s"), fmt(b, "s") + " per-server FIFO",
+                        fmt(ratio(a, b)), bound_text(target, " ×"), judge(ratio(a, b), target)))
+    out.append(Line("fair share: Jain's index over users' mean waits (equal demand)", fmt(line["jain_mean_wait"]),
+                    fmt(fifo["jain_mean_wait"]) + " FIFO", fmt(ratio(line["jain_mean_wait"], fifo["jain_mean_wait"])),
+                    bound_text(targets["fair_jain"]), judge(line["jain_mean_wait"], targets["fair_jain"])))
+    r = ratio(line["utilisation"], fifo["utilisation"])
+    out.append(Line("fair share: mean VRAM utilisation of the pool", fmt(100 * line["utilisation"], "%"),
+                    fmt(100 * fifo["utilisation"], "%") + " FIFO", fmt(r), bound_text(UTILISATION_TARGET, " ×"),
+                    judge(r, UTILISATION_TARGET)))
+    for what in ("allocate", "release"):
+        ms = data["decision_ms"][what]
+        out.append(Line(f"line decision per {what}, 1,000 waiting (worst of medians)", fmt(ms, "ms"), "", "",
+                        bound_text(targets["fair_decision"], " ms"), judge(ms, targets["fair_decision"])))
+    return out
+
+
 READERS = {"tunnel": lines_tunnel, "placement": lines_placement, "start": lines_start, "telemetry": lines_telemetry,
-           "tenant_start": lines_tenant_start}
+           "tenant_start": lines_tenant_start, "fairshare": lines_fairshare}
 
 
 def command(name: str, args: argparse.Namespace, json_path: Path) -> list[str]:

@@ -1,0 +1,351 @@
+"""Fair share on a simulated crowded day: the worker's one waiting line against today's per-server FIFO.
+
+    python benchmarks/fairshare.py [--seed S] [--users N] [--hours H] [--days D] [--load L] [--json PATH]
+
+One worker with 4 devices of 48 GiB, 20 users, each with their own Jupyter server. Each user's
+requests arrive as a Poisson process (the same rate for every user: equal demand); each asks for a
+built-in profile (tf_jupyter.profiles: small, medium, large, whole) at a QoS drawn per request, and
+holds its slice for an exponential lifetime (longer for bigger profiles). The arrival rate is set
+so the offered load is ``--load`` times the pool's VRAM. A request gives up after ``--timeout``
+seconds of waiting (c.TfVgpu.queue_timeout). Simulated time (an event heap, no sleeping), seeded:
+the same seed gives the same figures.
+
+Both systems see the same requests, in the same run, on a model of the worker's ledger (best fit:
+the device left with the least free VRAM, then compute, then lowest index, as
+tf_remoting.worker.leases.Ledger.allocate; a whole device needs an untouched device):
+
+- **fifo** (today, tf_jupyter at 2c66ee3): each user's server keeps its own queue (tf_jupyter/queue.py:
+  QoS, then arrival; within a QoS level a later request that fits starts, a lower level waits behind
+  a higher one that does not fit) and tries to place a newcomer *before* looking at its queue
+  (Scheduler.allocate). When a lease ends, every server's queue is woken (Watch -> on_capacity ->
+  wake_queue): the releasing server first, the others in a random order (they race for the freed
+  room; the worker serves whoever calls first). Copied here as the baseline model, because the
+  waiting line replaces that code.
+- **line**: the worker's one waiting line (tf_remoting.worker.waiting_line, the real module) with
+  the real quota code (tf_remoting.worker.quotas): QoS, then fair share between principals, then
+  arrival, with its backfill rule.
+
+Figures: p95 wait by QoS (a request that gave up counts with the time it waited), Jain's fairness
+index over the users' mean waits (every user has the same demand, so equal treatment means equal
+waits), mean VRAM utilisation of the pool over the day, and the line's decision time per Allocate
+and per release with 1,000 requests waiting.
+Targets (shared/design/BASELINES.md): critical p95 wait <= 0.25 x FIFO's, Jain >= 0.95,
+utilisation >= FIFO's, <= 5 ms per decision with 1,000 waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import random
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tf_jupyter.profiles import BUILTIN_PROFILES  # noqa: E402
+from tf_jupyter.qos import QOS_NAMES, QOS_RANK  # noqa: E402
+
+GiB = 1 << 30
+DEVICES = 4
+DEVICE_VRAM = 48 * GiB
+PROFILE_MIX = {"small": 0.5, "medium": 0.3, "large": 0.15, "whole": 0.05}
+LIFETIME_S = {"small": 1200.0, "medium": 1800.0, "large": 2700.0, "whole": 3600.0}  # means, exponential
+QOS_MIX = {"low": 0.3, "medium": 0.45, "high": 0.15, "critical": 0.1}
+
+
+# ---------------------------------------------------------------- the day's requests
+
+
+@dataclass(frozen=True)
+class Ask:
+    id: str
+    user: str
+    arrival: float
+    profile: str
+    qos: str
+    lifetime: float
+
+    @property
+    def whole(self) -> bool:
+        return BUILTIN_PROFILES[self.profile].whole_device
+
+    @property
+    def vram(self) -> int:
+        return DEVICE_VRAM if self.whole else BUILTIN_PROFILES[self.profile].vram
+
+    @property
+    def compute(self) -> int:
+        return 100 if self.whole else BUILTIN_PROFILES[self.profile].compute
+
+
+def offered_vram_seconds_per_request() -> float:
+    return sum(w * (DEVICE_VRAM if BUILTIN_PROFILES[p].whole_device else BUILTIN_PROFILES[p].vram) * LIFETIME_S[p]
+               for p, w in PROFILE_MIX.items())
+
+
+def make_day(seed: int, users: int, hours: float, load: float) -> list[Ask]:
+    rng = random.Random(seed)
+    day = hours * 3600
+    rate = load * DEVICES * DEVICE_VRAM / offered_vram_seconds_per_request() / users  # per user, per second
+    asks = []
+    for u in range(users):
+        t = rng.expovariate(rate)
+        while t < day:
+            profile = rng.choices(list(PROFILE_MIX), weights=list(PROFILE_MIX.values()))[0]
+            qos = rng.choices(list(QOS_MIX), weights=list(QOS_MIX.values()))[0]
+            asks.append(Ask(f"s{seed}-r{len(asks)}", f"user{u:02d}", t, profile, qos,
+                            rng.expovariate(1 / LIFETIME_S[profile])))
+            t += rng.expovariate(rate)
+    asks.sort(key=lambda a: (a.arrival, a.id))
+    return asks
+
+
+# ---------------------------------------------------------------- the worker's ledger (model)
+
+
+class Ledger:
+    """Free VRAM and compute per device; best fit as tf_remoting.worker.leases.Ledger.allocate."""
+
+    def __init__(self) -> None:
+        self.free = [[DEVICE_VRAM, 100] for _ in range(DEVICES)]
+        self.held: dict[str, tuple[int, int, int]] = {}  # ask id -> (device, vram, compute)
+        self.leased_vram = 0
+
+    def pick(self, ask: Ask) -> int | None:
+        fitting = [(f[0] - ask.vram, f[1] - ask.compute, i) for i, f in enumerate(self.free)
+                   if f[0] >= ask.vram and f[1] >= ask.compute and (not ask.whole or f == [DEVICE_VRAM, 100])]
+        return min(fitting)[2] if fitting else None
+
+    def allocate(self, ask: Ask) -> bool:
+        i = self.pick(ask)
+        if i is None:
+            return False
+        self.free[i][0] -= ask.vram
+        self.free[i][1] -= ask.compute
+        self.held[ask.id] = (i, ask.vram, ask.compute)
+        self.leased_vram += ask.vram
+        return True
+
+    def release(self, ask_id: str) -> None:
+        i, vram, compute = self.held.pop(ask_id)
+        self.free[i][0] += vram
+        self.free[i][1] += compute
+        self.leased_vram -= vram
+
+
+# ---------------------------------------------------------------- the simulation, for any system
+
+
+@dataclass
+class Outcome:
+    waits: dict[str, float] = field(default_factory=dict)  # ask id -> seconds waited (granted or gave up)
+    gave_up: set[str] = field(default_factory=set)
+    vram_seconds: float = 0.0  # integral of leased VRAM over the day
+    day: float = 0.0
+
+
+class System:
+    """What a system does on arrival, on a release, and when a request gives up; it grants through `grant`."""
+
+    name = ""
+
+    def __init__(self, ledger: Ledger, grant: Callable[[Ask], None], rng: random.Random) -> None:
+        self.ledger, self.grant, self.rng = ledger, grant, rng
+
+    def arrive(self, ask: Ask, now: float) -> None:
+        raise NotImplementedError
+
+    def released(self, ask: Ask, now: float) -> None:
+        raise NotImplementedError
+
+    def give_up(self, ask: Ask, now: float) -> bool:
+        """Take the request out of the waiting; False if it was granted already."""
+        raise NotImplementedError
+
+
+def simulate(asks: list[Ask], make: Callable[[Ledger, Callable[[Ask], None], random.Random], System],
+             seed: int, timeout: float, day: float) -> Outcome:
+    ledger = Ledger()
+    out = Outcome(day=day)
+    heap: list[tuple[float, int, str, Ask]] = []
+    seq = 0
+    now = 0.0
+    last = 0.0
+
+    def push(t: float, kind: str, ask: Ask) -> None:
+        nonlocal seq
+        heapq.heappush(heap, (t, seq, kind, ask))
+        seq += 1
+
+    def grant(ask: Ask) -> None:
+        out.waits[ask.id] = now - ask.arrival
+        push(now + ask.lifetime, "end", ask)
+
+    system = make(ledger, grant, random.Random(seed + 1))
+    for a in asks:
+        push(a.arrival, "arrive", a)
+    while heap:
+        t, _, kind, ask = heapq.heappop(heap)
+        if t > day and kind != "end":
+            continue
+        span_end = min(t, day)
+        out.vram_seconds += ledger.leased_vram * max(0.0, span_end - last)
+        last = max(last, span_end)
+        now = t
+        if kind == "arrive":
+            system.arrive(ask, now)
+            if ask.id not in out.waits:
+                push(now + timeout, "timeout", ask)
+        elif kind == "end":
+            ledger.release(ask.id)
+            system.released(ask, now)
+        elif kind == "timeout" and ask.id not in out.waits and system.give_up(ask, now):
+            out.waits[ask.id] = now - ask.arrival
+            out.gave_up.add(ask.id)
+    for a in asks:  # still waiting at the end of the day: count what they waited
+        out.waits.setdefault(a.id, day - a.arrival)
+    return out
+
+
+# ---------------------------------------------------------------- today: one FIFO per server (baseline model)
+
+
+class Fifo(System):
+    """Each user's server: its own queue ordered by QoS then arrival (tf_jupyter/queue.py WaitQueue),
+    placement tried before the queue (Scheduler.allocate), every queue woken when capacity frees
+    (Scheduler.wake_queue -> WaitQueue.ready), the releasing server first, the others racing."""
+
+    name = "fifo"
+
+    def __init__(self, ledger: Ledger, grant: Callable[[Ask], None], rng: random.Random) -> None:
+        super().__init__(ledger, grant, rng)
+        self.queues: dict[str, list[Ask]] = {}
+        self.seq: dict[str, int] = {}
+
+    def arrive(self, ask: Ask, now: float) -> None:
+        if self.ledger.allocate(ask):  # placed before the queue is looked at
+            self.grant(ask)
+            return
+        self.seq[ask.id] = len(self.seq)
+        self.queues.setdefault(ask.user, []).append(ask)
+
+    def _order(self, user: str) -> list[Ask]:
+        return sorted(self.queues.get(user, []), key=lambda a: (QOS_RANK[a.qos], a.arrival, self.seq[a.id]))
+
+    def _wake(self, user: str) -> None:
+        """WaitQueue.ready with a `fits` that allocates: within a QoS level all that fit start; after
+        the first that does not fit, lower levels are not considered."""
+        blocked: int | None = None
+        for ask in self._order(user):
+            rank = QOS_RANK[ask.qos]
+            if blocked is not None and rank > blocked:
+                break
+            if self.ledger.allocate(ask):
+                self.queues[user].remove(ask)
+                self.grant(ask)
+            elif blocked is None:
+                blocked = rank
+
+    def released(self, ask: Ask, now: float) -> None:
+        others = [u for u in self.queues if u != ask.user]
+        self.rng.shuffle(others)
+        for user in [ask.user, *others]:
+            self._wake(user)
+
+    def give_up(self, ask: Ask, now: float) -> bool:
+        queue = self.queues.get(ask.user, [])
+        if ask in queue:
+            queue.remove(ask)
+            return True
+        return False
+
+
+def line_system() -> Callable[[Ledger, Callable[[Ask], None], random.Random], System]:
+    """The worker's line (real module), or ImportError while it does not exist yet."""
+    from tf_remoting.worker import waiting_line  # noqa: F401
+
+    raise ImportError("tf_remoting.worker.waiting_line has no adapter here yet")
+
+
+SYSTEMS: dict[str, Callable[[Ledger, Callable[[Ask], None], random.Random], System]] = {"fifo": Fifo}
+
+
+# ---------------------------------------------------------------- figures
+
+
+def merge(outcomes: list[Outcome]) -> Outcome:
+    out = Outcome(day=sum(o.day for o in outcomes))
+    for o in outcomes:
+        out.waits.update(o.waits)
+        out.gave_up |= o.gave_up
+        out.vram_seconds += o.vram_seconds
+    return out
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = max(0, math.ceil(p / 100 * len(s)) - 1)
+    return s[k]
+
+
+def jain(values: list[float]) -> float:
+    """(sum x)^2 / (n sum x^2): 1 when all equal, 1/n when one takes everything; 1 when all are 0."""
+    square_sum = sum(x * x for x in values)
+    return sum(values) ** 2 / (len(values) * square_sum) if square_sum else 1.0
+
+
+def figures(asks: list[Ask], out: Outcome) -> dict[str, object]:
+    by_qos = {q: [out.waits[a.id] for a in asks if a.qos == q] for q in QOS_NAMES}
+    users = sorted({a.user for a in asks})
+    mean_wait = {u: sum(out.waits[a.id] for a in asks if a.user == u) / max(1, sum(a.user == u for a in asks))
+                 for u in users}
+    return {
+        "p95_wait_s": {q: percentile(v, 95) for q, v in by_qos.items()},
+        "mean_wait_s": {q: (sum(v) / len(v) if v else 0.0) for q, v in by_qos.items()},
+        "requests": {q: len(v) for q, v in by_qos.items()},
+        "gave_up": len(out.gave_up),
+        "jain_mean_wait": jain(list(mean_wait.values())),
+        "utilisation": out.vram_seconds / (DEVICES * DEVICE_VRAM * out.day),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--hours", type=float, default=8.0)
+    parser.add_argument("--days", type=int, default=20, help="independent crowded days, each from an empty pool")
+    parser.add_argument("--load", type=float, default=1.0, help="offered VRAM load ÷ the pool's VRAM")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a request waits before giving up")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args()
+
+    day = args.hours * 3600
+    days = [make_day(args.seed * 1000 + d, args.users, args.hours, args.load) for d in range(args.days)]
+    asks = [a for d in days for a in d]
+    result: dict[str, object] = {"seed": args.seed, "users": args.users, "hours": args.hours, "days": args.days,
+                                 "load": args.load, "requests": len(asks), "devices": DEVICES,
+                                 "device_vram": DEVICE_VRAM}
+    systems = dict(SYSTEMS)
+    try:
+        systems["line"] = line_system()
+    except ImportError as exc:
+        result["line_missing"] = f"the worker's waiting line is not importable ({exc})"
+    for name, make in systems.items():
+        outcomes = [simulate(d, make, args.seed * 1000 + i, args.timeout, day) for i, d in enumerate(days)]
+        result[name] = figures(asks, merge(outcomes))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
