@@ -1,20 +1,25 @@
 """Idle release: warn, then shut down vGPU kernels whose slice showed no utilization for a while.
 
-Plain asyncio over the pool's kernels and events; the server extension runs `IdleRelease.check`
-every few seconds with a function that shuts a kernel down through Jupyter's kernel manager.
+Two reasons, each its own class: `IdleRelease` (idle for `idle_release` seconds, whoever waits) and
+`QosRelease` (idle for `idle_warning` seconds while a request of a higher QoS waits at the same
+worker for the room the kernel holds: QoS that holds; which kernels is tf_jupyter.preemption's rule).
+Plain asyncio over the pool's kernels and events; the server extension runs `check` every few
+seconds with a function that shuts a kernel down through Jupyter's kernel manager. Both say each
+step on the event stream the panel shows (kinds idle_warning, idle_release, idle_release_failed).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from tf_jupyter.pool.events import Events
-from tf_jupyter.pool.kernels import Kernels
+from tf_jupyter.pool.kernels import Kernels, KernelSlice
+from tf_jupyter.preemption import Device, Held, Waiter, to_release
 from tf_jupyter.qos import HIGHEST_QOS
 
-__all__ = ["IdleRelease"]
+__all__ = ["IdleRelease", "QosRelease"]
 
 log = logging.getLogger("tf_jupyter.idle")
 
@@ -63,3 +68,59 @@ class IdleRelease:
                 self.kernels.forget(k.kernel_id)
                 self.events.emit("idle_release", f"kernel shut down after {idle:.0f} s without utilization; "
                                  "its slice is free", kernel_id=k.kernel_id)
+
+
+class QosRelease:
+    """When a request of a higher QoS waits at a worker and this server's kernels there of a lower
+    QoS have been idle for `min_idle` seconds (c.TfVgpu.idle_warning), the ones whose release makes
+    it fit (tf_jupyter.preemption.to_release) are warned, and shut down `grace` seconds later if
+    they are still idle and still needed then. A kernel that becomes active again, or that the
+    waiting request no longer needs (it started, gave up, or found room elsewhere), keeps running
+    (event idle_warning_cleared). Critical kernels never go: nothing ranks above them."""
+
+    def __init__(self, kernels: Kernels, events: Events, shutdown: Callable[[str], Awaitable[None]],
+                 min_idle: float, grace: float) -> None:
+        self.kernels = kernels
+        self.events = events
+        self.shutdown = shutdown
+        self.min_idle = min_idle
+        self.grace = grace
+        self.warned: dict[str, float] = {}  # kernel id -> monotonic time of its warning
+
+    async def check(self, waiting: Sequence[Waiter], devices: Sequence[Device],
+                    slices_of: Callable[[KernelSlice], tuple[tuple[str, int, int], ...]],
+                    now: float | None = None) -> None:
+        """`waiting`: every worker's line in order; `devices`: the workers' devices; `slices_of`: a
+        kernel's slices (device uuid, vram, compute) as its worker's inventory shows its lease."""
+        now = time.monotonic() if now is None else now
+        mine = [Held(k.kernel_id, k.worker, k.qos, now - k.last_active, slices_of(k))
+                for k in self.kernels.values() if k.qos != HIGHEST_QOS]
+        needed = {r.kernel_id: r for r in to_release(waiting, mine, devices, self.min_idle)}
+        for kernel_id in [kid for kid in self.warned if kid not in needed]:
+            del self.warned[kernel_id]
+            if kernel_id in self.kernels:
+                self.events.emit("idle_warning_cleared", "the waiting request no longer needs this kernel's slice "
+                                 "(it started, left, or the kernel became active): the kernel keeps running",
+                                 kernel_id=kernel_id)
+        for kernel_id, release in needed.items():
+            w = release.waiter
+            if kernel_id not in self.warned:
+                self.warned[kernel_id] = now
+                self.events.emit("idle_warning", f"a QoS {w.qos} request waits on {w.worker} for the room this "
+                                 f"idle {self.kernels[kernel_id].qos} kernel holds: it will be shut down in "
+                                 f"{self.grace:.0f} s to make room unless it becomes active", kernel_id=kernel_id,
+                                 reason="qos")
+            elif now - self.warned[kernel_id] >= self.grace:
+                try:
+                    await self.shutdown(kernel_id)
+                except Exception as exc:  # whatever the kernel manager raised: say it, keep the kernel, retry
+                    reason = str(exc) or type(exc).__name__
+                    log.warning("QoS release of kernel %s failed: %s", kernel_id, reason)
+                    self.events.emit("idle_release_failed", f"kernel could not be shut down for a waiting QoS "
+                                     f"{w.qos} request ({reason}); it still holds its slice, trying again",
+                                     kernel_id=kernel_id, reason="qos")
+                    continue
+                del self.warned[kernel_id]
+                self.kernels.forget(kernel_id)
+                self.events.emit("idle_release", f"idle kernel shut down to make room for a waiting QoS {w.qos} "
+                                 f"request on {w.worker}; its slice is free", kernel_id=kernel_id, reason="qos")

@@ -108,3 +108,66 @@ def test_room_promised_to_one_request_is_not_promised_to_the_next():
     # 2 GiB free: the first takes the free room, so the second still needs a
     assert [(r.kernel_id, r.waiter.qos) for r in to_release(waiting, kernels, [dev(free=2)], min_idle=30)] == [
         ("a", "high")]
+
+
+# ---------------------------------------------------------------- QosRelease: warning, grace, release, events
+
+
+def _server(qos: str = "low"):
+    import asyncio
+
+    from tf_jupyter.idle import QosRelease
+    from tf_jupyter.pool.events import Events
+    from tf_jupyter.pool.kernels import Kernels, KernelSlice
+
+    kernels, events = Kernels(), Events()
+    kernels.register(KernelSlice("k1", "w1", "lease-1", "small", qos, last_active=0.0))
+    shut: list[str] = []
+
+    async def shutdown(kernel_id: str) -> None:
+        shut.append(kernel_id)
+
+    stream = events.subscribe()
+
+    def kinds() -> list[str]:
+        out = []
+        while not stream.empty():
+            out.append(stream.get_nowait()["kind"])
+        return out
+
+    assert isinstance(stream, asyncio.Queue)
+    return kernels, QosRelease(kernels, events, shutdown, min_idle=10, grace=5), shut, kinds
+
+
+def _slices(k) -> tuple[tuple[str, int, int], ...]:
+    return (("d0", 2 * GiB, 10),)
+
+
+async def test_qos_release_warns_then_shuts_down_after_the_grace():
+    kernels, qos, shut, kinds = _server()
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10)]
+    await qos.check(waiting, [dev(free=2)], _slices, now=20)
+    assert kinds() == ["idle_warning"] and shut == []
+    await qos.check(waiting, [dev(free=2)], _slices, now=24)
+    assert kinds() == [] and shut == []
+    await qos.check(waiting, [dev(free=2)], _slices, now=25)
+    assert kinds() == ["idle_release"] and shut == ["k1"] and "k1" not in kernels
+
+
+async def test_qos_warning_cleared_when_the_request_is_gone_or_the_kernel_wakes():
+    kernels, qos, shut, kinds = _server()
+    waiting = [Waiter("w1", "critical", 3 * GiB, 10)]
+    await qos.check(waiting, [dev(free=2)], _slices, now=20)
+    await qos.check([], [dev(free=2)], _slices, now=30)
+    assert kinds() == ["idle_warning", "idle_warning_cleared"] and shut == []
+    await qos.check(waiting, [dev(free=2)], _slices, now=31)  # warned afresh: a new grace
+    kernels["k1"].last_active = 32.0  # active again
+    await qos.check(waiting, [dev(free=2)], _slices, now=40)
+    assert kinds() == ["idle_warning", "idle_warning_cleared"] and shut == [] and "k1" in kernels
+
+
+async def test_qos_release_never_touches_a_critical_kernel():
+    _, qos, shut, kinds = _server("critical")
+    for now in (20, 30, 40):
+        await qos.check([Waiter("w1", "critical", 3 * GiB, 10)], [dev(free=2)], _slices, now=now)
+    assert kinds() == [] and shut == []
