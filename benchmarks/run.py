@@ -198,8 +198,11 @@ def lines_fairshare(data: dict[str, Any], targets: dict[str, tuple[str, float]])
     fifo, line = data["fifo"], data.get("line")
     day = f"{data['users']} users, {data['days']} days of {data['hours']:g} h, {data['requests']:,} requests"
     if line is None:
+        p95 = ", ".join(f"{q} {fmt(fifo['p95_wait_s'][q], 's')}" for q in ("critical", "high", "medium", "low"))
         return [Line(f"fair share ({day}): worker's line", f"not measured: {data.get('line_missing', '?')}",
-                     "", "", bound_text(targets["fair_critical"], " ×"), "n/a")]
+                     f"FIFO p95 wait {p95}; Jain {fmt(fifo['jain_mean_wait'])}; "
+                     f"utilisation {fmt(100 * fifo['utilisation'], '%')}", "",
+                     bound_text(targets["fair_critical"], " ×"), "n/a")]
     out = []
     for qos in ("critical", "high", "medium", "low"):
         a, b = line["p95_wait_s"][qos], fifo["p95_wait_s"][qos]
