@@ -79,6 +79,9 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_LEASE_RELEASED: _ClassVar[EventKind]
     EVENT_KIND_LEASE_RESIZED: _ClassVar[EventKind]
     EVENT_KIND_KERNEL_STARTED: _ClassVar[EventKind]
+    EVENT_KIND_REQUEST_QUEUED: _ClassVar[EventKind]
+    EVENT_KIND_REQUEST_GRANTED: _ClassVar[EventKind]
+    EVENT_KIND_REQUEST_DROPPED: _ClassVar[EventKind]
 
 class TransferDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -131,6 +134,9 @@ EVENT_KIND_LEASE_CREATED: EventKind
 EVENT_KIND_LEASE_RELEASED: EventKind
 EVENT_KIND_LEASE_RESIZED: EventKind
 EVENT_KIND_KERNEL_STARTED: EventKind
+EVENT_KIND_REQUEST_QUEUED: EventKind
+EVENT_KIND_REQUEST_GRANTED: EventKind
+EVENT_KIND_REQUEST_DROPPED: EventKind
 TRANSFER_DIRECTION_UNSPECIFIED: TransferDirection
 TRANSFER_TO_KERNEL: TransferDirection
 TRANSFER_FROM_KERNEL: TransferDirection
@@ -170,7 +176,7 @@ class GetInventoryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Inventory(_message.Message):
-    __slots__ = ("worker_id", "version", "backend", "default_mode", "oversubscription", "devices", "leases", "sample_interval_ms", "shares_filesystem", "view", "viewer")
+    __slots__ = ("worker_id", "version", "backend", "default_mode", "oversubscription", "devices", "leases", "sample_interval_ms", "shares_filesystem", "view", "viewer", "waiting")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +188,7 @@ class Inventory(_message.Message):
     SHARES_FILESYSTEM_FIELD_NUMBER: _ClassVar[int]
     VIEW_FIELD_NUMBER: _ClassVar[int]
     VIEWER_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     version: str
     backend: str
@@ -193,7 +200,8 @@ class Inventory(_message.Message):
     shares_filesystem: bool
     view: InventoryView
     viewer: str
-    def __init__(self, worker_id: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., default_mode: _Optional[_Union[IsolationMode, str]] = ..., oversubscription: _Optional[float] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., sample_interval_ms: _Optional[int] = ..., shares_filesystem: _Optional[bool] = ..., view: _Optional[_Union[InventoryView, str]] = ..., viewer: _Optional[str] = ...) -> None: ...
+    waiting: _containers.RepeatedCompositeFieldContainer[WaitingEntry]
+    def __init__(self, worker_id: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., default_mode: _Optional[_Union[IsolationMode, str]] = ..., oversubscription: _Optional[float] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., sample_interval_ms: _Optional[int] = ..., shares_filesystem: _Optional[bool] = ..., view: _Optional[_Union[InventoryView, str]] = ..., viewer: _Optional[str] = ..., waiting: _Optional[_Iterable[_Union[WaitingEntry, _Mapping]]] = ...) -> None: ...
 
 class SliceRequest(_message.Message):
     __slots__ = ("vram", "compute")
@@ -204,7 +212,7 @@ class SliceRequest(_message.Message):
     def __init__(self, vram: _Optional[int] = ..., compute: _Optional[int] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("slice", "count", "qos", "model", "mode", "ttl_seconds", "profile", "labels")
+    __slots__ = ("slice", "count", "qos", "model", "mode", "ttl_seconds", "profile", "labels", "wait", "wait_seconds", "request_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +228,9 @@ class AllocateRequest(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     slice: SliceRequest
     count: int
     qos: Qos
@@ -228,7 +239,36 @@ class AllocateRequest(_message.Message):
     ttl_seconds: int
     profile: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, slice: _Optional[_Union[SliceRequest, _Mapping]] = ..., count: _Optional[int] = ..., qos: _Optional[_Union[Qos, str]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[IsolationMode, str]] = ..., ttl_seconds: _Optional[int] = ..., profile: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    wait: bool
+    wait_seconds: float
+    request_id: str
+    def __init__(self, slice: _Optional[_Union[SliceRequest, _Mapping]] = ..., count: _Optional[int] = ..., qos: _Optional[_Union[Qos, str]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[IsolationMode, str]] = ..., ttl_seconds: _Optional[int] = ..., profile: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait: _Optional[bool] = ..., wait_seconds: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class WaitingEntry(_message.Message):
+    __slots__ = ("position", "qos", "slice", "count", "own", "request_id", "principal", "reason", "message", "since", "profile")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    QOS_FIELD_NUMBER: _ClassVar[int]
+    SLICE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    OWN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    qos: Qos
+    slice: SliceRequest
+    count: int
+    own: bool
+    request_id: str
+    principal: str
+    reason: str
+    message: str
+    since: float
+    profile: str
+    def __init__(self, position: _Optional[int] = ..., qos: _Optional[_Union[Qos, str]] = ..., slice: _Optional[_Union[SliceRequest, _Mapping]] = ..., count: _Optional[int] = ..., own: _Optional[bool] = ..., request_id: _Optional[str] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., since: _Optional[float] = ..., profile: _Optional[str] = ...) -> None: ...
 
 class Slice(_message.Message):
     __slots__ = ("device_uuid", "device_index", "vram", "compute", "vram_used", "utilization")
