@@ -635,27 +635,21 @@ class Ledger:
                 profile=profile,
                 labels=labels,
             )
-            conn.execute(
-                f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (
-                    lease.id,
-                    principal,
-                    qos,
-                    mode,
-                    now,
-                    lease.expires_at,
-                    ttl_seconds,
-                    profile,
-                    json.dumps(labels),
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO slices (lease_id, device_uuid, device_index, vram, compute) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(lease.id, s.device_uuid, s.device_index, s.vram, s.compute) for s in lease.slices],
-            )
-            self._on_commit(lambda view: view.put_lease(lease))
+            self._insert_lease(conn, lease)
         return lease
+
+    def _insert_lease(self, conn: sqlite3.Connection, lease: LeaseRecord) -> None:
+        """Inside ``_write``: store a new lease and its slices (capacity already checked)."""
+        conn.execute(
+            f"INSERT INTO leases ({_LEASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            (lease.id, lease.principal, lease.qos, lease.mode, lease.created_at, lease.expires_at,
+             lease.ttl_seconds, lease.profile, json.dumps(lease.labels)),
+        )
+        conn.executemany(
+            "INSERT INTO slices (lease_id, device_uuid, device_index, vram, compute) VALUES (?, ?, ?, ?, ?)",
+            [(lease.id, s.device_uuid, s.device_index, s.vram, s.compute) for s in lease.slices],
+        )
+        self._on_commit(lambda view: view.put_lease(lease))
 
     def _exhausted_message(
         self,
