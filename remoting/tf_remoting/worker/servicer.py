@@ -25,15 +25,17 @@ from tf_remoting.proto import pb, pb_grpc
 from tf_remoting.quantities import format_bytes
 from tf_remoting.worker import isolation, nanny_link
 from tf_remoting.worker import leases as ledger_mod
-from tf_remoting.worker.auth import Caller, token_digest_hex
+from tf_remoting.worker.auth import token_digest_hex
 from tf_remoting.worker.errors import RpcError
 from tf_remoting.worker.interceptor import current_caller
 from tf_remoting.worker.kernels import KernelStartError
 from tf_remoting.worker.leases import KernelRecord, LeaseRecord
+from tf_remoting.worker.line_store import Request, check_request_id, new_request_id
 from tf_remoting.worker.messages import device_message, kernel_message, lease_message
 from tf_remoting.worker.state import Worker
 from tf_remoting.worker.tenants import Tenant, private_dir
 from tf_remoting.worker.transfers import FileTransfers
+from tf_remoting.worker.waiting_line import describe_wait
 
 MAX_ENV = 256
 SIGNALS = {pb.SIGNAL_INTERRUPT: signal.SIGINT, pb.SIGNAL_TERMINATE: signal.SIGTERM, pb.SIGNAL_KILL: signal.SIGKILL}
@@ -81,41 +83,71 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             view=pb.INVENTORY_VIEW_ALL if everyone else pb.INVENTORY_VIEW_OWN, viewer=caller.principal)
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.Lease:
+        """Every Allocate goes through the worker's waiting line (worker/waiting_line.py): granted
+        now when the line lets it start, else RESOURCE_EXHAUSTED, or with `wait` it keeps its place
+        until granted, cancelled or `wait_seconds` pass."""
         w, caller = self.worker, current_caller()
         mode = w.resolve_mode(request.mode)
         if request.qos not in pb.Qos.values():
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown qos {request.qos}")
         if len(request.labels) > 64 or any(len(k) + len(v) > 4096 for k, v in request.labels.items()):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, "at most 64 labels of at most 4 KiB each")
-        if mode == pb.ISOLATION_MODE_EXCLUSIVE:
-            rec = await w.db(self._allocate_whole, caller, request, mode)
-        else:
-            rec = await w.db(
-                w.ledger.allocate, caller.principal, vram=request.slice.vram, compute=request.slice.compute,
-                count=request.count or 1, qos=request.qos or pb.QOS_MEDIUM, model=request.model, mode=mode,
-                ttl_seconds=request.ttl_seconds or w.config.lease_ttl, profile=request.profile,
-                labels=dict(request.labels))
+        if not 0 <= request.wait_seconds <= ledger_mod.MAX_TTL_SECONDS:  # also refuses NaN
+            raise RpcError(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"wait_seconds {request.wait_seconds} is out of range: use 0 (the lease TTL) to "
+                           f"{ledger_mod.MAX_TTL_SECONDS} seconds")
+        whole = mode == pb.ISOLATION_MODE_EXCLUSIVE
+        ttl = request.ttl_seconds or w.config.lease_ttl
+        req = Request(
+            principal=caller.principal, request_id=check_request_id(request.request_id or new_request_id()),
+            qos=request.qos or pb.QOS_MEDIUM, vram=request.slice.vram,
+            compute=min(100, int(round(100 * w.config.oversubscription))) if whole else request.slice.compute,
+            count=request.count or 1, model=request.model, whole=whole, mode=mode, ttl_seconds=ttl,
+            profile=request.profile, labels=dict(request.labels),
+            deadline=time.time() + (request.wait_seconds or ttl))
+        w.line.validate(req)
+        lease, served = await w.db(w.line.join, req, request.wait)
+        w.announce_grants(served, skip=req.key if lease is not None else "")
+        if lease is None:
+            position, reason, sentence = served.decision.waiting[req.key]
+            w.emit(pb.EVENT_KIND_REQUEST_QUEUED,
+                   f"request {req.request_id} of {req.principal} waits in the line, number {position}: "
+                   f"{describe_wait(reason, sentence)}", principal=req.principal)
+            lease = await self._wait_in_line(req)
         w.emit(pb.EVENT_KIND_LEASE_CREATED,
-               f"lease {rec.id} for {rec.principal}: {format_bytes(rec.slices[0].vram)} / "
-               f"{rec.slices[0].compute} % on {len(rec.slices)} device(s)", rec.id, principal=rec.principal)
-        return await w.db(lease_message, w, rec)
+               f"lease {lease.id} for {lease.principal}: {format_bytes(lease.slices[0].vram)} / "
+               f"{lease.slices[0].compute} % on {len(lease.slices)} device(s)", lease.id, principal=lease.principal)
+        return await w.db(lease_message, w, lease)
 
-    def _allocate_whole(self, caller: Caller, request: pb.AllocateRequest, mode: int) -> LeaseRecord:
+    async def _wait_in_line(self, req: Request) -> LeaseRecord:
         w = self.worker
-        compute = min(100, int(round(100 * w.config.oversubscription)))
-        last: ledger_mod.LedgerError | None = None
-        for total in sorted({d.vram_total for d in w.devices}):
-            if total < request.slice.vram:
-                continue
-            try:
-                return w.ledger.allocate(caller.principal, vram=total, compute=compute,
-                                         count=request.count or 1, qos=request.qos or pb.QOS_MEDIUM,
-                                         model=request.model, mode=mode,
-                                         ttl_seconds=request.ttl_seconds or w.config.lease_ttl,
-                                         profile=request.profile, labels=dict(request.labels))
-            except ledger_mod.ResourceExhausted as exc:
-                last = exc
-        raise last or ledger_mod.ResourceExhausted("no device is large enough for an exclusive lease")
+        try:
+            while (remaining := req.deadline - time.time()) > 0:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(w.line_served().wait(), min(1.0, remaining))
+                lease = await w.db(w.line.collect, req.principal, req.request_id)
+                if lease is not None:
+                    return lease
+        except asyncio.CancelledError:
+            await asyncio.shield(self._leave_line(req, "its caller cancelled the call"))
+            raise
+        snapshot = await w.db(w.line.snapshot)
+        lease = await w.db(w.line.collect, req.principal, req.request_id)
+        if lease is not None:
+            return lease
+        await self._leave_line(req, "it waited as long as its caller asked")
+        position, reason, sentence = snapshot.decision.waiting.get(req.key, (0, "no_room", ""))
+        raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, w.line.waited_too_long(req, position, reason, sentence))
+
+    async def _leave_line(self, req: Request, why: str) -> None:
+        w = self.worker
+        granted = await w.db(w.line.leave, req.principal, req.request_id)
+        if granted:  # granted while it left: the lease is nobody's
+            with contextlib.suppress(ledger_mod.LedgerError):
+                await w.db(w.ledger.release, req.principal, granted)
+            await w.serve_line()
+        w.emit(pb.EVENT_KIND_REQUEST_DROPPED, f"request {req.request_id} of {req.principal} left the waiting "
+               f"line: {why}", principal=req.principal)
 
     async def Renew(self, request: pb.RenewRequest, context: Any) -> pb.Lease:
         w, caller = self.worker, current_caller()
@@ -137,6 +169,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         w.watchdog.forget(rec.id)
         w.emit(pb.EVENT_KIND_LEASE_RELEASED, f"lease {rec.id} released by {caller.principal}",
                rec.id, principal=rec.principal)
+        await w.serve_line()
         return pb.ReleaseResponse(released=released)
 
     async def Resize(self, request: pb.ResizeRequest, context: Any) -> pb.Lease:
@@ -152,6 +185,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         w.emit(pb.EVENT_KIND_LEASE_RESIZED,
                f"lease {rec.id} resized to {format_bytes(rec.slices[0].vram)} / {rec.slices[0].compute} %",
                rec.id, principal=rec.principal)
+        await w.serve_line()  # a smaller slice may let waiting requests start
         return await w.db(lease_message, w, rec)
 
     async def ListLeases(self, request: pb.ListLeasesRequest, context: Any) -> pb.ListLeasesResponse:

@@ -41,6 +41,7 @@ from tf_remoting.worker.config import WorkerConfig
 from tf_remoting.worker.errors import RpcError
 from tf_remoting.worker.kernels import KernelSupervisor
 from tf_remoting.worker.leases import DeviceCapacity, KernelRecord, LeaseRecord, Ledger
+from tf_remoting.worker.line_store import LineStore, Served
 from tf_remoting.worker.metrics import Metrics
 from tf_remoting.worker.telemetry import Sampler
 from tf_remoting.worker.visibility import Visibility, sees_event, sees_lease
@@ -77,6 +78,10 @@ class Worker:
         self.devices: list[DeviceInfo] = self._offered_devices()
         self.device_by_uuid = {d.uuid: d for d in self.devices}
         self.ledger = Ledger(self.state_dir / "ledger.sqlite3", self._capacities())
+        # The waiting line, in the ledger; requests of the previous process keep their place for their TTL.
+        self.line = LineStore(self.ledger)
+        self.line.detach_all()
+        self._line_served = asyncio.Event()  # set (and replaced) after each pass that granted something
         # One thread for the ledger: its calls are serialised by its own lock anyway, and a ledger
         # waiting on another process's lock must hold neither the event loop nor the sampler's threads.
         self._ledger_thread = ThreadPoolExecutor(1, thread_name_prefix="ledger")
@@ -364,6 +369,10 @@ class Worker:
                                    f"{lease.ttl_seconds} s): slice reclaimed and its kernels stopped")
             except Exception:
                 self._step_failed("reclaim", f"reclaiming expired lease {lease.id}")
+        try:
+            await self._tend_line()
+        except Exception:
+            self._step_failed("line", "serving the waiting line")
 
         try:
             live = await self.db(self.ledger.live)
@@ -506,6 +515,42 @@ class Worker:
             with contextlib.suppress(OSError):
                 CgroupSlice(self.cgroup_root, f"tf-vgpu-{kernel_id}").remove()
 
+    # ------------------------------------------------------------------ the waiting line
+
+    def line_served(self) -> asyncio.Event:
+        """Set at the next pass that grants anything (waiters then collect their leases)."""
+        return self._line_served
+
+    async def serve_line(self) -> None:
+        """One pass of the waiting line (capacity freed): grants in line order, in one ledger
+        transaction, then wakes the waiting Allocates."""
+        served = await self.db(self.line.serve)
+        self.announce_grants(served)
+
+    def announce_grants(self, served: Served, skip: str = "") -> None:
+        """Events for the requests a pass granted (``skip``: the caller's own, granted without waiting)."""
+        for key, lease in served.granted.items():
+            if key == skip:
+                continue
+            req = served.requests[key]
+            self.emit(pb.EVENT_KIND_REQUEST_GRANTED,
+                      f"request {req.request_id} of {req.principal} granted lease {lease.id} after waiting "
+                      f"{max(0.0, lease.created_at - req.arrival):.1f} s", lease.id, principal=req.principal)
+        if served.granted:
+            self._line_served.set()
+            self._line_served = asyncio.Event()
+
+    async def _tend_line(self) -> None:
+        """Each tick: drop requests past their deadline or never re-attached, then serve the line
+        (a safety net: Release, expiry and Resize serve it at once)."""
+        for req in await self.db(self.line.expire):
+            why = ("waited past its deadline" if req.detached_at is None
+                   else "was not re-attached within its TTL after a worker restart")
+            self.emit(pb.EVENT_KIND_REQUEST_DROPPED, f"request {req.request_id} of {req.principal} left the "
+                      f"waiting line: it {why}", principal=req.principal)
+        if await self.db(self.line.has_waiting):
+            await self.serve_line()
+
     async def reclaim(self, lease: LeaseRecord, kind: int, message: str) -> None:
         """Stop a lease's kernels and free its slices (expiry); a failed ledger write raises, and
         the lease, still expired, is reclaimed again at the next tick."""
@@ -515,6 +560,7 @@ class Worker:
         self.tokens.remove_lease_tokens(lease.id)
         self.watchdog.forget(lease.id)
         self.emit(kind, message, lease.id, principal=lease.principal)
+        await self.serve_line()
 
 
 def offer(queue: asyncio.Queue[pb.WatchResponse], item: pb.WatchResponse) -> None:
