@@ -57,6 +57,7 @@ class InvalidArgument(RemotingError): ...
 class Unauthenticated(RemotingError): ...
 class Unavailable(RemotingError): ...
 class FailedPrecondition(RemotingError): ...
+class DeadlineExceeded(RemotingError): ...
 
 
 _ERRORS: dict[grpc.StatusCode, type[RemotingError]] = {
@@ -67,6 +68,7 @@ _ERRORS: dict[grpc.StatusCode, type[RemotingError]] = {
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
 }
 
 
@@ -137,11 +139,28 @@ class RuntimeClient:
 
     async def allocate(self, vram: int, compute: int, count: int = 1, qos: int = pb.QOS_MEDIUM,
                        model: str = "", mode: int = pb.ISOLATION_MODE_UNSPECIFIED, ttl_seconds: int = 0,
-                       profile: str = "", labels: dict[str, str] | None = None) -> pb.Lease:
+                       profile: str = "", labels: dict[str, str] | None = None, wait: float | None = None,
+                       request_id: str = "") -> pb.Lease:
+        """A lease, through the worker's waiting line. ``wait``: seconds to keep a place in the line
+        (None: not at all, ResourceExhausted when it cannot start now); the call then returns when
+        granted or raises DeadlineExceeded. With a ``request_id`` (make one with uuid4) a call the
+        worker lost (it restarted: Unavailable) is asked again and keeps its place."""
         request = pb.AllocateRequest(slice=pb.SliceRequest(vram=vram, compute=compute), count=count,
                                      qos=cast(pb.Qos, qos), model=model, mode=cast(pb.IsolationMode, mode),
-                                     ttl_seconds=ttl_seconds, profile=profile, labels=labels or {})
-        return await self._call(self.stub.Allocate, request)
+                                     ttl_seconds=ttl_seconds, profile=profile, labels=labels or {},
+                                     wait=wait is not None, wait_seconds=wait or 0.0, request_id=request_id)
+        if wait is None:
+            return await self._call(self.stub.Allocate, request)
+        deadline = time.monotonic() + wait
+        while True:
+            left = deadline - time.monotonic()
+            request.wait_seconds = max(left, 0.001)
+            try:
+                return await self._call(self.stub.Allocate, request, timeout=left + 30.0)
+            except Unavailable:
+                if not request_id or deadline - time.monotonic() < 1.0:
+                    raise
+                await asyncio.sleep(0.5)  # the worker restarts: ask again for the same place
 
     async def renew(self, lease_id: str) -> pb.Lease:
         return await self._call(self.stub.Renew, pb.RenewRequest(lease_id=lease_id))

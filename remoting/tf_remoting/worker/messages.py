@@ -8,6 +8,8 @@ from tf_remoting.devices.base import DeviceInfo
 from tf_remoting.proto import enum_value, pb
 from tf_remoting.worker import isolation
 from tf_remoting.worker.leases import KernelRecord, LeaseRecord
+from tf_remoting.worker.line_store import Served
+from tf_remoting.worker.waiting_line import describe_wait
 
 if TYPE_CHECKING:
     from tf_remoting.worker.state import Worker
@@ -52,3 +54,20 @@ def device_message(w: Worker, d: DeviceInfo, leased: dict[str, tuple[int, int]])
         memory_enforcement=isolation.device_enforcement(d),
         vram_leased=vram_leased, compute_leased=compute_leased,
         vram_used=sample.vram_used if sample else 0, utilization=sample.utilization if sample else 0.0)
+
+
+def waiting_messages(served: Served, principal: str, everyone: bool) -> list[pb.WaitingEntry]:
+    """The waiting line in order: the caller's own entries in full, other principals' only as
+    position, QoS and size (``everyone``: an admin sees all), as worker/visibility.py says."""
+    out = []
+    ordered = sorted(served.decision.waiting.items(), key=lambda item: item[1][0])
+    for key, (position, reason, sentence) in ordered:
+        req = served.requests[key]
+        entry = pb.WaitingEntry(position=position, qos=cast(pb.Qos, req.qos),
+                                slice=pb.SliceRequest(vram=req.vram, compute=req.compute), count=req.count,
+                                own=req.principal == principal)
+        if entry.own or everyone:
+            entry.request_id, entry.principal, entry.reason = req.request_id, req.principal, reason
+            entry.message, entry.since, entry.profile = describe_wait(reason, sentence), req.arrival, req.profile
+        out.append(entry)
+    return out

@@ -31,7 +31,7 @@ from tf_remoting.worker.interceptor import current_caller
 from tf_remoting.worker.kernels import KernelStartError
 from tf_remoting.worker.leases import KernelRecord, LeaseRecord
 from tf_remoting.worker.line_store import Request, check_request_id, new_request_id
-from tf_remoting.worker.messages import device_message, kernel_message, lease_message
+from tf_remoting.worker.messages import device_message, kernel_message, lease_message, waiting_messages
 from tf_remoting.worker.state import Worker
 from tf_remoting.worker.tenants import Tenant, private_dir
 from tf_remoting.worker.transfers import FileTransfers
@@ -70,17 +70,20 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         everyone = w.visibility.is_admin(caller)
         shown = w.visibility.lease_filter(caller, everyone)
 
-        def read() -> tuple[dict[str, tuple[int, int]], list[pb.Lease]]:
-            return w.ledger.device_usage(), [lease_message(w, r) for r in w.ledger.leases() if shown(r.principal, r.id)]
+        def read() -> tuple[dict[str, tuple[int, int]], list[pb.Lease], list[pb.WaitingEntry]]:
+            return (w.ledger.device_usage(),
+                    [lease_message(w, r) for r in w.ledger.leases() if shown(r.principal, r.id)],
+                    waiting_messages(w.line.snapshot(), caller.principal, everyone))
 
-        leased, leases = await w.db(read)
+        leased, leases, waiting = await w.db(read)
         return pb.Inventory(
             worker_id=w.worker_id, version=tf_remoting.__version__, backend=w.backend.name,
             default_mode=w.default_mode, oversubscription=w.config.oversubscription,
             devices=[device_message(w, d, leased) for d in w.devices], leases=leases,
             sample_interval_ms=int(w.config.sample_interval * 1000),
             shares_filesystem=w.config.shares_filesystem,
-            view=pb.INVENTORY_VIEW_ALL if everyone else pb.INVENTORY_VIEW_OWN, viewer=caller.principal)
+            view=pb.INVENTORY_VIEW_ALL if everyone else pb.INVENTORY_VIEW_OWN, viewer=caller.principal,
+            waiting=waiting)
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.Lease:
         """Every Allocate goes through the worker's waiting line (worker/waiting_line.py): granted
