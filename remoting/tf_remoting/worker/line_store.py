@@ -153,14 +153,21 @@ class LineStore:
             return f"asks for a whole device{match} of at least {format_bytes(req.vram)} VRAM on {where}"
         return f"asks for {_slice_text(req.vram, req.compute)} on {where}{match}"
 
+    def largest_free(self, leased: dict[str, tuple[int, int]]) -> str:
+        """'the largest free slice now is ... on device N', from the devices' leased (VRAM, compute)."""
+        devices = self.ledger.devices
+        if not devices:
+            return "this worker has no devices"
+        used = {d.uuid: leased.get(d.uuid, (0, 0)) for d in devices}
+        largest = max(devices, key=lambda d: d.vram_total - used[d.uuid][0])
+        lv, lc = largest.vram_total - used[largest.uuid][0], largest.compute_capacity - used[largest.uuid][1]
+        return f"the largest free slice now is {_slice_text(max(lv, 0), max(lc, 0))} on device {largest.index}"
+
     def waited_too_long(self, req: Request, position: int, reason: str, sentence: str) -> str:
-        free = self.ledger.device_usage()
-        largest = max(self.ledger.devices, key=lambda d: d.vram_total - free[d.uuid][0])
-        lv, lc = largest.vram_total - free[largest.uuid][0], largest.compute_capacity - free[largest.uuid][1]
         return (f"request {req.request_id} {self.asked(req)} and waited its {req.deadline - req.arrival:.0f} s in "
                 f"this worker's line without being served (last number {position}: {describe_wait(reason, sentence)}); "
-                f"the largest free slice now is {_slice_text(max(lv, 0), max(lc, 0))} on device {largest.index}. "
-                "Wait longer, ask for less, or release other kernels.")
+                f"{self.largest_free(self.ledger.device_usage())}. Wait longer, ask for less, or release other "
+                "kernels.")
 
     # ------------------------------------------------------------------ rows
 
@@ -251,8 +258,10 @@ class LineStore:
             if not wait:
                 self._delete(conn, req)
                 position, reason, sentence = served.decision.waiting[req.key]
-                raise ResourceExhausted(f"{describe_wait(reason, sentence)} (it would be number {position} in this "
-                                        "worker's waiting line); ask with wait to keep its place, or ask for less.")
+                raise ResourceExhausted(f"{self.asked(req)}; {describe_wait(reason, sentence)} (it would be "
+                                        f"number {position} in this worker's waiting line): "
+                                        f"{self.largest_free(self.ledger._usage(conn))}. Ask with wait to keep its "
+                                        "place, or ask for less.")
             return None, served
 
     def _collect(self, conn: sqlite3.Connection, req: Request) -> LeaseRecord | None:
