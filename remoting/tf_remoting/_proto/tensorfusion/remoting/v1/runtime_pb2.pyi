@@ -176,7 +176,7 @@ class GetInventoryRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Inventory(_message.Message):
-    __slots__ = ("worker_id", "version", "backend", "default_mode", "oversubscription", "devices", "leases", "sample_interval_ms", "shares_filesystem", "view", "viewer", "waiting")
+    __slots__ = ("worker_id", "version", "backend", "default_mode", "oversubscription", "devices", "leases", "sample_interval_ms", "shares_filesystem", "view", "viewer", "waiting", "quota")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +189,7 @@ class Inventory(_message.Message):
     VIEW_FIELD_NUMBER: _ClassVar[int]
     VIEWER_FIELD_NUMBER: _ClassVar[int]
     WAITING_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     version: str
     backend: str
@@ -201,7 +202,58 @@ class Inventory(_message.Message):
     view: InventoryView
     viewer: str
     waiting: _containers.RepeatedCompositeFieldContainer[WaitingEntry]
-    def __init__(self, worker_id: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., default_mode: _Optional[_Union[IsolationMode, str]] = ..., oversubscription: _Optional[float] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., sample_interval_ms: _Optional[int] = ..., shares_filesystem: _Optional[bool] = ..., view: _Optional[_Union[InventoryView, str]] = ..., viewer: _Optional[str] = ..., waiting: _Optional[_Iterable[_Union[WaitingEntry, _Mapping]]] = ...) -> None: ...
+    quota: QuotaStatus
+    def __init__(self, worker_id: _Optional[str] = ..., version: _Optional[str] = ..., backend: _Optional[str] = ..., default_mode: _Optional[_Union[IsolationMode, str]] = ..., oversubscription: _Optional[float] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., sample_interval_ms: _Optional[int] = ..., shares_filesystem: _Optional[bool] = ..., view: _Optional[_Union[InventoryView, str]] = ..., viewer: _Optional[str] = ..., waiting: _Optional[_Iterable[_Union[WaitingEntry, _Mapping]]] = ..., quota: _Optional[_Union[QuotaStatus, _Mapping]] = ...) -> None: ...
+
+class Quota(_message.Message):
+    __slots__ = ("vram", "compute", "kernels", "devices")
+    VRAM_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    KERNELS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    vram: int
+    compute: int
+    kernels: int
+    devices: int
+    def __init__(self, vram: _Optional[int] = ..., compute: _Optional[int] = ..., kernels: _Optional[int] = ..., devices: _Optional[int] = ...) -> None: ...
+
+class QuotaUse(_message.Message):
+    __slots__ = ("vram", "compute", "kernels", "devices")
+    VRAM_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
+    KERNELS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    vram: int
+    compute: int
+    kernels: int
+    devices: int
+    def __init__(self, vram: _Optional[int] = ..., compute: _Optional[int] = ..., kernels: _Optional[int] = ..., devices: _Optional[int] = ...) -> None: ...
+
+class QuotaStatus(_message.Message):
+    __slots__ = ("quota", "held", "source")
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    quota: Quota
+    held: QuotaUse
+    source: str
+    def __init__(self, quota: _Optional[_Union[Quota, _Mapping]] = ..., held: _Optional[_Union[QuotaUse, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class QuotaExceeded(_message.Message):
+    __slots__ = ("principal", "quota", "held", "asked", "over", "source")
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    HELD_FIELD_NUMBER: _ClassVar[int]
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    OVER_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    quota: Quota
+    held: QuotaUse
+    asked: QuotaUse
+    over: _containers.RepeatedScalarFieldContainer[str]
+    source: str
+    def __init__(self, principal: _Optional[str] = ..., quota: _Optional[_Union[Quota, _Mapping]] = ..., held: _Optional[_Union[QuotaUse, _Mapping]] = ..., asked: _Optional[_Union[QuotaUse, _Mapping]] = ..., over: _Optional[_Iterable[str]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class SliceRequest(_message.Message):
     __slots__ = ("vram", "compute")
@@ -340,12 +392,16 @@ class ReleaseResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class ResizeRequest(_message.Message):
-    __slots__ = ("lease_id", "slice")
+    __slots__ = ("lease_id", "slice", "vram", "compute")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     SLICE_FIELD_NUMBER: _ClassVar[int]
+    VRAM_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FIELD_NUMBER: _ClassVar[int]
     lease_id: str
     slice: SliceRequest
-    def __init__(self, lease_id: _Optional[str] = ..., slice: _Optional[_Union[SliceRequest, _Mapping]] = ...) -> None: ...
+    vram: int
+    compute: int
+    def __init__(self, lease_id: _Optional[str] = ..., slice: _Optional[_Union[SliceRequest, _Mapping]] = ..., vram: _Optional[int] = ..., compute: _Optional[int] = ...) -> None: ...
 
 class ListLeasesRequest(_message.Message):
     __slots__ = ("all_principals",)
