@@ -25,6 +25,12 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "tensorfusion.remoting.v1.Runtime"
 
+# Trailing metadata of an over-quota refusal (FAILED_PRECONDITION): the kind, and the serialized
+# `pb.QuotaExceeded` (runtime.proto).
+ERROR_KIND_KEY = "tf-vgpu-error"
+OVER_QUOTA = "over-quota"
+QUOTA_EXCEEDED_KEY = "tf-vgpu-quota-exceeded-bin"
+
 __all__ = ["pb", "SERVICE_NAME", "enum_name", "enum_value", "enum_names"]  # and pb_grpc, loaded lazily
 
 

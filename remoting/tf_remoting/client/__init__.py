@@ -13,6 +13,7 @@ from tf_remoting.client.runtime import (
     KernelChannels,
     KernelClosed,
     NotFound,
+    OverQuota,
     PermissionDenied,
     RemotingError,
     ResourceExhausted,
@@ -26,5 +27,5 @@ from tf_remoting.client.runtime import (
 from tf_remoting.proto import pb
 
 __all__ = ["Backoff", "FailedPrecondition", "InvalidArgument", "KernelChannels", "KernelClosed", "NotFound",
-           "PermissionDenied", "RemotingError", "ResourceExhausted", "RuntimeClient", "TransferError",
+           "OverQuota", "PermissionDenied", "RemotingError", "ResourceExhausted", "RuntimeClient", "TransferError",
            "Unauthenticated", "Unavailable", "channel_options", "error_from", "pb"]

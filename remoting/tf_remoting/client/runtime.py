@@ -31,7 +31,7 @@ import grpc
 from tf_remoting import paths
 from tf_remoting.client.backoff import Backoff
 from tf_remoting.framing import CHANNELS, GRPC_MAX_MESSAGE, Reassembler, batches, encode
-from tf_remoting.proto import pb, pb_grpc
+from tf_remoting.proto import ERROR_KIND_KEY, OVER_QUOTA, QUOTA_EXCEEDED_KEY, pb, pb_grpc
 from tf_remoting.quantities import format_bytes
 
 log = logging.getLogger("tf_remoting.client")
@@ -60,6 +60,18 @@ class FailedPrecondition(RemotingError): ...
 class DeadlineExceeded(RemotingError): ...
 
 
+class OverQuota(FailedPrecondition):
+    """The call would pass the caller's quota on that worker (not "no room": ResourceExhausted).
+
+    ``detail`` is the worker's `pb.QuotaExceeded`: the quota, what is held, what was asked and the
+    dimensions passed. A FailedPrecondition, so code that catches that keeps working.
+    """
+
+    def __init__(self, code: grpc.StatusCode, message: str, detail: pb.QuotaExceeded) -> None:
+        super().__init__(code, message)
+        self.detail = detail
+
+
 _ERRORS: dict[grpc.StatusCode, type[RemotingError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
@@ -75,6 +87,16 @@ _ERRORS: dict[grpc.StatusCode, type[RemotingError]] = {
 def error_from(exc: grpc.RpcError) -> RemotingError:
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = exc.details() if hasattr(exc, "details") else str(exc)
+    trailers: dict[str, Any] = {}
+    if hasattr(exc, "trailing_metadata"):
+        trailers = dict(cast(Any, exc).trailing_metadata() or ())  # aio: Metadata; sync: (key, value) pairs
+    if trailers.get(ERROR_KIND_KEY) == OVER_QUOTA:
+        detail = pb.QuotaExceeded()
+        raw = trailers.get(QUOTA_EXCEEDED_KEY)
+        if isinstance(raw, bytes):
+            with contextlib.suppress(Exception):  # a malformed detail still leaves the sentence
+                detail.ParseFromString(raw)
+        return OverQuota(code, details or code.name, detail)
     return _ERRORS.get(code, RemotingError)(code, details or code.name)
 
 
@@ -195,9 +217,14 @@ class RuntimeClient:
     async def release(self, lease_id: str) -> bool:
         return (await self._call(self.stub.Release, pb.ReleaseRequest(lease_id=lease_id))).released
 
-    async def resize(self, lease_id: str, vram: int, compute: int) -> pb.Lease:
-        return await self._call(self.stub.Resize, pb.ResizeRequest(
-            lease_id=lease_id, slice=pb.SliceRequest(vram=vram, compute=compute)))
+    async def resize(self, lease_id: str, vram: int | None = None, compute: int | None = None) -> pb.Lease:
+        """Change only the dimensions given; the worker keeps the other one as it is then."""
+        request = pb.ResizeRequest(lease_id=lease_id)
+        if vram is not None:
+            request.vram = vram
+        if compute is not None:
+            request.compute = compute
+        return await self._call(self.stub.Resize, request)
 
     async def list_leases(self, all_principals: bool = False) -> list[pb.Lease]:
         """The caller's leases; all_principals: every principal's (admins only, else PermissionDenied)."""

@@ -91,6 +91,10 @@ class WorkerConfig:
     admin_groups: list[str] = field(default_factory=list, metadata={
         "help": "Groups (as the identity source reports them, e.g. JupyterHub groups) whose members are "
                 "admins as with admin_principals."})
+    quotas: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "The most each principal may hold on this worker (config file only, [worker.quotas]): "
+                "default, principals.NAME and groups.NAME entries of vram, compute, kernels, devices. "
+                "See tf_remoting/worker/quotas.py and the admin guide for how a principal's quota is found."})
 
     def validate(self) -> None:
         """Raise ValueError with a sentence for the first bad setting."""
@@ -120,6 +124,9 @@ class WorkerConfig:
             value = getattr(self, name)
             if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
                 raise ValueError(f"{name} must be a list of non-empty names, not {value!r}")
+        from tf_remoting.worker.quotas import Quotas
+
+        Quotas.parse(self.quotas)
         if self.tenant_uids:
             from tf_remoting.worker.tenants import parse_uid_range
 

@@ -36,7 +36,7 @@ from tf_remoting.proto import SERVICE_NAME
 from tf_remoting.quantities import format_bytes
 from tf_remoting.worker import leases as ledger_mod
 from tf_remoting.worker.auth import AuthError, Caller, TokenTable, bearer_token
-from tf_remoting.worker.errors import RpcError
+from tf_remoting.worker.errors import RpcError, over_quota
 from tf_remoting.worker.hub_auth import HubAuth, HubDenied, HubUnavailable
 from tf_remoting.worker.metrics import Metrics
 
@@ -62,11 +62,13 @@ def current_caller() -> Caller:
     return _caller.get()
 
 
-def _status(exc: Exception) -> tuple[grpc.StatusCode, str]:
+def _status(exc: Exception) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
+    if isinstance(exc, ledger_mod.OverQuotaError):
+        exc = over_quota(exc.over)
     if isinstance(exc, RpcError):
-        return exc.code, exc.message
+        return exc.code, exc.message, exc.trailers
     if isinstance(exc, ledger_mod.LedgerError):
-        return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL), str(exc)
+        return getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL), str(exc), ()
     raise exc
 
 
@@ -157,9 +159,9 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {name} request") from None
 
     async def _fail(self, name: str, exc: Exception, context: grpc.aio.ServicerContext) -> None:
-        code, message = _status(exc)
+        code, message, trailers = _status(exc)
         self.metrics.rpc_error(name, code.name)
-        await context.abort(code, message)
+        await context.abort(code, message, trailing_metadata=trailers)
 
     def _unary(self, name: str, caller: Caller, behavior: Behavior,
                deserializer: Callable[[bytes], Any] | None) -> Behavior:

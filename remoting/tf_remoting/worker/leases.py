@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from tf_remoting.quantities import format_bytes, format_percent
+from tf_remoting.worker.quotas import OverQuota, Quota, Use, check
 
 __all__ = [
     "DeviceCapacity",
@@ -41,6 +42,7 @@ __all__ = [
     "ResourceExhausted",
     "InvalidArgument",
     "LedgerUnavailable",
+    "OverQuotaError",
     "Ledger",
     "LiveRows",
 ]
@@ -54,6 +56,8 @@ KERNEL_STATUSES = ("starting", "running", "exited")
 TOMBSTONE_SECONDS = 7 * 86400
 # How long a write waits for another process holding the ledger before giving up.
 BUSY_TIMEOUT_SECONDS = 30.0
+# pb.ISOLATION_MODE_EXCLUSIVE: a lease in this mode holds whole devices (the quota's ``devices``).
+WHOLE_MODE = 3
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,16 @@ class ResourceExhausted(LedgerError):
 
 class InvalidArgument(LedgerError):
     code = "INVALID_ARGUMENT"
+
+
+class OverQuotaError(LedgerError):
+    """Held + asked would pass the principal's quota (not RESOURCE_EXHAUSTED: there may be room)."""
+
+    code = "FAILED_PRECONDITION"
+
+    def __init__(self, over: OverQuota) -> None:
+        super().__init__(over.sentence())
+        self.over = over
 
 
 class LedgerUnavailable(LedgerError):
@@ -502,6 +516,36 @@ class Ledger:
         )
         return {uuid_: (vram, compute) for uuid_, vram, compute in rows}
 
+    @staticmethod
+    def _held(conn: sqlite3.Connection, principal: str | None = None) -> dict[str, Use]:
+        """Principal -> what it holds on this worker (active leases' slices, kernels not exited),
+        read inside the caller's transaction; only ``principal``'s when given."""
+        where, args = ("AND l.principal = ?", (principal,)) if principal is not None else ("", ())
+        held: dict[str, Use] = {}
+        for p, vram, compute, devices in conn.execute(
+                "SELECT l.principal, SUM(s.vram), SUM(s.compute), SUM(l.mode = ?) FROM slices s "
+                f"JOIN leases l ON l.id = s.lease_id WHERE l.released_at IS NULL {where} GROUP BY l.principal",
+                (WHOLE_MODE, *args)):
+            held[p] = Use(vram=int(vram), compute=int(compute), devices=int(devices))
+        where = "AND principal = ?" if principal is not None else ""
+        for p, kernels in conn.execute(
+                f"SELECT principal, COUNT(*) FROM kernels WHERE status != 'exited' {where} GROUP BY principal", args):
+            held[p] = held.get(p, Use()) + Use(kernels=int(kernels))
+        return held
+
+    def quota_use(self, principal: str) -> Use:
+        """What the principal holds on this worker, in the quota's dimensions."""
+        with self._read() as conn:
+            return self._held(conn, principal).get(principal, Use())
+
+    def _check_quota(self, conn: sqlite3.Connection, principal: str, quota: Quota | None, asked: Use) -> None:
+        """Inside ``_write``: OverQuotaError when held + asked passes the quota."""
+        if quota is None or quota.unlimited:
+            return
+        over = check(quota, self._held(conn, principal).get(principal, Use()), asked, principal)
+        if over is not None:
+            raise OverQuotaError(over)
+
     @classmethod
     def _lease_from_row(cls, conn: sqlite3.Connection, row: tuple[Any, ...]) -> LeaseRecord:
         slices = [
@@ -575,8 +619,11 @@ class Ledger:
         ttl_seconds: int = 60,
         profile: str = "",
         labels: dict[str, str] | None = None,
+        quota: Quota | None = None,
     ) -> LeaseRecord:
         """Lease ``count`` slices of ``vram`` bytes and ``compute`` percent on distinct devices.
+
+        ``quota``: the principal's (worker/quotas.py), checked in the same transaction: OverQuotaError.
 
         Best fit: each slice goes on the device it leaves with the least free VRAM (then least free
         compute, then lowest index). All or nothing: ResourceExhausted says what was missing.
@@ -602,6 +649,8 @@ class Ledger:
 
         with self._write() as conn:
             now = self._clock()
+            self._check_quota(conn, principal, quota, Use(
+                vram=vram * count, compute=compute * count, devices=count if mode == WHOLE_MODE else 0))
             usage = self._usage(conn)
             free = {
                 d.uuid: (
@@ -707,11 +756,27 @@ class Ledger:
         """Release a lease whatever its owner (the expiry reaper); False when already released."""
         return self._release(None, lease_id)
 
-    def resize(self, principal: str, lease_id: str, vram: int, compute: int) -> LeaseRecord:
-        """Give each of the lease's slices ``vram`` bytes and ``compute`` percent, on the same devices."""
-        self._validate_slice(vram, compute)
+    def resize(self, principal: str, lease_id: str, vram: int | None, compute: int | None,
+               quota: Quota | None = None) -> LeaseRecord:
+        """Give each of the lease's slices ``vram`` bytes and ``compute`` percent, on the same devices.
+
+        A dimension given as None keeps the lease's current value, read in this transaction, so a
+        concurrent resize of the other dimension is never undone. Growth is checked against ``quota``.
+        """
+        if vram is None and compute is None:
+            raise InvalidArgument(f"resizing lease {lease_id} needs a new VRAM size, a new compute share, or both.")
+        if vram is not None:
+            self._validate_slice(vram, 1)
+        if compute is not None:
+            self._validate_slice(1, compute)
         with self._write() as conn:
             lease = self._owned_lease(conn, principal, lease_id)
+            old = lease.slices[0]
+            vram = old.vram if vram is None else vram
+            compute = old.compute if compute is None else compute
+            n = len(lease.slices)
+            self._check_quota(conn, principal, quota, Use(
+                vram=max(0, vram - old.vram) * n, compute=max(0, compute - old.compute) * n))
             usage = self._usage(conn)
             for s in lease.slices:
                 device = self._devices.get(s.device_uuid)
@@ -824,13 +889,14 @@ class Ledger:
                 conn.execute("INSERT OR REPLACE INTO tenant_uids (principal, uid) VALUES (?, ?)", (principal, uid))
             return uid
 
-    def add_kernel(self, rec: KernelRecord) -> None:
-        """Record a kernel started in an active lease."""
+    def add_kernel(self, rec: KernelRecord, quota: Quota | None = None) -> None:
+        """Record a kernel started in an active lease; it counts against ``quota``'s kernels."""
         if rec.status not in KERNEL_STATUSES:
             raise InvalidArgument(f"kernel status {rec.status!r} is not one of {', '.join(KERNEL_STATUSES)}.")
         labels = _check_labels(rec.labels)
         with self._write() as conn:
             self._owned_lease(conn, rec.principal, rec.lease_id)
+            self._check_quota(conn, rec.principal, quota, Use(kernels=1))
             if conn.execute("SELECT 1 FROM kernels WHERE id = ?", (rec.id,)).fetchone():
                 raise InvalidArgument(f"kernel {rec.id} is already recorded; use a new kernel id.")
             values = [getattr(rec, name) for name in _KERNEL_COLUMNS]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tf_remoting.quantities import format_bytes
@@ -27,19 +28,20 @@ from tf_remoting.worker.leases import (
     LeaseRecord,
     Ledger,
     NotFound,
+    OverQuotaError,
     ResourceExhausted,
     SliceAlloc,
     _check_int,
     _slice_text,
 )
+from tf_remoting.worker.quotas import LineQuota, Quota, Use, asked_by, check
 from tf_remoting.worker.waiting_line import (
+    QUOTA,
     Decision,
     Device,
     Entry,
-    QuotaCheck,
     WaitingLine,
     describe_wait,
-    no_quota,
 )
 
 SCHEMA = """
@@ -104,6 +106,7 @@ class Served:
     granted: dict[str, LeaseRecord] = field(default_factory=dict)
     requests: dict[str, Request] = field(default_factory=dict)
     decision: Decision = field(default_factory=Decision)
+    quota: LineQuota | None = None  # its quota refusals (entry id -> OverQuota), when quotas are set
 
 
 def new_request_id() -> str:
@@ -111,18 +114,22 @@ def new_request_id() -> str:
 
 
 class LineStore:
-    """The line of one worker's ledger. ``quota`` says when a principal's next grant would pass its
-    quota (a sentence) -- the same check whatever grants it."""
+    """The line of one worker's ledger. ``quota_of`` gives a principal's quota (worker/quotas.py);
+    each pass checks every grant against it with what the principal holds then (`LineQuota`) --
+    the same check whatever grants it. None: no quotas."""
 
-    def __init__(self, ledger: Ledger, quota: QuotaCheck = no_quota) -> None:
+    def __init__(self, ledger: Ledger, quota_of: Callable[[str], Quota] | None = None) -> None:
         self.ledger = ledger
-        self.quota = quota
+        self.quota_of = quota_of
         with ledger._lock:
             ledger._conn.executescript(SCHEMA)
 
-    def line(self) -> WaitingLine:
+    def line(self, quota: LineQuota | None = None) -> WaitingLine:
         devices = [Device(d.uuid, d.index, d.name, d.vram_total, d.compute_capacity) for d in self.ledger.devices]
-        return WaitingLine(devices, self.quota)
+        return WaitingLine(devices, quota) if quota is not None else WaitingLine(devices)
+
+    def _pass_quota(self, conn: sqlite3.Connection) -> LineQuota | None:
+        return None if self.quota_of is None else LineQuota(self.quota_of, self.ledger._held(conn))
 
     def validate(self, req: Request) -> None:
         """Refuse (with a sentence) what no wait could ever grant on this worker, or bad numbers."""
@@ -209,10 +216,10 @@ class LineStore:
 
     def _serve(self, conn: sqlite3.Connection, now: float) -> Served:
         requests = {r.key: r for r in self._rows(conn, "WHERE lease_id IS NULL")}
-        served = Served(requests=requests)
+        served = Served(requests=requests, quota=self._pass_quota(conn))
         if not requests:
             return served
-        line = self.line()
+        line = self.line(served.quota)
         for r in requests.values():
             line.add(r.entry())
         served.decision = line.decide(self._free(conn), self._holdings(conn))
@@ -255,9 +262,15 @@ class LineStore:
             lease = self._collect(conn, req)
             if lease is not None:
                 return lease, served
+            position, reason, sentence = served.decision.waiting[req.key]
+            if reason == QUOTA and served.quota is not None and req.key in served.quota.refusals:
+                over = served.quota.refusals[req.key]
+                # Over quota without a wait, or asking more than the quota even with nothing held: refused now.
+                if not wait or check(over.quota, Use(), asked_by(req.entry()), req.principal) is not None:
+                    self._delete(conn, req)
+                    raise OverQuotaError(over)
             if not wait:
                 self._delete(conn, req)
-                position, reason, sentence = served.decision.waiting[req.key]
                 raise ResourceExhausted(f"{self.asked(req)}; {describe_wait(reason, sentence)} (it would be "
                                         f"number {position} in this worker's waiting line): "
                                         f"{self.largest_free(self.ledger._usage(conn))}. Ask with wait to keep its "
@@ -317,9 +330,9 @@ class LineStore:
         """The line as it stands (nothing granted): every waiting request with position and reason."""
         with self.ledger._read() as conn:
             requests = {r.key: r for r in self._rows(conn, "WHERE lease_id IS NULL")}
-            served = Served(requests=requests)
+            served = Served(requests=requests, quota=self._pass_quota(conn))
             if requests:
-                line = self.line()
+                line = self.line(served.quota)
                 for r in requests.values():
                     line.add(r.entry())
                 served.decision = line.decide(self._free(conn), self._holdings(conn))

@@ -9,6 +9,7 @@ from tf_remoting.proto import enum_value, pb
 from tf_remoting.worker import isolation
 from tf_remoting.worker.leases import KernelRecord, LeaseRecord
 from tf_remoting.worker.line_store import Served
+from tf_remoting.worker.quotas import DIMENSIONS, OverQuota, Quota, Use
 from tf_remoting.worker.waiting_line import describe_wait
 
 if TYPE_CHECKING:
@@ -71,3 +72,21 @@ def waiting_messages(served: Served, principal: str, everyone: bool) -> list[pb.
             entry.message, entry.since, entry.profile = describe_wait(reason, sentence), req.arrival, req.profile
         out.append(entry)
     return out
+
+
+def quota_message(quota: Quota) -> pb.Quota:
+    """A quota; a dimension without a limit is left unset."""
+    return pb.Quota(**{d: v for d in DIMENSIONS if (v := getattr(quota, d)) is not None})
+
+
+def use_message(use: Use) -> pb.QuotaUse:
+    return pb.QuotaUse(**{d: getattr(use, d) for d in DIMENSIONS})
+
+
+def quota_status_message(quota: Quota, held: Use) -> pb.QuotaStatus:
+    return pb.QuotaStatus(quota=quota_message(quota), held=use_message(held), source=quota.source)
+
+
+def quota_exceeded_message(over: OverQuota) -> pb.QuotaExceeded:
+    return pb.QuotaExceeded(principal=over.principal, quota=quota_message(over.quota), held=use_message(over.held),
+                            asked=use_message(over.asked), over=list(over.over), source=over.quota.source)

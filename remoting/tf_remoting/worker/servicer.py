@@ -31,7 +31,14 @@ from tf_remoting.worker.interceptor import current_caller
 from tf_remoting.worker.kernels import KernelStartError
 from tf_remoting.worker.leases import KernelRecord, LeaseRecord
 from tf_remoting.worker.line_store import Request, check_request_id, new_request_id
-from tf_remoting.worker.messages import device_message, kernel_message, lease_message, waiting_messages
+from tf_remoting.worker.messages import (
+    device_message,
+    kernel_message,
+    lease_message,
+    quota_status_message,
+    waiting_messages,
+)
+from tf_remoting.worker.quotas import Quota
 from tf_remoting.worker.state import Worker
 from tf_remoting.worker.tenants import Tenant, private_dir
 from tf_remoting.worker.transfers import FileTransfers
@@ -70,12 +77,15 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         everyone = w.visibility.is_admin(caller)
         shown = w.visibility.lease_filter(caller, everyone)
 
-        def read() -> tuple[dict[str, tuple[int, int]], list[pb.Lease], list[pb.WaitingEntry]]:
+        quota = w.caller_quota(caller) or Quota()
+
+        def read() -> tuple[dict[str, tuple[int, int]], list[pb.Lease], list[pb.WaitingEntry], pb.QuotaStatus]:
             return (w.ledger.device_usage(),
                     [lease_message(w, r) for r in w.ledger.leases() if shown(r.principal, r.id)],
-                    waiting_messages(w.line.snapshot(), caller.principal, everyone))
+                    waiting_messages(w.line.snapshot(), caller.principal, everyone),
+                    quota_status_message(quota, w.ledger.quota_use(caller.principal)))
 
-        leased, leases, waiting = await w.db(read)
+        leased, leases, waiting, quota_status = await w.db(read)
         return pb.Inventory(
             worker_id=w.worker_id, version=tf_remoting.__version__, backend=w.backend.name,
             default_mode=w.default_mode, oversubscription=w.config.oversubscription,
@@ -83,13 +93,14 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             sample_interval_ms=int(w.config.sample_interval * 1000),
             shares_filesystem=w.config.shares_filesystem,
             view=pb.INVENTORY_VIEW_ALL if everyone else pb.INVENTORY_VIEW_OWN, viewer=caller.principal,
-            waiting=waiting)
+            waiting=waiting, quota=quota_status)
 
     async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.Lease:
         """Every Allocate goes through the worker's waiting line (worker/waiting_line.py): granted
         now when the line lets it start, else RESOURCE_EXHAUSTED, or with `wait` it keeps its place
         until granted, cancelled or `wait_seconds` pass."""
         w, caller = self.worker, current_caller()
+        w.caller_quota(caller)  # the line's passes check the caller's quota with the groups of this call
         mode = w.resolve_mode(request.mode)
         if request.qos not in pb.Qos.values():
             raise RpcError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown qos {request.qos}")
@@ -183,8 +194,13 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             raise RpcError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"lease {request.lease_id} is {mode.name}: it holds whole devices and cannot be "
                            "resized; release it and allocate the slice you need")
-        rec = await w.db(w.ledger.resize, caller.principal, request.lease_id, request.slice.vram,
-                         request.slice.compute)
+        if request.HasField("vram") or request.HasField("compute"):  # only the dimensions asked
+            vram = request.vram if request.HasField("vram") else None
+            compute = request.compute if request.HasField("compute") else None
+        else:  # an older client: both, from `slice`
+            vram, compute = request.slice.vram, request.slice.compute
+        rec = await w.db(w.ledger.resize, caller.principal, request.lease_id, vram, compute,
+                         w.caller_quota(caller))
         w.emit(pb.EVENT_KIND_LEASE_RESIZED,
                f"lease {rec.id} resized to {format_bytes(rec.slices[0].vram)} / {rec.slices[0].compute} %",
                rec.id, principal=rec.principal)
@@ -235,7 +251,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
                            status="starting", exit_code=None, cwd=cwd,
                            environment=request.environment or "python3", started_at=time.time(),
                            directory=str(w.supervisor.directory(kernel_id)), labels=dict(request.labels))
-        await w.db(w.ledger.add_kernel, rec)
+        await w.db(w.ledger.add_kernel, rec, w.caller_quota(caller))
         try:
             state = await w.supervisor.start(kernel_id, argv, env, cwd, request.key,
                                              request.signature_scheme, tenant=tenant)

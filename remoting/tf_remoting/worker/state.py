@@ -43,6 +43,7 @@ from tf_remoting.worker.kernels import KernelSupervisor
 from tf_remoting.worker.leases import DeviceCapacity, KernelRecord, LeaseRecord, Ledger
 from tf_remoting.worker.line_store import LineStore, Served
 from tf_remoting.worker.metrics import Metrics
+from tf_remoting.worker.quotas import Quota, Quotas
 from tf_remoting.worker.telemetry import Sampler
 from tf_remoting.worker.visibility import Visibility, sees_event, sees_lease
 from tf_remoting.worker.watchdog import Watchdog, WatchdogPolicy
@@ -79,7 +80,11 @@ class Worker:
         self.device_by_uuid = {d.uuid: d for d in self.devices}
         self.ledger = Ledger(self.state_dir / "ledger.sqlite3", self._capacities())
         # The waiting line, in the ledger; requests of the previous process keep their place for their TTL.
-        self.line = LineStore(self.ledger)
+        self.quotas = Quotas.parse(config.quotas)
+        # principal -> the groups its latest call carried: a pass of the line serves principals
+        # that are not calling then (after a restart: none until the principal calls again).
+        self.groups_of: dict[str, frozenset[str]] = {}
+        self.line = LineStore(self.ledger, self.quota_of if self.quotas.configured else None)
         self.line.detach_all()
         self._line_served = asyncio.Event()  # set (and replaced) after each pass that granted something
         # One thread for the ledger: its calls are serialised by its own lock anyway, and a ledger
@@ -117,6 +122,16 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self.stop_event = asyncio.Event()
         self._idle_since = time.monotonic()
+
+    def quota_of(self, principal: str) -> Quota:
+        """The principal's quota on this worker (worker/quotas.py), with the groups of its latest call."""
+        return self.quotas.resolve(principal, self.groups_of.get(principal, frozenset()))
+
+    def caller_quota(self, caller: Caller) -> Quota | None:
+        """The caller's quota (remembering its groups for the line's passes); None when none is configured."""
+        if not caller.lease_scope:  # a kernel token carries no groups: keep its principal's last ones
+            self.groups_of[caller.principal] = caller.groups
+        return self.quota_of(caller.principal) if self.quotas.configured else None
 
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run a blocking ledger call (or a function made of them) on the ledger's thread."""
