@@ -123,8 +123,8 @@ def _worker_pick(devices: Sequence[tuple[int, DeviceView]], request: Request) ->
     fitting = [(pos, d) for pos, d in devices if fits(d, request)]
     if len(fitting) < request.count:
         return None
-    if request.whole_device:
-        fitting.sort(key=lambda pd: pd[0])
+    if request.whole_device:  # the smallest untouched devices (worker/waiting_line.py places them so)
+        fitting.sort(key=lambda pd: (pd[1].vram_total, pd[0]))
     else:
         fitting.sort(key=lambda pd: (pd[1].vram_free - request.vram, pd[1].compute_free - request.compute, pd[0]))
     return tuple(d.uuid for _, d in fitting[: request.count])

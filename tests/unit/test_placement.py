@@ -89,6 +89,14 @@ def test_whole_device_needs_an_untouched_device_and_takes_the_smallest():
     assert place(Request(0, 100, whole_device=True), devices) == [Candidate("w3", ("c",)), Candidate("w2", ("b",))]
 
 
+def test_whole_devices_on_one_worker_are_the_smallest_untouched_ones():
+    """The devices placement expects are those the worker's line takes: smallest untouched first."""
+    devices = [dev("w1", "a", 80), dev("w1", "b", 40), dev("w1", "c", 80), dev("w1", "d", 24, free_gib=20),
+               dev("w1", "e", 48)]
+    assert place(Request(0, 100, whole_device=True), devices) == [Candidate("w1", ("b",))]
+    assert place(Request(0, 100, count=2, whole_device=True), devices) == [Candidate("w1", ("b", "e"))]
+
+
 def test_down_workers_and_models_are_excluded():
     devices = [dev("w1", "a", up=False), dev("w2", "b", name="NVIDIA A100"), dev("w3", "c", name="NVIDIA L4")]
     assert [c.worker for c in place(Request(GiB, 1), devices)] == ["w2", "w3"]

@@ -63,14 +63,22 @@ def device_views(workers: Workers) -> list[DeviceView]:
 
 
 def wire_request(request: Request, worker: WorkerState) -> tuple[int, int, int]:
-    """(vram, compute, mode) to ask a worker for; whole devices become the device's size."""
+    """(vram, compute, mode) to ask a worker for.
+
+    A whole device on a GPU worker is an exclusive lease of at least ``request.vram`` (0: any
+    size): the worker's line takes the smallest untouched device that fits. The host device has
+    no exclusive mode: there it is a slice of the smallest untouched device's whole size (best fit
+    lands it on that device).
+    """
     if not request.whole_device:
         return request.vram, request.compute, pb.ISOLATION_MODE_UNSPECIFIED
     assert worker.inventory is not None
-    sizes = [d.vram_total for d in worker.inventory.devices if d.vram_leased == 0]
-    vram = max(sizes) if sizes else max((d.vram_total for d in worker.inventory.devices), default=0)
-    mode = pb.ISOLATION_MODE_UNSPECIFIED if worker.inventory.backend == "host" else pb.ISOLATION_MODE_EXCLUSIVE
-    return vram, 100, mode
+    if worker.inventory.backend != "host":
+        return request.vram, 100, pb.ISOLATION_MODE_EXCLUSIVE
+    devices = worker.inventory.devices
+    sizes = [d.vram_total for d in devices if d.vram_leased == 0 and d.vram_total >= request.vram]
+    return (min(sizes) if sizes else max((d.vram_total for d in devices), default=0)), 100, \
+        pb.ISOLATION_MODE_UNSPECIFIED
 
 
 class Scheduler:
@@ -176,9 +184,9 @@ class Scheduler:
         lease = self.workers.lease(worker, lease_id)
         if lease is None:
             raise LeaseGone(worker, lease_id)
-        s = lease.slices[0]
-        result: pb.Lease = await self.workers[worker].client.resize(
-            lease_id, vram if vram is not None else s.vram, compute if compute is not None else s.compute)
+        # Only the dimensions asked: the worker keeps the other as it is then (never our cached value,
+        # which would undo a concurrent resize of it, e.g. from the kernel's %vgpu resize).
+        result: pb.Lease = await self.workers[worker].client.resize(lease_id, vram=vram, compute=compute)
         await self.workers.refresh_one(self.workers[worker])
         self.wake_queue()
         return result

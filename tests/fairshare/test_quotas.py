@@ -1,0 +1,166 @@
+"""Quotas with real processes: a real worker (8 GiB host device) configured with [worker.quotas],
+principals from its token file and from a FAKE JupyterHub API (for groups), real gRPC on 127.0.0.1,
+real kernels (issue 12, point 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tf_remoting.client import OverQuota, ResourceExhausted, RuntimeClient
+from tf_remoting.proto import pb
+from tf_remoting.pytest_plugin import WorkerProcess
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
+from test_worker_hub_auth import FakeHub  # noqa: E402
+
+GiB = 1 << 30
+TIMEOUT = 30.0
+QUOTAS = """
+[worker.quotas.default]
+vram = "3Gi"
+kernels = 1
+
+[worker.quotas.groups.big]
+vram = "6Gi"
+
+[worker.quotas.principals.bob]
+vram = "unlimited"
+"""
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[FakeHub]:
+    fake = FakeHub()
+    fake.start()
+    yield fake
+    await fake.stop()
+
+
+@pytest.fixture
+def worker(tf_worker_factory: type[WorkerProcess], hub: FakeHub) -> WorkerProcess:
+    w = tf_worker_factory(["--host-vram", "8Gi", "--hub-api-url", hub.api_url])
+    config = w.root / "worker.toml"
+    config.write_text(QUOTAS)
+    w.extra_args += ["--config", str(config)]
+    return w.start()
+
+
+async def test_over_quota_is_its_own_error_with_quota_held_and_asked(worker: WorkerProcess) -> None:
+    async with worker.client() as alice, worker.client(worker.other_token) as bob:
+        first = await alice.allocate(2 * GiB, 10)
+        with pytest.raises(OverQuota) as err:
+            await alice.allocate(2 * GiB, 10)
+        exc = err.value
+        assert not isinstance(exc, ResourceExhausted)  # there was room: 6 GiB free
+        assert exc.code.name == "FAILED_PRECONDITION"
+        detail = exc.detail
+        assert (detail.principal, detail.quota.vram, detail.held.vram, detail.asked.vram) == \
+            ("alice", 3 * GiB, 2 * GiB, 2 * GiB)
+        assert list(detail.over) == ["vram"] and detail.source == "default"
+        assert "may hold at most 3 GiB VRAM" in exc.message and "holds 2 GiB VRAM" in exc.message
+        assert "asked for 2 GiB VRAM more" in exc.message
+        # nothing was lost: alice still holds her first lease, and bob (no VRAM limit) gets the room
+        assert [lease.id for lease in await alice.list_leases()] == [first.id]
+        await bob.allocate(6 * GiB, 10)
+        # the room is gone now: that is RESOURCE_EXHAUSTED, not a quota error
+        with pytest.raises(ResourceExhausted):
+            await alice.allocate(GiB, 10)
+
+        # each principal sees its own quota and use in the inventory
+        inv = (await alice.inventory()).quota
+        assert (inv.quota.vram, inv.quota.kernels, inv.held.vram, inv.source) == (3 * GiB, 1, 2 * GiB, "default")
+        assert not inv.quota.HasField("compute")  # no limit
+        inv = (await bob.inventory()).quota
+        assert not inv.quota.HasField("vram") and inv.held.vram == 6 * GiB
+        assert inv.source == "principal bob, default"
+
+
+async def test_resize_past_the_quota_is_refused_and_leaves_the_lease(worker: WorkerProcess) -> None:
+    async with worker.client() as alice:
+        lease = await alice.allocate(2 * GiB, 10)
+        with pytest.raises(OverQuota) as err:
+            await alice.resize(lease.id, vram=4 * GiB)
+        assert err.value.detail.asked.vram == 2 * GiB and err.value.detail.held.vram == 2 * GiB
+        [kept] = await alice.list_leases()
+        assert (kept.slices[0].vram, kept.slices[0].compute) == (2 * GiB, 10)
+        grown = await alice.resize(lease.id, vram=3 * GiB)  # up to the quota is fine
+        assert grown.slices[0].vram == 3 * GiB
+
+
+async def test_kernels_count_against_the_quota(worker: WorkerProcess) -> None:
+    async with worker.client() as alice:
+        lease = await alice.allocate(GiB, 10)
+        kernel = await alice.start_kernel(lease.id, key=b"k" * 32, argv=[sys.executable, "-c",
+                                                                          "import time; time.sleep(60)"])
+        with pytest.raises(OverQuota) as err:
+            await alice.start_kernel(lease.id, key=b"k" * 32)
+        assert "at most 1 kernel(s)" in err.value.message and err.value.detail.held.kernels == 1
+        assert (await alice.inventory()).quota.held.kernels == 1
+        await alice.signal(kernel.id, pb.SIGNAL_KILL)
+
+        async def exited() -> bool:
+            return (await alice.kernel_state(kernel.id)).status == pb.KERNEL_STATUS_EXITED
+
+        await until(exited, "the first kernel to exit")
+        await until(lambda: _held_kernels(alice, 0), "the exited kernel to leave the count")
+        second = await alice.start_kernel(lease.id, key=b"k" * 32, argv=[sys.executable, "-c", "pass"])
+        assert second.id != kernel.id
+
+
+async def test_a_request_may_wait_for_its_quota_but_not_for_more_than_all_of_it(worker: WorkerProcess) -> None:
+    async with worker.client() as alice:
+        first = await alice.allocate(2 * GiB, 10)
+        with pytest.raises(OverQuota):  # 4 GiB > the 3 GiB quota: no wait could ever grant it
+            await alice.allocate(4 * GiB, 10, wait=TIMEOUT)
+        waiting = asyncio.create_task(alice.allocate(2 * GiB, 10, wait=TIMEOUT, request_id="second"))
+
+        async def waits_for_quota() -> bool:
+            entries = [e for e in (await alice.inventory()).waiting if e.request_id == "second"]
+            return bool(entries) and entries[0].reason == "quota" and "over quota" in entries[0].message
+
+        await until(waits_for_quota, "the second request to wait for alice's quota")
+        await alice.release(first.id)
+        second = await asyncio.wait_for(waiting, TIMEOUT)
+        assert second.slices[0].vram == 2 * GiB
+
+
+async def test_groups_from_the_hub_raise_the_default(worker: WorkerProcess, hub: FakeHub) -> None:
+    carol, dave = hub.add("carol", groups=["big"]), hub.add("dave", groups=["other"])
+    async with RuntimeClient(worker.address, carol) as c, RuntimeClient(worker.address, dave) as d:
+        status = (await c.inventory()).quota
+        assert (status.quota.vram, status.source) == (6 * GiB, "group big, default")
+        await c.allocate(4 * GiB, 10)  # within her group's 6 GiB
+        with pytest.raises(OverQuota) as err:
+            await d.allocate(4 * GiB, 10)  # the default's 3 GiB
+        assert err.value.detail.principal == "hub:dave" and err.value.detail.quota.vram == 3 * GiB
+
+
+def test_bad_quota_config_stops_the_worker_with_a_sentence(tmp_path: Path) -> None:
+    config = tmp_path / "worker.toml"
+    config.write_text('[worker.quotas.groups.big]\nvram = "6 gigs"\n')
+    proc = subprocess.run([sys.executable, "-m", "tf_remoting", "--config", str(config), "--state-dir",
+                           str(tmp_path / "state"), "--backend", "host"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "worker.quotas.groups.big.vram = '6 gigs' is not valid" in proc.stderr + proc.stdout
+
+
+async def _held_kernels(client: RuntimeClient, n: int) -> bool:
+    return (await client.inventory()).quota.held.kernels == n
+
+
+async def until(check, what: str, timeout: float = TIMEOUT) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
