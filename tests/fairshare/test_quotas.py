@@ -164,3 +164,27 @@ async def until(check, what: str, timeout: float = TIMEOUT) -> None:  # type: ig
         await asyncio.sleep(0.1)
 
 
+
+
+async def test_vgpu_shows_quota_use_and_refuses_resize_past_it(worker: WorkerProcess) -> None:
+    from tf_remoting.client.session import start_remote_kernel
+
+    async with worker.client() as alice:
+        lease, _kernel, remote = await start_remote_kernel(alice, GiB, 10)
+        try:
+            result = await remote.execute("%vgpu")
+            assert result.status == "ok", result.reply
+            text = result.data()
+            assert "quota (this worker)" in text
+            assert "VRAM 1 GiB of 3 GiB" in text and "kernels 1 of 1" in text and "compute 10 % (no limit)" in text
+            assert "set by default" in text
+            result = await remote.execute("%vgpu resize --vram 4Gi")
+            assert result.status == "error" and result.reply["content"]["ename"] == "UsageError"
+            message = result.reply["content"]["evalue"]
+            assert message.startswith("%vgpu resize: over quota: principal 'alice' may hold at most 3 GiB VRAM")
+            assert "holds 1 GiB VRAM and asked for 3 GiB VRAM more" in message
+            result = await remote.execute("%vgpu resize --vram 2Gi")
+            assert result.status == "ok" and "VRAM 1 GiB -> 2 GiB" in result.stdout()
+        finally:
+            await remote.close()
+            await alice.release(lease.id)

@@ -29,13 +29,16 @@ from tf_remoting.slice_env import NotInSlice, SliceEnv
 HELP = """%vgpu — this kernel's vGPU slice
 
   %vgpu                          same as %vgpu status
-  %vgpu status                   device, slice, isolation mode, VRAM used / limit, utilization
+  %vgpu status                   device, slice, isolation mode, VRAM used / limit, utilization,
+                                 and your quota on this worker with what you hold against it
   %vgpu watch [SECONDS]          live VRAM and utilization in one output, updated every sample
                                  (default 10 s, at most 3600 s; interrupt the kernel to stop early)
   %vgpu resize [--vram SIZE] [--compute PERCENT]
                                  ask the worker for a bigger or smaller slice on the same device,
                                  e.g. --vram 8Gi --compute 50; on success the in-kernel caps
                                  (PyTorch, CuPy) follow. A flag left out keeps its current value.
+                                 Exclusive (whole-device) slices cannot be resized; growing past
+                                 your quota is refused with the quota, what you hold and asked.
   %vgpu push LOCAL [REMOTE]      copy a file from the notebook's directory to the kernel's
   %vgpu pull [--overwrite] REMOTE [LOCAL]
                                  copy a file from the kernel's directory to the notebook's; a
@@ -100,6 +103,8 @@ def _rpc_failure(what: str, exc: Any) -> UsageError:
         return _fail(f"%vgpu {what}: the worker at {_slice().worker} is not reachable ({details})")
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return _fail(f"%vgpu {what}: the worker has no room: {details}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:  # over quota, an exclusive lease: the sentence says it
+        return _fail(f"%vgpu {what}: {details}")
     return _fail(f"%vgpu {what}: the worker refused ({code.name}): {details}")
 
 
@@ -116,6 +121,34 @@ def _live_lease() -> Any | None:
     except (grpc.RpcError, UsageError):
         return None
     return next((lease for lease in leases if lease.id == lease_id), None)
+
+
+def _live_quota() -> Any | None:
+    """The kernel's principal's quota on this worker and what it holds (pb.QuotaStatus), or None
+    when the worker is not reachable."""
+    import grpc
+
+    from tf_remoting.proto import pb
+
+    try:
+        with _stub() as (stub, metadata):
+            inventory = stub.GetInventory(pb.GetInventoryRequest(), metadata=metadata, timeout=RPC_TIMEOUT)
+    except (grpc.RpcError, UsageError):
+        return None
+    return inventory.quota if inventory.HasField("quota") else None
+
+
+def quota_text(status: Any) -> str:
+    """'VRAM 2 GiB of 3 GiB, compute 20 % (no limit), ...' from a pb.QuotaStatus."""
+    quota, held = status.quota, status.held
+    parts = []
+    for name, label, show in (("vram", "VRAM", format_bytes), ("compute", "compute", lambda v: f"{v} %"),
+                              ("kernels", "kernels", str), ("devices", "whole devices", str)):
+        used = show(getattr(held, name))
+        limit = f"of {show(getattr(quota, name))}" if quota.HasField(name) else "(no limit)"
+        parts.append(f"{label} {used} {limit}")
+    source = f"; set by {status.source}" if status.source else "; no quota is configured"
+    return ", ".join(parts) + source
 
 
 def _live_usage() -> tuple[int | None, float | None]:
@@ -184,6 +217,7 @@ class SliceStatus:
     shares_filesystem: bool
     cwd: str
     note: str = ""
+    quota: str = ""  # quota_text of the kernel's principal on this worker ("" when unknown)
 
     def rows(self) -> list[tuple[str, str]]:
         util = "unknown" if self.utilization is None else f"{self.utilization:.0f} % of the device"
@@ -200,6 +234,8 @@ class SliceStatus:
             ("lease", self.lease_id),
             ("files", f"{files}: {self.cwd}"),
         ]
+        if self.quota:
+            rows.append(("quota (this worker)", self.quota))
         if self.note:
             rows.append(("note", self.note))
         return rows
@@ -238,7 +274,9 @@ def status() -> SliceStatus:
             note = (f"the slice was resized outside this kernel (was {format_bytes(vram_limit)} / {compute} %); "
                     "the in-kernel caps now follow")
             vram_limit, compute = live_vram, live_compute
+    quota = _live_quota() if lease is not None else None
     return SliceStatus(
+        quota=quota_text(quota) if quota is not None else "",
         device=slice_.device_name, device_kind=slice_.device_kind, lease_id=slice_.lease_id, mode=slice_.mode,
         enforcement=slice_.memory_enforcement, vram_limit=vram_limit, compute=compute,
         vram_used=used, utilization=util, shares_filesystem=slice_.shares_filesystem,
@@ -395,12 +433,16 @@ def resize(vram: int | None, compute: int | None) -> None:
     live = _live_lease()
     if live is not None and live.slices:  # a flag left out keeps the worker's current value
         old_vram, old_compute = live.slices[0].vram, live.slices[0].compute
-    new_vram = old_vram if vram is None else vram
-    new_compute = old_compute if compute is None else compute
+    # Only the dimensions asked: the worker keeps the other as it is then, so a concurrent resize of
+    # it (from the Jupyter side) is not undone by a value read here a moment ago.
+    request = pb.ResizeRequest(lease_id=lease_id)
+    if vram is not None:
+        request.vram = vram
+    if compute is not None:
+        request.compute = compute
     try:
         with _stub() as (stub, metadata):
-            lease = stub.Resize(pb.ResizeRequest(lease_id=lease_id, slice=pb.SliceRequest(
-                vram=new_vram, compute=new_compute)), metadata=metadata, timeout=RPC_TIMEOUT)
+            lease = stub.Resize(request, metadata=metadata, timeout=RPC_TIMEOUT)
     except grpc.RpcError as exc:
         raise _rpc_failure("resize", exc) from None
     got_vram, got_compute = lease.slices[0].vram, lease.slices[0].compute
