@@ -190,6 +190,22 @@ export interface components {
             view: "own" | "all" | "unknown";
             /** @description The principal the worker knows this server as; empty when unknown. */
             viewer: string;
+            /** @description This server's principal's quota on this worker and what it holds against it; null while the worker is down. Quotas hold per worker only: the principal may hold as much again on each other worker. */
+            quota: components["schemas"]["QuotaUse"] | null;
+        };
+        QuotaUse: {
+            vram: components["schemas"]["QuotaDimension"];
+            compute: components["schemas"]["QuotaDimension"];
+            kernels: components["schemas"]["QuotaDimension"];
+            devices: components["schemas"]["QuotaDimension"];
+            /** @description Which entries of the worker's [worker.quotas] set it, e.g. "group staff, default"; empty when none. */
+            source: string;
+        };
+        /** @description One dimension of a quota: VRAM in bytes, compute in percent summed over slices, kernels not exited, whole devices (exclusive leases). */
+        QuotaDimension: {
+            held: number;
+            /** @description The most the principal may hold on this worker; null for no limit. */
+            limit: number | null;
         };
         Device: {
             uuid: string;

@@ -188,3 +188,23 @@ async def test_vgpu_shows_quota_use_and_refuses_resize_past_it(worker: WorkerPro
         finally:
             await remote.close()
             await alice.release(lease.id)
+
+
+async def test_a_notebook_over_quota_says_quota_held_and_asked(worker: WorkerProcess, jupyter_server_factory) -> None:  # type: ignore[no-untyped-def]
+    """Through a real Jupyter server (alice's token): the kernel start fails with the sentence, and
+    the pool view carries alice's quota use for the panel."""
+    server = jupyter_server_factory(workers=[worker]).start()
+    status, pool = await server.request("GET", "/tf-vgpu/api/pool")
+    assert status == 200
+    [w] = pool["workers"]
+    assert w["quota"] == {"vram": {"held": 0, "limit": 3 * GiB}, "compute": {"held": 0, "limit": None},
+                          "kernels": {"held": 0, "limit": 1}, "devices": {"held": 0, "limit": None},
+                          "source": "default"}
+    status, body = await server.request("POST", "/api/sessions", {
+        "path": "q.ipynb", "type": "notebook", "name": "q.ipynb", "kernel": {"name": "vgpu-small"}})
+    assert status >= 400, body
+    message = body["message"] if isinstance(body, dict) else body
+    assert "over quota: principal 'alice' may hold at most 3 GiB VRAM on this worker (set by default)" in message
+    assert "it holds 0 B VRAM and asked for 4 GiB VRAM more" in message
+    async with worker.client() as alice:
+        assert list(await alice.list_leases()) == []  # nothing left behind

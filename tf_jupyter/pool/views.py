@@ -13,7 +13,8 @@ from tf_jupyter.pool.scheduling import Scheduler
 from tf_jupyter.pool.workers import WorkerState
 from tf_remoting.proto import enum_name, pb
 
-__all__ = ["device_sample_json", "event_json", "kernel_json", "lease_sample_json", "pool_json", "queue_json"]
+__all__ = ["device_sample_json", "event_json", "kernel_json", "lease_sample_json", "pool_json", "queue_json",
+           "quota_json"]
 
 
 def _mode(value: int, unknown: str = "unknown") -> str:
@@ -51,8 +52,19 @@ def pool_json(workers: Mapping[str, WorkerState], policy: str, queue_length: int
                     "worker_id": inv.worker_id if inv else "", "version": inv.version if inv else "",
                     "backend": inv.backend if inv else "", "devices": devices,
                     "leases": len(inv.leases) if inv else 0,
-                    "view": VIEWS.get(inv.view, "unknown") if inv else "unknown", "viewer": inv.viewer if inv else ""})
+                    "view": VIEWS.get(inv.view, "unknown") if inv else "unknown", "viewer": inv.viewer if inv else "",
+                    "quota": quota_json(inv.quota) if inv else None})
     return {"workers": out, "policy": policy, "queue_length": queue_length}
+
+
+def quota_json(status: pb.QuotaStatus) -> dict[str, Any]:
+    """The caller's quota on one worker and what it holds: per dimension {held, limit (None: no limit)}."""
+    out: dict[str, Any] = {
+        name: {"held": getattr(status.held, name),
+               "limit": getattr(status.quota, name) if status.quota.HasField(name) else None}
+        for name in ("vram", "compute", "kernels", "devices")}
+    out["source"] = status.source
+    return out
 
 
 def kernel_json(k: KernelSlice, workers: Mapping[str, WorkerState]) -> dict[str, Any]:
