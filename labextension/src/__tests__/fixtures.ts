@@ -19,6 +19,13 @@ export const pool: IPool = {
       leases: 1,
       view: 'own',
       viewer: 'alice',
+      quota: {
+        vram: { held: 4 * GiB, limit: null },
+        compute: { held: 10, limit: null },
+        kernels: { held: 1, limit: null },
+        devices: { held: 0, limit: null },
+        source: ''
+      },
       devices: [
         {
           uuid: 'host-0',
