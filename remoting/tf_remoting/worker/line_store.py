@@ -216,9 +216,10 @@ class LineStore:
 
     def _serve(self, conn: sqlite3.Connection, now: float) -> Served:
         requests = {r.key: r for r in self._rows(conn, "WHERE lease_id IS NULL")}
-        served = Served(requests=requests, quota=self._pass_quota(conn))
+        served = Served(requests=requests)
         if not requests:
             return served
+        served.quota = self._pass_quota(conn)
         line = self.line(served.quota)
         for r in requests.values():
             line.add(r.entry())
@@ -330,8 +331,9 @@ class LineStore:
         """The line as it stands (nothing granted): every waiting request with position and reason."""
         with self.ledger._read() as conn:
             requests = {r.key: r for r in self._rows(conn, "WHERE lease_id IS NULL")}
-            served = Served(requests=requests, quota=self._pass_quota(conn))
+            served = Served(requests=requests)
             if requests:
+                served.quota = self._pass_quota(conn)
                 line = self.line(served.quota)
                 for r in requests.values():
                     line.add(r.entry())
