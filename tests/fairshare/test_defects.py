@@ -66,6 +66,8 @@ async def gpu_worker() -> AsyncIterator[GpuWorker]:
     server = build_server(worker)
     port = server.add_insecure_port("127.0.0.1:0")
     worker.address = f"127.0.0.1:{port}"
+    worker.kernel_address = f"unix:{root / 'state' / 'kernels.sock'}"  # where kernels' %vgpu calls
+    server.add_insecure_port(worker.kernel_address)
     await server.start()
     try:
         yield GpuWorker(worker, worker.address, alice, bob)
@@ -96,6 +98,37 @@ async def test_an_exclusive_lease_refuses_resize_and_keeps_its_device(gpu_worker
         # a soft slice still resizes
         shrunk = await bob.resize(slices[0].id, vram=7 * GiB)
         assert (shrunk.slices[0].vram, shrunk.slices[0].compute) == (7 * GiB, 10)
+
+
+async def test_vgpu_resize_in_an_exclusive_kernel_says_why(gpu_worker: GpuWorker) -> None:
+    """A real kernel in an exclusive lease (fake GPUs): `%vgpu resize` answers with the worker's
+    sentence as a one-line UsageError, and the slice stays as it was."""
+    from tf_remoting.client.session import RemoteKernel
+
+    async with gpu_worker.client(gpu_worker.alice) as alice:
+        whole = await alice.allocate(0, 100, mode=pb.ISOLATION_MODE_EXCLUSIVE)
+        key = secrets.token_hex(16).encode()
+        kernel = await alice.start_kernel(whole.id, key=key)
+        remote = RemoteKernel(alice, kernel.id, key)
+        try:
+            await remote.connect()
+            await remote.wait_ready(timeout=60)
+            result = await remote.execute("%vgpu resize --vram 1Gi")
+            assert result.status == "error" and result.reply["content"]["ename"] == "UsageError", result.reply
+            message = result.reply["content"]["evalue"]
+            assert message == (f"%vgpu resize: lease {whole.id} is exclusive: it holds whole devices and cannot be "
+                               "resized; release it and allocate the slice you need")
+            [after] = await alice.list_leases()
+            assert after.slices[0].vram == whole.slices[0].vram
+        finally:
+            await remote.close()
+            supervisor = gpu_worker.worker.supervisor
+            supervisor.stop(kernel.id)
+            for _ in range(300):  # the nanny is this process's child: reap it (at most 30 s)
+                supervisor.reap()
+                if not supervisor._children:
+                    break
+                await asyncio.sleep(0.1)
 
 
 async def test_a_whole_device_request_gets_the_smallest_untouched_device(gpu_worker: GpuWorker) -> None:
