@@ -15,7 +15,7 @@ from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.serverapp import ServerApp
 
 from tf_jupyter.config import TfVgpu, load_jupyter_config
-from tf_jupyter.idle import IdleRelease
+from tf_jupyter.idle import IdleRelease, QosRelease, qos_inputs
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.local_worker import LocalWorker, LocalWorkerError, ensure_local_worker, stop_local_worker
 from tf_jupyter.pool import Pool, Tls
@@ -40,6 +40,7 @@ class TfVgpuApp(ExtensionApp):
     local_worker: LocalWorker | None = None
     _local_proc: Any = None
     _idle_task: asyncio.Task[None] | None = None
+    _qos_task: asyncio.Task[None] | None = None
     _metrics_task: asyncio.Task[None] | None = None
 
     @property
@@ -164,6 +165,7 @@ class TfVgpuApp(ExtensionApp):
                 self.log.warning("tf-vgpu: worker %s is down: %s", w.address, w.error)
         if s.idle_release > 0:
             self._idle_task = asyncio.create_task(self._idle_loop())
+        self._qos_task = asyncio.create_task(self._qos_loop())
         self._metrics_task = asyncio.create_task(self._metrics_loop())
 
     async def _metrics_loop(self) -> None:
@@ -191,8 +193,30 @@ class TfVgpuApp(ExtensionApp):
             except Exception:
                 self.log.exception("tf-vgpu: idle release check failed")
 
+    async def _qos_loop(self) -> None:
+        """QoS that holds: every few seconds, from the workers' last inventories (their waiting lines,
+        devices and our leases), warn and then shut down our idle lower-QoS kernels that a waiting
+        higher-QoS request needs the room of (tf_jupyter.idle.QosRelease)."""
+        assert self.pool is not None
+        pool = self.pool
+        km: Any = self.server.kernel_manager
+
+        async def shutdown(kernel_id: str) -> None:
+            await km.shutdown_kernel(kernel_id)
+
+        qos = QosRelease(pool.kernels, pool.events, shutdown, self.settings_obj.idle_warning,
+                         self.settings_obj.qos_release_grace)
+        interval = min(5.0, max(0.5, self.settings_obj.refresh_interval))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                inventories = {a: w.inventory for a, w in pool.workers.items() if w.up and w.inventory is not None}
+                await qos.check(*qos_inputs(inventories))
+            except Exception:
+                self.log.exception("tf-vgpu: QoS release check failed")
+
     async def stop_extension(self) -> None:
-        for task in (self._idle_task, self._metrics_task):
+        for task in (self._idle_task, self._qos_task, self._metrics_task):
             if task is not None:
                 task.cancel()
         km: Any = getattr(self.serverapp, "kernel_manager", None)

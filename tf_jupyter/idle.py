@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from tf_jupyter.pool.events import Events
 from tf_jupyter.pool.kernels import Kernels, KernelSlice
 from tf_jupyter.preemption import Device, Held, Waiter, to_release
-from tf_jupyter.qos import HIGHEST_QOS
+from tf_jupyter.qos import HIGHEST_QOS, qos_name
+from tf_remoting.proto import pb
 
-__all__ = ["IdleRelease", "QosRelease"]
+__all__ = ["IdleRelease", "QosRelease", "qos_inputs"]
+
+QUOTA_REASON = "quota"  # WaitingEntry.reason of a request that waits on its principal's quota, not for room
 
 log = logging.getLogger("tf_jupyter.idle")
 
@@ -68,6 +71,27 @@ class IdleRelease:
                 self.kernels.forget(k.kernel_id)
                 self.events.emit("idle_release", f"kernel shut down after {idle:.0f} s without utilization; "
                                  "its slice is free", kernel_id=k.kernel_id)
+
+
+def qos_inputs(inventories: Mapping[str, pb.Inventory]) -> tuple[
+        list[Waiter], list[Device], Callable[[KernelSlice], tuple[tuple[str, int, int], ...]]]:
+    """What `QosRelease.check` reads, from each worker's last inventory (address -> Inventory): every
+    worker's waiting line in order (anyone's entries: QoS, size, count, and whether it waits for room
+    or on its quota), the devices with what is free (total minus leased, every principal counted),
+    and a kernel's slices as its lease shows them (none when the inventory does not hold it)."""
+    waiting = [Waiter(address, qos_name(e.qos), e.slice.vram, e.slice.compute, max(1, e.count),
+                      for_room=e.reason != QUOTA_REASON)
+               for address, inv in inventories.items() for e in sorted(inv.waiting, key=lambda e: e.position)]
+    devices = [Device(address, d.uuid, d.vram_total, max(0, d.vram_total - d.vram_leased), d.compute_capacity,
+                      max(0, d.compute_capacity - d.compute_leased))
+               for address, inv in inventories.items() for d in inv.devices]
+    leases = {(address, lease.id): lease for address, inv in inventories.items() for lease in inv.leases}
+
+    def slices_of(k: KernelSlice) -> tuple[tuple[str, int, int], ...]:
+        lease = leases.get((k.worker, k.lease_id))
+        return tuple((s.device_uuid, s.vram, s.compute) for s in lease.slices) if lease is not None else ()
+
+    return waiting, devices, slices_of
 
 
 class QosRelease:

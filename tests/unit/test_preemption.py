@@ -171,3 +171,25 @@ async def test_qos_release_never_touches_a_critical_kernel():
     for now in (20, 30, 40):
         await qos.check([Waiter("w1", "critical", 3 * GiB, 10)], [dev(free=2)], _slices, now=now)
     assert kinds() == [] and shut == []
+
+
+def test_qos_inputs_read_the_workers_inventories():
+    from tf_jupyter.idle import qos_inputs
+    from tf_jupyter.pool.kernels import KernelSlice
+    from tf_remoting.proto import pb
+
+    gib = 1 << 30
+    inv = pb.Inventory(
+        devices=[pb.Device(uuid="d0", vram_total=4 * gib, compute_capacity=100, vram_leased=3 * gib,
+                           compute_leased=20)],
+        leases=[pb.Lease(id="L1", slices=[pb.Slice(device_uuid="d0", vram=2 * gib, compute=10)])],
+        waiting=[pb.WaitingEntry(position=2, qos=pb.QOS_LOW, slice=pb.SliceRequest(vram=gib, compute=5),
+                                 reason="quota"),
+                 pb.WaitingEntry(position=1, qos=pb.QOS_HIGH, slice=pb.SliceRequest(vram=2 * gib, compute=10),
+                                 count=0, reason="no_room")])
+    waiting, devices, slices_of = qos_inputs({"w1": inv})
+    assert [(w.worker, w.qos, w.vram, w.count, w.for_room) for w in waiting] == [
+        ("w1", "high", 2 * gib, 1, True), ("w1", "low", gib, 1, False)]  # line order; a quota wait is not for room
+    assert [(d.uuid, d.vram_free, d.compute_free) for d in devices] == [("d0", gib, 80)]
+    assert slices_of(KernelSlice("k1", "w1", "L1", "p", "low")) == (("d0", 2 * gib, 10),)
+    assert slices_of(KernelSlice("k2", "w1", "gone", "p", "low")) == ()
