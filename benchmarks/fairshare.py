@@ -48,7 +48,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tf_jupyter.profiles import BUILTIN_PROFILES  # noqa: E402
-from tf_jupyter.qos import QOS_NAMES, QOS_RANK  # noqa: E402
+from tf_jupyter.qos import QOS_NAMES, QOS_RANK, qos_value  # noqa: E402
 
 GiB = 1 << 30
 DEVICES = 4
@@ -114,6 +114,7 @@ class Ledger:
     def __init__(self) -> None:
         self.free = [[DEVICE_VRAM, 100] for _ in range(DEVICES)]
         self.held: dict[str, tuple[int, int, int]] = {}  # ask id -> (device, vram, compute)
+        self.owner: dict[str, str] = {}  # ask id -> user
         self.leased_vram = 0
 
     def pick(self, ask: Ask) -> int | None:
@@ -128,11 +129,30 @@ class Ledger:
         self.free[i][0] -= ask.vram
         self.free[i][1] -= ask.compute
         self.held[ask.id] = (i, ask.vram, ask.compute)
+        self.owner[ask.id] = ask.user
         self.leased_vram += ask.vram
         return True
 
+    def take(self, ask: Ask, device: int, vram: int, compute: int) -> None:
+        """A grant the line placed: `vram`/`compute` on `device` (a whole device: all of it)."""
+        self.free[device][0] -= DEVICE_VRAM if ask.whole else vram
+        self.free[device][1] -= compute
+        self.held[ask.id] = (device, DEVICE_VRAM if ask.whole else vram, compute)
+        self.owner[ask.id] = ask.user
+        self.leased_vram += DEVICE_VRAM if ask.whole else vram
+
+    def usage(self) -> dict[str, tuple[int, int]]:
+        """user -> (VRAM, compute) held: the line's fair share reads it."""
+        out: dict[str, tuple[int, int]] = {}
+        for ask_id, (_, vram, compute) in self.held.items():
+            user = self.owner[ask_id]
+            v, c = out.get(user, (0, 0))
+            out[user] = (v + vram, c + compute)
+        return out
+
     def release(self, ask_id: str) -> None:
         i, vram, compute = self.held.pop(ask_id)
+        del self.owner[ask_id]
         self.free[i][0] += vram
         self.free[i][1] += compute
         self.leased_vram -= vram
@@ -265,11 +285,116 @@ class Fifo(System):
         return False
 
 
-def line_system() -> Callable[[Ledger, Callable[[Ask], None], random.Random], System]:
-    """The worker's line (real module), or ImportError while it does not exist yet."""
+class Line(System):
+    """The worker's one waiting line: every request is an entry of tf_remoting.worker.waiting_line
+    (the real module), a newcomer included (it is the last entry; backfill decides whether it may
+    start); on each arrival, release and give-up one pass grants what the line allows, on the
+    devices the line picks, as the worker's ledger does. With ``quota_of`` (a principal's
+    tf_remoting.worker.quotas.Quota) the real quota check runs in each pass (LineQuota)."""
+
+    name = "line"
+    quota_of: Callable[[str], object] | None = None
+
+    def __init__(self, ledger: Ledger, grant: Callable[[Ask], None], rng: random.Random) -> None:
+        from tf_remoting.worker.quotas import LineQuota
+        from tf_remoting.worker.waiting_line import Device, WaitingLine
+
+        super().__init__(ledger, grant, rng)
+        self.devices = [Device(f"d{i}", i, "simulated 48 GiB", DEVICE_VRAM, 100) for i in range(DEVICES)]
+        self.make_line = WaitingLine
+        self.line_quota = LineQuota
+        self.asks: dict[str, Ask] = {}
+        self.entries: dict[str, object] = {}
+
+    def _entry(self, ask: Ask, now: float) -> object:
+        from tf_remoting.worker.waiting_line import Entry
+
+        return Entry(ask.id, ask.user, qos_value(ask.qos), ask.vram, ask.compute, arrival=now, whole=ask.whole)
+
+    def arrive(self, ask: Ask, now: float) -> None:
+        self.asks[ask.id] = ask
+        self.entries[ask.id] = self._entry(ask, now)
+        self._serve()
+
+    def released(self, ask: Ask, now: float) -> None:
+        self._serve()
+
+    def give_up(self, ask: Ask, now: float) -> bool:
+        if self.entries.pop(ask.id, None) is None:
+            return False
+        del self.asks[ask.id]
+        self._serve()  # it may have blocked devices others can use
+        return True
+
+    def _serve(self) -> None:
+        """One pass, as line_store.LineStore serves the line in the ledger's transaction."""
+        usage = self.ledger.usage()
+        quota = None
+        if self.quota_of is not None:
+            from tf_remoting.worker.quotas import Use
+
+            quota = self.line_quota(self.quota_of, {u: Use(vram=v, compute=c) for u, (v, c) in usage.items()})
+        line = self.make_line(self.devices, quota) if quota is not None else self.make_line(self.devices)
+        for entry in self.entries.values():
+            line.add(entry)  # type: ignore[arg-type]
+        free = {d.uuid: (self.ledger.free[d.index][0], self.ledger.free[d.index][1]) for d in self.devices}
+        for g in line.grantable(free, usage):
+            ask = self.asks.pop(g.entry.id)
+            del self.entries[g.entry.id]
+            self.ledger.take(ask, int(g.devices[0][1:]), g.vram, g.compute)
+            self.grant(ask)
+
+
+def line_system(quota_vram: int | None = None) -> Callable[[Ledger, Callable[[Ask], None], random.Random], System]:
+    """The worker's line (real module); with ``quota_vram`` every user's quota on the worker is that
+    much VRAM (the real quota code, tf_remoting.worker.quotas); ImportError where it does not exist."""
     from tf_remoting.worker import waiting_line  # noqa: F401
 
-    raise ImportError("tf_remoting.worker.waiting_line has no adapter here yet")
+    if quota_vram is None:
+        return Line
+    from tf_remoting.worker.quotas import Quotas
+
+    quotas = Quotas.parse({"default": {"vram": quota_vram}})
+    return type("QuotaLine", (Line,), {"quota_of": staticmethod(lambda principal: quotas.resolve(principal))})
+
+
+def decision_ms(waiting: int = 1000, repeats: int = 50, seed: int = 7) -> dict[str, float]:
+    """The line's decision time with `waiting` requests waiting (20 users, the day's mix) on a full
+    pool: per Allocate (a newcomer joins, one pass) and per release (a lease ends, one pass), the
+    median of `repeats`, in ms."""
+    import statistics
+    import time
+
+    from tf_remoting.worker.waiting_line import Device, Entry, WaitingLine
+
+    rng = random.Random(seed)
+    devices = [Device(f"d{i}", i, "simulated 48 GiB", DEVICE_VRAM, 100) for i in range(DEVICES)]
+    line = WaitingLine(devices)
+
+    def entry(i: int) -> Entry:
+        p = rng.choices(list(PROFILE_MIX), weights=list(PROFILE_MIX.values()))[0]
+        prof = BUILTIN_PROFILES[p]
+        return Entry(f"e{i}", f"user{i % 20:02d}", qos_value(rng.choice(QOS_NAMES)),
+                     DEVICE_VRAM if prof.whole_device else prof.vram, 100 if prof.whole_device else prof.compute,
+                     arrival=float(i), whole=prof.whole_device)
+
+    for i in range(waiting):
+        line.add(entry(i))
+    usage = {f"user{u:02d}": (rng.randrange(0, 16) * GiB, rng.randrange(0, 100)) for u in range(20)}
+    full = {d.uuid: (0, 0) for d in devices}
+    one_free = dict(full, d0=(8 * GiB, 40))  # a small lease ended on device 0
+    times: dict[str, list[float]] = {"allocate": [], "release": []}
+    for r in range(repeats):
+        newcomer = entry(waiting + r)
+        t = time.perf_counter()
+        line.add(newcomer)
+        line.decide(full, usage)
+        times["allocate"].append(time.perf_counter() - t)
+        line.remove(newcomer.id)
+        t = time.perf_counter()
+        line.decide(one_free, usage)
+        times["release"].append(time.perf_counter() - t)
+    return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 
 SYSTEMS: dict[str, Callable[[Ledger, Callable[[Ask], None], random.Random], System]] = {"fifo": Fifo}
@@ -324,6 +449,8 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=20, help="independent crowded days, each from an empty pool")
     parser.add_argument("--load", type=float, default=1.0, help="offered VRAM load ÷ the pool's VRAM")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a request waits before giving up")
+    parser.add_argument("--quota", metavar="VRAM", help="every user's VRAM quota on the worker for the line "
+                        "(e.g. 48Gi; the real quota code); default: no quotas")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
 
@@ -332,10 +459,13 @@ def main() -> int:
     asks = [a for d in days for a in d]
     result: dict[str, object] = {"seed": args.seed, "users": args.users, "hours": args.hours, "days": args.days,
                                  "load": args.load, "requests": len(asks), "devices": DEVICES,
-                                 "device_vram": DEVICE_VRAM}
+                                 "device_vram": DEVICE_VRAM, "quota": args.quota or "none"}
     systems = dict(SYSTEMS)
     try:
-        systems["line"] = line_system()
+        from tf_remoting.quantities import parse_bytes
+
+        systems["line"] = line_system(parse_bytes(args.quota) if args.quota else None)
+        result["decision_ms"] = decision_ms()
     except ImportError as exc:
         result["line_missing"] = f"the worker's waiting line is not importable ({exc})"
     for name, make in systems.items():
