@@ -44,6 +44,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,7 +93,7 @@ def make_day(seed: int, users: int, hours: float, load: float) -> list[Ask]:
     rng = random.Random(seed)
     day = hours * 3600
     rate = load * DEVICES * DEVICE_VRAM / offered_vram_seconds_per_request() / users  # per user, per second
-    asks = []
+    asks: list[Ask] = []
     for u in range(users):
         t = rng.expovariate(rate)
         while t < day:
@@ -293,7 +294,7 @@ class Line(System):
     tf_remoting.worker.quotas.Quota) the real quota check runs in each pass (LineQuota)."""
 
     name = "line"
-    quota_of: Callable[[str], object] | None = None
+    quota_of: Callable[[str], Any] | None = None
 
     def __init__(self, ledger: Ledger, grant: Callable[[Ask], None], rng: random.Random) -> None:
         from tf_remoting.worker.quotas import LineQuota
