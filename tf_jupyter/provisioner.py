@@ -37,7 +37,7 @@ from tf_jupyter.handoff import HANDOFF_ENV, PARENT_ENV, TOKEN_FILE_ENV, TOKEN_HA
 from tf_jupyter.kernel_env import client_kernel_env
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.placement import Request
-from tf_jupyter.pool import KernelSlice, Pool
+from tf_jupyter.pool import KernelSlice, Pool, WaitingAt
 from tf_jupyter.profiles import Profile
 from tf_jupyter.standalone import LaunchError, standalone_lease
 from tf_jupyter.tokens import read_token
@@ -112,9 +112,10 @@ class VgpuProvisioner(LocalProvisioner):
         if not self.lease_id or pool.lease(self.worker, self.lease_id) is None:
             pool.emit("kernel_placing", f"placing a {profile.slice_text} kernel", kernel_id=self.kernel_id)
 
-            def queued(position: int) -> None:
-                pool.emit("kernel_queued", f"waiting for a slice ({profile.slice_text}): position {position}",
-                          kernel_id=self.kernel_id, position=position)
+            def queued(at: WaitingAt) -> None:  # from the worker's line: place and why
+                pool.emit("kernel_queued", f"waiting for a slice ({profile.slice_text}) at {at.worker}: "
+                          f"position {at.position} ({at.message or at.reason})",
+                          kernel_id=self.kernel_id, position=at.position, worker=at.worker, reason=at.reason)
 
             placed = await pool.allocate(
                 Request(vram=profile.vram, compute=profile.compute, count=profile.count,

@@ -33,7 +33,7 @@ async def standalone_lease(profile: Profile, labels: dict[str, str] | None = Non
     from tf_jupyter.config import TfVgpu, load_jupyter_config
     from tf_jupyter.local_worker import ensure_local_worker
     from tf_jupyter.placement import Request
-    from tf_jupyter.pool import Pool, QueueTimeout, Tls
+    from tf_jupyter.pool import Pool, QueueTimeout, Tls, WaitingAt
 
     settings = TfVgpu(config=load_jupyter_config())
     addresses = list(settings.workers)
@@ -57,8 +57,9 @@ async def standalone_lease(profile: Profile, labels: dict[str, str] | None = Non
         pool.follow_token_file(follow)
     await pool.start(watch=True)
 
-    def queued(position: int) -> None:
-        print(f"tf-vgpu: waiting for a slice ({profile.slice_text}); position {position} in the queue",
+    def queued(at: WaitingAt) -> None:
+        print(f"tf-vgpu: waiting for a slice ({profile.slice_text}); position {at.position} in the line of "
+              f"{at.worker} ({at.message or at.reason})",
               file=sys.stderr, flush=True)
 
     try:

@@ -168,6 +168,7 @@ export interface components {
             workers: components["schemas"]["Worker"][];
             /** @enum {string} */
             policy: "binpack" | "spread";
+            /** @description Entries (every principal's) in the lines of the workers up, what a new kernel that cannot start now waits behind. */
             queue_length: number;
         };
         Worker: {
@@ -285,9 +286,18 @@ export interface components {
         QueueList: {
             queue: components["schemas"]["QueueEntry"][];
         };
+        /** @description One of this server's principal's requests in one worker's waiting line, as the worker last said (the worker holds the order: QoS, then fair share, then arrival). A request waiting at several workers has one entry per line. */
         QueueEntry: {
+            /** @description The request id (the same in every line it waits in). */
             id: string;
+            /** @description The worker whose line this is. */
+            worker?: string;
+            /** @description 1-based place in that worker's line. */
             position: number;
+            /** @description Why it waits: no_room, quota (its principal's quota) or behind (fits only where a request ahead waits). */
+            reason?: string;
+            /** @description Why it waits */
+            message?: string;
             qos: components["schemas"]["Qos"];
             profile: string;
             /** @description Unix time it joined the queue. */
@@ -379,10 +389,12 @@ export interface components {
             source: "worker" | "server";
             /** @description With source: worker. */
             lease_id?: string;
-            /** @description With source: worker. */
+            /** @description With source: worker; with kind: kernel_queued, the worker whose line it waits in. */
             worker?: string;
-            /** @description With kind: kernel_queued, the kernel's place in the queue. */
+            /** @description With kind: kernel_queued, the kernel's place in the worker's line. */
             position?: number;
+            /** @description With kind: kernel_queued, why it waits (no_room, quota, behind). */
+            reason?: string;
         };
         WorkerMessage: {
             /**

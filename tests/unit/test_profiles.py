@@ -164,7 +164,7 @@ def test_store_uses_its_argv_prefix(tmp_path):
 def test_plain_python_modules_import_no_server_stack():
     code = (
         "import sys\n"
-        "import tf_jupyter.placement, tf_jupyter.queue, tf_jupyter.profiles\n"
+        "import tf_jupyter.placement, tf_jupyter.profiles\n"
         "print(sorted(m for m in ('tornado', 'grpc', 'asyncio') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60)

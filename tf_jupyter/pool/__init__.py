@@ -21,18 +21,17 @@ from tf_jupyter.placement import DeviceView, Request
 from tf_jupyter.pool import views
 from tf_jupyter.pool.events import Events
 from tf_jupyter.pool.kernels import Kernels, KernelSlice
-from tf_jupyter.pool.scheduling import Placed, QueueTimeout, Scheduler, device_views
+from tf_jupyter.pool.scheduling import Placed, QueueTimeout, Scheduler, WaitingAt, device_views
 from tf_jupyter.pool.workers import ClientFactory, Tls, Workers, WorkerState, default_client
 from tf_jupyter.qos import DEFAULT_QOS
-from tf_jupyter.queue import WaitQueue
 from tf_remoting.proto import pb
 
-__all__ = ["KernelSlice", "Placed", "Pool", "QueueTimeout", "Tls", "WorkerState"]
+__all__ = ["KernelSlice", "Placed", "Pool", "QueueTimeout", "Tls", "WaitingAt", "WorkerState"]
 
 
 class Pool:
     """The pieces of one pool, wired together: a Watch update feeds the kernels' activity and the
-    event stream, a capacity change wakes the queue, a queue change is broadcast."""
+    event stream, a change of this server's waiting requests is broadcast."""
 
     def __init__(self, addresses: list[str], token: str, dns: str = "", tls: Tls | None = None,
                  policy: str = "binpack", refresh_interval: float = 5.0, queue_timeout: float = 300.0,
@@ -45,7 +44,6 @@ class Pool:
                                    lease_ttl=lease_ttl)
         self.default_qos = DEFAULT_QOS  # for profiles that leave QoS at its default (TfVgpu.default_qos)
         self.workers.on_update = self._on_update
-        self.workers.on_capacity = self.scheduler.wake_queue
         self.scheduler.on_queue_change = lambda: self.events.broadcast({"type": "queue", "queue": self.queue_json()})
 
     # ------------------------------------------------------------------ settings a kernel launcher needs
@@ -92,8 +90,9 @@ class Pool:
 
     async def allocate(self, request: Request, qos: str = DEFAULT_QOS, profile: str = "",
                        labels: dict[str, str] | None = None, timeout: float | None = None,
-                       on_queued: Callable[[int], None] | None = None) -> Placed:
-        """Place and lease a slice, waiting in the queue when nothing fits now (see Scheduler.allocate)."""
+                       on_queued: Callable[[WaitingAt], None] | None = None) -> Placed:
+        """Place and lease a slice, waiting in the workers' lines when nothing can start now
+        (see Scheduler.allocate); on_queued hears the request's place and reason when they change."""
         return await self.scheduler.allocate(request, qos, profile, labels, timeout, on_queued)
 
     async def release(self, worker: str, lease_id: str) -> None:
@@ -108,10 +107,6 @@ class Pool:
 
     def device_views(self) -> list[DeviceView]:
         return device_views(self.workers)
-
-    @property
-    def queue(self) -> WaitQueue:
-        return self.scheduler.queue
 
     # ------------------------------------------------------------------ kernels and events
 
@@ -146,10 +141,10 @@ class Pool:
     # ------------------------------------------------------------------ JSON of the REST API
 
     def pool_json(self) -> dict[str, Any]:
-        return views.pool_json(self.workers, self.scheduler.policy, len(self.scheduler.queue))
+        return views.pool_json(self.workers, self.scheduler.policy)
 
     def kernel_json(self, kernel_id: str) -> dict[str, Any]:
         return views.kernel_json(self.kernels[kernel_id], self.workers)
 
     def queue_json(self) -> list[dict[str, Any]]:
-        return views.queue_json(self.scheduler)
+        return views.queue_json(self.workers, self.scheduler.waiting)

@@ -1,31 +1,33 @@
-"""Allocate, queue, release and resize slices over the worker cache.
+"""Allocate, wait, release and resize slices over the worker cache.
 
-Which worker to ask comes from tf_jupyter.placement, who waits from tf_jupyter.queue; this module
-does the asking: it tries the candidates in order (a refusal means our cache was stale), queues
-what does not fit, and wakes queued requests when capacity frees.
+Which worker to ask comes from tf_jupyter.placement; who is served first is the workers' business
+(each worker holds one waiting line, remoting/README.md "The waiting line"). This module does the
+asking: it tries the workers that have room now (a refusal means our cache was stale or the
+worker's line has someone ahead), then waits in the line of every worker that could ever take the
+request, all at once under one request id, and keeps the first grant.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
+import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
 
-from tf_jupyter.placement import DeviceView, PoolState, Request, explain, place
+from tf_jupyter.placement import DeviceView, Request, explain, place
 from tf_jupyter.pool.events import Events
 from tf_jupyter.pool.workers import Workers, WorkerState
 from tf_jupyter.qos import DEFAULT_QOS, qos_value
-from tf_jupyter.queue import WaitQueue
 from tf_remoting.client import NotFound, PermissionDenied, RemotingError, ResourceExhausted, Unavailable
+from tf_remoting.client.runtime import DeadlineExceeded
 from tf_remoting.proto import pb
 
-__all__ = ["LeaseGone", "Placed", "QueueTimeout", "QueuedInfo", "Scheduler", "device_views"]
+__all__ = ["LeaseGone", "Placed", "QueueTimeout", "Scheduler", "Waiting", "WaitingAt", "device_views"]
 
 log = logging.getLogger("tf_jupyter.pool")
 
@@ -41,11 +43,25 @@ class Placed:
 
 
 @dataclass(frozen=True)
-class QueuedInfo:
-    """What the queue's JSON shows of a waiting request beyond the queue entry."""
+class Waiting:
+    """One of this server's requests while it waits in workers' lines (the lines hold the order)."""
 
+    request_id: str
+    request: Request
+    qos: str
     profile: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
     since: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class WaitingAt:
+    """What a worker's line says of one waiting request: its place and why it waits."""
+
+    worker: str
+    position: int
+    reason: str  # "no_room", "quota" or "behind"
+    message: str
 
 
 def device_views(workers: Workers) -> list[DeviceView]:
@@ -82,7 +98,7 @@ def wire_request(request: Request, worker: WorkerState) -> tuple[int, int, int]:
 
 
 class Scheduler:
-    """Leases on the pool's workers, and the queue of requests that wait for one."""
+    """Leases on the pool's workers; this server's requests while they wait in the workers' lines."""
 
     def __init__(self, workers: Workers, events: Events, policy: str = "binpack", queue_timeout: float = 300.0,
                  lease_ttl: int = 60) -> None:
@@ -91,53 +107,128 @@ class Scheduler:
         self.policy = policy
         self.queue_timeout = queue_timeout
         self.lease_ttl = lease_ttl
-        self.queue = WaitQueue()
-        self.queue_info: dict[str, QueuedInfo] = {}
-        self._wakeups: dict[str, asyncio.Event] = {}
-        self._ids = itertools.count(1)
+        self.waiting: dict[str, Waiting] = {}  # request_id -> request, while it waits
         self.on_queue_change: Callable[[], None] = lambda: None
+
+    def waiting_at(self, request_id: str) -> list[WaitingAt]:
+        """Where a request waits, as the workers' inventories last said: best position first."""
+        out = []
+        for w in self.workers.values():
+            for e in w.inventory.waiting if w.inventory is not None and w.up else []:
+                if e.own and e.request_id == request_id:
+                    out.append(WaitingAt(w.address, e.position, e.reason, e.message))
+        return sorted(out, key=lambda at: (at.position, at.worker))
 
     async def allocate(self, request: Request, qos: str = DEFAULT_QOS, profile: str = "",
                        labels: dict[str, str] | None = None, timeout: float | None = None,
-                       on_queued: Callable[[int], None] | None = None) -> Placed:
-        """Place and lease a slice, waiting in the queue when nothing fits now."""
+                       on_queued: Callable[[WaitingAt], None] | None = None) -> Placed:
+        """Place and lease a slice; when nothing can start now, wait in the lines of every worker
+        that could ever take it (all at once, one request id) and keep exactly one grant."""
         limit = self.queue_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         placed = await self._try_place(request, qos, profile, labels)
         if placed is not None:
             return placed
-        entry_id = f"q{next(self._ids)}"
-        self.queue.push(entry_id, request, qos=qos, labels=labels or {})
-        wakeup = self._wakeups[entry_id] = asyncio.Event()
-        self.queue_info[entry_id] = QueuedInfo(profile)
+        waiting = Waiting(uuid.uuid4().hex, request, qos, profile, dict(labels or {}))
+        self.waiting[waiting.request_id] = waiting
         self.on_queue_change()
         try:
             while True:
-                if on_queued is not None:
-                    on_queued(self.queue.position(entry_id))
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise QueueTimeout(f"no slice became free within {limit:.0f} s: "
                                        + explain(request, device_views(self.workers), self.workers.down_addresses()))
-                wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), min(remaining, self.workers.refresh_interval))
-                if not wakeup.is_set():
-                    await self.workers.refresh()
-                    if not wakeup.is_set():
-                        continue
-                placed = await self._try_place(request, qos, profile, labels)
-                if placed is not None:
-                    return placed
+                candidates = self._could_ever_take(request)
+                if candidates:
+                    placed = await self._wait_at(candidates, waiting, deadline, on_queued)
+                    if placed is not None:
+                        return placed
+                    remaining = deadline - time.monotonic()
+                # No worker could take it, or each said it never can: look again after a while.
+                await asyncio.sleep(max(0.0, min(remaining, self.workers.refresh_interval)))
+                await self.workers.refresh()
         finally:
-            self.queue.remove(entry_id)
-            self._wakeups.pop(entry_id, None)
-            self.queue_info.pop(entry_id, None)
+            self.waiting.pop(waiting.request_id, None)
             self.on_queue_change()
-            self.wake_queue()
+
+    def _could_ever_take(self, request: Request) -> list[WorkerState]:
+        """Up workers with devices that could take the request once empty, best first."""
+        empty = [dataclasses.replace(v, vram_free=v.vram_total, compute_free=v.compute_capacity)
+                 for v in device_views(self.workers) if v.up]
+        return [self.workers[c.worker] for c in place(request, empty, self.policy)]
+
+    async def _wait_at(self, candidates: list[WorkerState], waiting: Waiting, deadline: float,
+                       on_queued: Callable[[WaitingAt], None] | None) -> Placed | None:
+        """Wait in each candidate's line at once; the first grant wins, the other waits are
+        cancelled (which takes them out of those lines) and a lease granted meanwhile is released.
+        None when every wait ended without a lease (deadline, worker gone, never fits there)."""
+        tasks = [asyncio.create_task(self._wait_one(w, waiting, deadline)) for w in candidates]
+        reporter = asyncio.create_task(self._report(candidates, waiting, on_queued))
+        granted: list[Placed] = []
+        failures: list[BaseException] = []
+        pending = set(tasks)
+        completed = False  # False: we were cancelled, and keep no lease
+        try:
+            while pending and not granted:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    exc = task.exception()
+                    if exc is None:
+                        granted.append(task.result())
+                    elif not isinstance(exc, (DeadlineExceeded, ResourceExhausted, Unavailable)):
+                        failures.append(exc)  # e.g. OverQuota: the worker's own sentence
+            completed = True
+        finally:
+            reporter.cancel()
+            for task in pending:
+                task.cancel()
+            for result in await asyncio.gather(reporter, *pending, return_exceptions=True):
+                if isinstance(result, Placed):
+                    granted.append(result)
+            keep = granted[0] if granted and completed else None
+            for extra in granted:
+                if extra is not keep:  # granted at two workers at once (or we were cancelled): one lease only
+                    await self.release(extra.worker, extra.lease.id)
+        if keep is not None:
+            await self.workers.refresh_one(self.workers[keep.worker])
+            return keep
+        if failures:
+            raise failures[0]
+        return None
+
+    async def _wait_one(self, w: WorkerState, waiting: Waiting, deadline: float) -> Placed:
+        vram, compute, mode = wire_request(waiting.request, w)
+        try:
+            lease = await w.client.allocate(vram=vram, compute=compute, count=waiting.request.count,
+                                            qos=qos_value(waiting.qos), model=waiting.request.model, mode=mode,
+                                            ttl_seconds=self.lease_ttl, profile=waiting.profile,
+                                            labels=waiting.labels, wait=max(deadline - time.monotonic(), 0.001),
+                                            request_id=waiting.request_id)
+        except Unavailable as exc:
+            self.workers.mark_down(w, exc.message)
+            raise
+        return Placed(w.address, lease)
+
+    async def _report(self, candidates: list[WorkerState], waiting: Waiting,
+                      on_queued: Callable[[WaitingAt], None] | None) -> None:
+        """Follow the request's place in the lines: tell on_queued and the queue's listeners when it changes."""
+        last: WaitingAt | None = None
+        delay = 0.2  # the first look soon after joining the lines
+        while True:
+            await asyncio.sleep(delay)
+            delay = self.workers.refresh_interval
+            for w in candidates:
+                await self.workers.refresh_one(w)
+            where = self.waiting_at(waiting.request_id)
+            if where and where[0] != last:
+                last = where[0]
+                if on_queued is not None:
+                    on_queued(last)
+                self.on_queue_change()
 
     async def _try_place(self, request: Request, qos: str, profile: str,
                          labels: dict[str, str] | None) -> Placed | None:
+        """A lease from the first candidate whose line lets the request start now, without waiting."""
         for candidate in place(request, [v for v in device_views(self.workers) if v.up], self.policy):
             w = self.workers[candidate.worker]
             vram, compute, mode = wire_request(request, w)
@@ -146,7 +237,7 @@ class Scheduler:
                                                 model=request.model, mode=mode, ttl_seconds=self.lease_ttl,
                                                 profile=profile, labels=labels or {})
             except ResourceExhausted:
-                await self.workers.refresh_one(w)  # our view was stale: look again, try the next worker
+                await self.workers.refresh_one(w)  # our view was stale or others wait ahead: try the next worker
                 continue
             except Unavailable as exc:
                 self.workers.mark_down(w, exc.message)
@@ -154,16 +245,6 @@ class Scheduler:
             await self.workers.refresh_one(w)
             return Placed(w.address, lease)
         return None
-
-    def wake_queue(self) -> None:
-        """Wake queued entries that fit the pool now, in queue order (QoS, then arrival)."""
-        if not len(self.queue):
-            return
-        state = PoolState([v for v in device_views(self.workers) if v.up])
-        for entry in self.queue.ready(lambda r: state.place_and_commit(r, self.policy) is not None):
-            wakeup = self._wakeups.get(entry.id)
-            if wakeup is not None:
-                wakeup.set()
 
     async def release(self, worker: str, lease_id: str) -> None:
         w = self.workers.get(worker)
@@ -177,7 +258,6 @@ class Scheduler:
             log.warning("could not release lease %s on %s: %s (it expires after its TTL)", lease_id, worker,
                         exc.message)
         await self.workers.refresh_one(w)
-        self.wake_queue()
 
     async def resize(self, worker: str, lease_id: str, vram: int | None, compute: int | None) -> pb.Lease:
         """Resize a lease to `vram` and/or `compute` (None keeps what it has)."""
@@ -188,7 +268,6 @@ class Scheduler:
         # which would undo a concurrent resize of it, e.g. from the kernel's %vgpu resize).
         result: pb.Lease = await self.workers[worker].client.resize(lease_id, vram=vram, compute=compute)
         await self.workers.refresh_one(self.workers[worker])
-        self.wake_queue()
         return result
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from tf_jupyter.placement import Request
 from tf_jupyter.pool.kernels import KernelSlice
-from tf_jupyter.pool.scheduling import Scheduler
+from tf_jupyter.pool.scheduling import Waiting
 from tf_jupyter.pool.workers import WorkerState
+from tf_jupyter.qos import qos_name
 from tf_remoting.proto import enum_name, pb
 
 __all__ = ["device_sample_json", "event_json", "kernel_json", "lease_sample_json", "pool_json", "queue_json",
@@ -33,7 +35,10 @@ def _kind(device: pb.Device) -> str:
     return "host" if device.kind == pb.DEVICE_KIND_HOST else "gpu"
 
 
-def pool_json(workers: Mapping[str, WorkerState], policy: str, queue_length: int) -> dict[str, Any]:
+def pool_json(workers: Mapping[str, WorkerState], policy: str) -> dict[str, Any]:
+    """The workers as this server's principal sees them; queue_length: the entries (everyone's) in
+    the lines of the workers up, what a new kernel that cannot start now would wait behind."""
+    queue_length = sum(len(w.inventory.waiting) for w in workers.values() if w.up and w.inventory is not None)
     out = []
     for w in workers.values():
         inv = w.inventory
@@ -92,17 +97,25 @@ def kernel_json(k: KernelSlice, workers: Mapping[str, WorkerState]) -> dict[str,
     return out
 
 
-def queue_json(scheduler: Scheduler) -> list[dict[str, Any]]:
+def queue_json(workers: Mapping[str, WorkerState], waiting: Mapping[str, Waiting]) -> list[dict[str, Any]]:
+    """This server's principal's requests in the workers' lines (Inventory.waiting, own entries), as
+    the workers last said: one row per line a request waits in, with its place there and why.
+    ``waiting`` (this server's requests) adds their labels and whole-device flag."""
     out = []
-    for position, entry in enumerate(scheduler.queue.entries(), 1):
-        info = scheduler.queue_info.get(entry.id)
-        out.append({"id": entry.id, "position": position, "qos": entry.qos,
-                    "profile": info.profile if info else "", "since": info.since if info else 0.0,
-                    "labels": dict(entry.labels),
-                    "request": {"vram": entry.request.vram, "compute": entry.request.compute,
-                                "count": entry.request.count, "whole_device": entry.request.whole_device},
-                    "description": entry.request.describe()})
-    return out
+    for w in workers.values():
+        for e in w.inventory.waiting if w.up and w.inventory is not None else []:
+            if not e.own:
+                continue
+            mine = waiting.get(e.request_id)
+            request = mine.request if mine is not None else Request(e.slice.vram, e.slice.compute, max(e.count, 1))
+            out.append({"id": e.request_id, "worker": w.address, "position": e.position,
+                        "reason": e.reason, "message": e.message,
+                        "qos": qos_name(e.qos),
+                        "profile": e.profile, "since": e.since, "labels": dict(mine.labels) if mine else {},
+                        "request": {"vram": request.vram, "compute": request.compute,
+                                    "count": request.count, "whole_device": request.whole_device},
+                        "description": request.describe()})
+    return sorted(out, key=lambda row: (row["since"], row["worker"]))
 
 
 def device_sample_json(d: pb.DeviceSample) -> dict[str, Any]:
