@@ -44,7 +44,7 @@ def build_parser(prog: str = "tf-jupyter worker") -> argparse.ArgumentParser:
         elif f.type in ("list[str]", list[str]):
             parser.add_argument(flag, dest=f.name, type=lambda text: [v.strip() for v in text.split(",") if v.strip()],
                                 default=None, help=help_text + " (comma-separated)")
-        elif f.name in ("kernel_environments", "tenant_accounts"):
+        elif f.name in ("kernel_environments", "tenant_accounts", "quotas"):
             parser.add_argument(flag, dest=f.name, type=json.loads, default=None,
                                 help=help_text + " (JSON object)")
     return parser

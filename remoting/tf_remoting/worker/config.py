@@ -92,7 +92,7 @@ class WorkerConfig:
         "help": "Groups (as the identity source reports them, e.g. JupyterHub groups) whose members are "
                 "admins as with admin_principals."})
     quotas: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "The most each principal may hold on this worker (config file only, [worker.quotas]): "
+        "help": "The most each principal may hold on this worker ([worker.quotas] in the config file): "
                 "default, principals.NAME and groups.NAME entries of vram, compute, kernels, devices. "
                 "See tf_remoting/worker/quotas.py and the admin guide for how a principal's quota is found."})
 

@@ -36,8 +36,9 @@ from tf_remoting.proto import SERVICE_NAME
 from tf_remoting.quantities import format_bytes
 from tf_remoting.worker import leases as ledger_mod
 from tf_remoting.worker.auth import AuthError, Caller, TokenTable, bearer_token
-from tf_remoting.worker.errors import RpcError, over_quota
+from tf_remoting.worker.errors import RpcError
 from tf_remoting.worker.hub_auth import HubAuth, HubDenied, HubUnavailable
+from tf_remoting.worker.messages import over_quota
 from tf_remoting.worker.metrics import Metrics
 
 log = logging.getLogger("tf_remoting.worker")

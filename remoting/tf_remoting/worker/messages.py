@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+import grpc
+
 from tf_remoting.devices.base import DeviceInfo
-from tf_remoting.proto import enum_value, pb
+from tf_remoting.proto import ERROR_KIND_KEY, OVER_QUOTA, QUOTA_EXCEEDED_KEY, enum_value, pb
 from tf_remoting.worker import isolation
+from tf_remoting.worker.errors import RpcError
 from tf_remoting.worker.leases import KernelRecord, LeaseRecord
 from tf_remoting.worker.line_store import Served
 from tf_remoting.worker.quotas import DIMENSIONS, OverQuota, Quota, Use
@@ -91,3 +94,11 @@ def quota_status_message(quota: Quota, held: Use) -> pb.QuotaStatus:
 def quota_exceeded_message(over: OverQuota) -> pb.QuotaExceeded:
     return pb.QuotaExceeded(principal=over.principal, quota=quota_message(over.quota), held=use_message(over.held),
                             asked=use_message(over.asked), over=list(over.over), source=over.quota.source)
+
+
+def over_quota(over: OverQuota) -> RpcError:
+    """FAILED_PRECONDITION (not RESOURCE_EXHAUSTED, which means "no room") with the quota, what is
+    held and what was asked, as a sentence and as a serialized `QuotaExceeded` in the trailers."""
+    detail = quota_exceeded_message(over).SerializeToString()
+    return RpcError(grpc.StatusCode.FAILED_PRECONDITION, over.sentence(),
+                    ((ERROR_KIND_KEY, OVER_QUOTA), (QUOTA_EXCEEDED_KEY, detail)))
