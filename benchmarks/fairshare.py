@@ -35,6 +35,7 @@ utilisation >= FIFO's, <= 5 ms per decision with 1,000 waiting.
 
 from __future__ import annotations
 
+import abc
 import argparse
 import heapq
 import json
@@ -170,23 +171,26 @@ class Outcome:
     day: float = 0.0
 
 
-class System:
-    """What a system does on arrival, on a release, and when a request gives up; it grants through `grant`."""
+class System(abc.ABC):
+    """What a system does on arrival, on a release, and when a request gives up; it grants through `grant`.
+    Two systems implement it: today's per-server FIFO and the worker's line."""
 
     name = ""
 
     def __init__(self, ledger: Ledger, grant: Callable[[Ask], None], rng: random.Random) -> None:
         self.ledger, self.grant, self.rng = ledger, grant, rng
 
+    @abc.abstractmethod
     def arrive(self, ask: Ask, now: float) -> None:
-        raise NotImplementedError
+        """A request arrives: grant it now or keep it waiting."""
 
+    @abc.abstractmethod
     def released(self, ask: Ask, now: float) -> None:
-        raise NotImplementedError
+        """A granted request's lifetime ended: its room is free again."""
 
+    @abc.abstractmethod
     def give_up(self, ask: Ask, now: float) -> bool:
         """Take the request out of the waiting; False if it was granted already."""
-        raise NotImplementedError
 
 
 def simulate(asks: list[Ask], make: Callable[[Ledger, Callable[[Ask], None], random.Random], System],

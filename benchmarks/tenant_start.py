@@ -18,32 +18,20 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
-import stat
 import statistics
 import sys
 import time
 
-import tf_remoting
 from tf_remoting.client import RuntimeClient
-from tf_remoting.client.session import RemoteKernel
-from tf_remoting.pytest_plugin import WorkerProcess
-from tf_remoting.worker.tenants import unreachable_for_others
+from tf_remoting.pytest_plugin import WorkerProcess, python_open_to_tenants, ready_kernel, tenant_worker
 
 
 async def start_to_ready(worker: WorkerProcess) -> float:
     async with RuntimeClient(worker.address, worker.token) as client:
         began = time.perf_counter()
         lease = await client.allocate(vram=64 << 20, compute=5, ttl_seconds=120)
-        key = secrets.token_hex(16).encode()
-        kernel = await client.start_kernel(lease.id, key=key)
-        remote = RemoteKernel(client, kernel.id, key)
-        await remote.connect()
-        try:
-            await remote.wait_ready(timeout=60)
+        async with ready_kernel(client, lease.id):
             took = time.perf_counter() - began
-        finally:
-            await remote.close()
         await client.release(lease.id)
     return took
 
@@ -57,28 +45,21 @@ def main() -> int:
         result = {"skipped": "not root: a worker with --tenant-uids needs root (or its capabilities)"}
         print("tenant_start: skipped: " + result["skipped"])
     else:
-        blocked = unreachable_for_others([sys.executable, sys.prefix, sys.base_prefix,
-                                          os.path.dirname(tf_remoting.__file__)])
-        modes = {path: os.stat(path).st_mode for path in blocked}
-        workers = {"tenant": WorkerProcess(["--tenant-uids", "21000-21099"]), "plain": WorkerProcess()}
+        workers = {"tenant": tenant_worker(["--tenant-uids", "21000-21099"]),
+                   "plain": WorkerProcess(["--host-vram", "4Gi"])}
         try:
-            for path, mode in modes.items():
-                os.chmod(path, stat.S_IMODE(mode) | stat.S_IXOTH)
-            for worker in workers.values():
-                os.chmod(worker.root, 0o711)
-                os.chmod(worker.token_file, 0o600)
-                worker.start()
-            times: dict[str, list[float]] = {"tenant": [], "plain": []}
-            for run in range(args.runs + 1):
-                for name, worker in workers.items():
-                    took = asyncio.run(start_to_ready(worker))
-                    if run:  # the first is a warm-up
-                        times[name].append(took)
+            with python_open_to_tenants():
+                for worker in workers.values():
+                    worker.start()
+                times: dict[str, list[float]] = {"tenant": [], "plain": []}
+                for run in range(args.runs + 1):
+                    for name, worker in workers.items():
+                        took = asyncio.run(start_to_ready(worker))
+                        if run:  # the first is a warm-up
+                            times[name].append(took)
         finally:
             for worker in workers.values():
                 worker.cleanup()
-            for path, mode in modes.items():
-                os.chmod(path, stat.S_IMODE(mode))
         tenant, plain = statistics.median(times["tenant"]), statistics.median(times["plain"])
         result = {"tenant_ms": tenant * 1000, "plain_ms": plain * 1000, "ratio": tenant / plain, "runs": args.runs,
                   "all_ms": {k: [round(t * 1000, 1) for t in v] for k, v in times.items()}}

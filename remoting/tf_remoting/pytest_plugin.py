@@ -19,17 +19,21 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+import tf_remoting
 from tf_remoting.client import RuntimeClient
+from tf_remoting.client.session import RemoteKernel
 from tf_remoting.worker.proctree import kill_descendants
+from tf_remoting.worker.tenants import unreachable_for_others
 
 
 class WorkerProcess:
@@ -111,6 +115,46 @@ class WorkerProcess:
                 with contextlib.suppress(ProcessLookupError, TypeError, ValueError):
                     os.kill(int(state[key]), signal.SIGKILL)  # type: ignore[call-overload]
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def ready_kernel(client: RuntimeClient, lease_id: str, timeout: float = 60.0) -> AsyncIterator[RemoteKernel]:
+    """Start a kernel in the lease and yield it connected and answering; its channels close after."""
+    key = secrets.token_hex(16).encode()
+    kernel = await client.start_kernel(lease_id, key=key)
+    remote = RemoteKernel(client, kernel.id, key)
+    await remote.connect()
+    try:
+        await remote.wait_ready(timeout=timeout)
+        yield remote
+    finally:
+        await remote.close()
+
+
+@contextlib.contextmanager
+def python_open_to_tenants() -> Iterator[None]:
+    """Let tenant uids run this Python: search permission (o+x, never listing) on the directories of
+    the interpreter and of tf_remoting that others cannot enter (here: /root, 0700), for the duration,
+    as an administrator installing for tenant uids would. Modes are restored after."""
+    blocked = unreachable_for_others([sys.executable, sys.prefix, sys.base_prefix,
+                                      os.path.dirname(tf_remoting.__file__)])
+    modes = {path: os.stat(path).st_mode for path in blocked}
+    try:
+        for path, mode in modes.items():
+            os.chmod(path, stat.S_IMODE(mode) | stat.S_IXOTH)
+        yield
+    finally:
+        for path, mode in modes.items():
+            os.chmod(path, stat.S_IMODE(mode))
+
+
+def tenant_worker(extra_args: list[str]) -> WorkerProcess:
+    """A worker (not started) whose directory tenant kernels may pass (0711) and whose token file
+    only the worker reads (0600): what `--tenant-uids` requires. Start it as root."""
+    worker = WorkerProcess(["--host-vram", "4Gi", *extra_args])
+    os.chmod(worker.root, 0o711)
+    os.chmod(worker.token_file, 0o600)
+    return worker
 
 
 @pytest.fixture

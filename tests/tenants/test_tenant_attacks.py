@@ -25,12 +25,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-import tf_remoting
 from tf_remoting.client import RuntimeClient
 from tf_remoting.client.runtime import ResourceExhausted
 from tf_remoting.client.session import RemoteKernel
-from tf_remoting.pytest_plugin import WorkerProcess
-from tf_remoting.worker.tenants import unreachable_for_others
+from tf_remoting.pytest_plugin import WorkerProcess, python_open_to_tenants, ready_kernel, tenant_worker
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tenant uids need a worker run as root")
 
@@ -39,21 +37,8 @@ RANGE = "20000-20099"
 
 @pytest.fixture(scope="module")
 def reachable_python() -> Iterator[None]:
-    blocked = unreachable_for_others([sys.executable, sys.prefix, sys.base_prefix,
-                                      os.path.dirname(tf_remoting.__file__)])
-    modes = {path: os.stat(path).st_mode for path in blocked}
-    for path, mode in modes.items():
-        os.chmod(path, stat.S_IMODE(mode) | stat.S_IXOTH)
-    yield
-    for path, mode in modes.items():
-        os.chmod(path, stat.S_IMODE(mode))
-
-
-def tenant_worker(extra: list[str]) -> WorkerProcess:
-    worker = WorkerProcess(["--host-vram", "4Gi", *extra])
-    os.chmod(worker.root, 0o711)
-    os.chmod(worker.token_file, 0o600)
-    return worker
+    with python_open_to_tenants():
+        yield
 
 
 @dataclass
@@ -70,12 +55,7 @@ class Side:
 async def _start(worker: WorkerProcess, principal: str, token: str) -> Side:
     async with RuntimeClient(worker.address, token) as client:
         lease = await client.allocate(vram=64 << 20, compute=5, ttl_seconds=3600)
-        key = secrets.token_hex(16).encode()
-        kernel = await client.start_kernel(lease.id, key=key)
-        remote = RemoteKernel(client, kernel.id, key)
-        await remote.connect()
-        try:
-            await remote.wait_ready(timeout=60)
+        async with ready_kernel(client, lease.id) as remote:
             result = await remote.execute(
                 "import os, json, site\n"
                 "open(os.path.join(os.environ['HOME'], 'secret.txt'), 'w').write('home secret')\n"
@@ -89,9 +69,8 @@ async def _start(worker: WorkerProcess, principal: str, token: str) -> Side:
                 " 'hist_file': str(get_ipython().history_manager.hist_file)}))")
             assert result.status == "ok", result.reply
             facts = json.loads(result.stdout())
-        finally:
-            await remote.close()
-    return Side(principal, token, lease.id, kernel.id, key, worker.state_dir / "kernels" / kernel.id, facts)
+            kernel_id, key = remote.channels.kernel_id, remote.session.key
+    return Side(principal, token, lease.id, kernel_id, key, worker.state_dir / "kernels" / kernel_id, facts)
 
 
 @pytest.fixture(scope="module")
@@ -272,15 +251,8 @@ def test_a_restarted_worker_keeps_uids_and_readopts(pool: tuple[WorkerProcess, d
         out = await run_in(worker, sides["alice"], "import os; print(os.getuid(), end='')")
         async with RuntimeClient(worker.address, worker.token) as client:
             lease = await client.allocate(vram=16 << 20, compute=1, ttl_seconds=60)
-            key = secrets.token_hex(16).encode()
-            kernel = await client.start_kernel(lease.id, key=key)
-            remote = RemoteKernel(client, kernel.id, key)
-            await remote.connect()
-            try:
-                await remote.wait_ready(timeout=60)
+            async with ready_kernel(client, lease.id) as remote:
                 uid = (await remote.execute("import os; print(os.getuid(), end='')")).stdout()
-            finally:
-                await remote.close()
             await client.release(lease.id)
         return out, [int(uid)]
 
@@ -322,16 +294,9 @@ def test_a_home_left_by_an_earlier_uid_is_reowned(reachable_python: None) -> Non
         async def uid() -> str:
             async with RuntimeClient(worker.address, worker.token) as client:
                 lease = await client.allocate(vram=16 << 20, compute=1, ttl_seconds=60)
-                key = secrets.token_hex(16).encode()
-                kernel = await client.start_kernel(lease.id, key=key)
-                remote = RemoteKernel(client, kernel.id, key)
-                await remote.connect()
-                try:
-                    await remote.wait_ready(timeout=60)
+                async with ready_kernel(client, lease.id) as remote:
                     return (await remote.execute("import os; print(os.getuid(), open(os.path.expanduser("
                                                  "'~/notes.txt')).read(), end='')")).stdout()
-                finally:
-                    await remote.close()
 
         assert asyncio.run(uid()) == "20200 mine"
         assert os.stat(home / "notes.txt").st_uid == 20200
@@ -373,15 +338,8 @@ def test_without_tenant_uids_kernels_run_as_the_worker(reachable_python: None) -
         async def uid() -> str:
             async with RuntimeClient(worker.address, worker.token) as client:
                 lease = await client.allocate(vram=16 << 20, compute=1, ttl_seconds=60)
-                key = secrets.token_hex(16).encode()
-                kernel = await client.start_kernel(lease.id, key=key)
-                remote = RemoteKernel(client, kernel.id, key)
-                await remote.connect()
-                try:
-                    await remote.wait_ready(timeout=60)
+                async with ready_kernel(client, lease.id) as remote:
                     return (await remote.execute("import os; print(os.getuid(), os.environ['HOME'], end='')")).stdout()
-                finally:
-                    await remote.close()
 
         assert asyncio.run(uid()) == f"{os.getuid()} {os.environ.get('HOME', '')}"
     finally:

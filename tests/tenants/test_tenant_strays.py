@@ -11,15 +11,14 @@ Root only (a real worker with --tenant-uids, a real kernel).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import secrets
 import time
 
 import pytest
-from test_tenant_attacks import RANGE, reachable_python, tenant_worker  # noqa: F401 (a fixture)
 
 from tf_remoting.client import RuntimeClient
-from tf_remoting.client.session import RemoteKernel
+from tf_remoting.pytest_plugin import python_open_to_tenants, ready_kernel, tenant_worker
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tenant uids need a worker run as root")
 
@@ -47,42 +46,37 @@ def alive(pid: int) -> bool:
         return False
 
 
-async def test_processes_of_a_kernel_that_killed_its_nanny_are_ended(reachable_python: None) -> None:  # noqa: F811
+# A range of its own: a worker ends processes of its range that none of its own nannies accounts for.
+RANGE = "20300-20399"
+
+
+async def test_processes_of_a_kernel_that_killed_its_nanny_are_ended() -> None:
+    with python_open_to_tenants():
+        await _kernel_that_kills_its_nanny()
+
+
+async def _kernel_that_kills_its_nanny() -> None:
     worker = tenant_worker(["--tenant-uids", RANGE, "--no-shares-filesystem", "--sample-interval", "0.2"]).start()
     try:
         async with RuntimeClient(worker.address, worker.token) as client:
             lease = await client.allocate(vram=64 << 20, compute=5, ttl_seconds=3600)
-            key = secrets.token_hex(16).encode()
-            kernel = await client.start_kernel(lease.id, key=key)
-            remote = RemoteKernel(client, kernel.id, key)
-            await remote.connect()
-            try:
-                await remote.wait_ready(timeout=60)
+            async with ready_kernel(client, lease.id) as remote:
                 result = await remote.execute(ESCAPE, timeout=60)
                 assert result.status == "ok", result.reply
                 escapee = int(result.stdout().split()[0])
                 assert alive(escapee)
                 # The kernel kills its own nanny (same uid): allowed, and the kernel goes with it.
-                await remote.execute("import os, signal; os.kill(os.getppid(), signal.SIGKILL)", timeout=10)
-            except TimeoutError:
-                pass
-            finally:
-                await remote.close()
+                with contextlib.suppress(TimeoutError):
+                    await remote.execute("import os, signal; os.kill(os.getppid(), signal.SIGKILL)", timeout=10)
             deadline = time.monotonic() + 20
             while alive(escapee) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
             assert not alive(escapee), f"process {escapee} of the tenant outlived its kernel's nanny"
             assert "outside every kernel" in worker.log(), worker.log()[-3000:]
             # A second kernel of the same tenant, started afterwards, is left alone.
-            kernel2 = await client.start_kernel(lease.id, key=key)
-            remote = RemoteKernel(client, kernel2.id, key)
-            await remote.connect()
-            try:
-                await remote.wait_ready(timeout=60)
-                await asyncio.sleep(1.0)  # a few sweeps
+            async with ready_kernel(client, lease.id) as remote:
+                await asyncio.sleep(3.0)  # past a sweep (every 2 s)
                 result = await remote.execute("print(1)", timeout=30)
                 assert result.status == "ok" and result.stdout().strip() == "1"
-            finally:
-                await remote.close()
     finally:
         worker.cleanup()
