@@ -18,11 +18,10 @@ from tf_jupyter.pool.events import Events
 from tf_jupyter.pool.kernels import Kernels, KernelSlice
 from tf_jupyter.preemption import Device, Held, Waiter, to_release
 from tf_jupyter.qos import HIGHEST_QOS, qos_name
-from tf_remoting.proto import pb
+from tf_remoting.proto import WAIT_QUOTA, pb
 
 __all__ = ["IdleRelease", "QosRelease", "qos_inputs"]
 
-QUOTA_REASON = "quota"  # WaitingEntry.reason of a request that waits on its principal's quota, not for room
 
 log = logging.getLogger("tf_jupyter.idle")
 
@@ -80,7 +79,7 @@ def qos_inputs(inventories: Mapping[str, pb.Inventory]) -> tuple[
     or on its quota), the devices with what is free (total minus leased, every principal counted),
     and a kernel's slices as its lease shows them (none when the inventory does not hold it)."""
     waiting = [Waiter(address, qos_name(e.qos), e.slice.vram, e.slice.compute, max(1, e.count),
-                      for_room=e.reason != QUOTA_REASON)
+                      for_room=e.reason != WAIT_QUOTA)
                for address, inv in inventories.items() for e in sorted(inv.waiting, key=lambda e: e.position)]
     devices = [Device(address, d.uuid, d.vram_total, max(0, d.vram_total - d.vram_leased), d.compute_capacity,
                       max(0, d.compute_capacity - d.compute_leased))

@@ -29,6 +29,11 @@ SERVICE_NAME = "tensorfusion.remoting.v1.Runtime"
 # `pb.QuotaExceeded` (runtime.proto).
 ERROR_KIND_KEY = "tf-vgpu-error"
 OVER_QUOTA = "over-quota"
+
+# WaitingEntry.reason: why a request waits in a worker's line (the worker's waiting_line decides it).
+WAIT_NO_ROOM = "no_room"  # no device has that much free now
+WAIT_QUOTA = "quota"      # its principal's quota: freeing room elsewhere does not help it
+WAIT_BEHIND = "behind"    # it would fit, but only on devices a request ahead of it waits for
 QUOTA_EXCEEDED_KEY = "tf-vgpu-quota-exceeded-bin"
 
 __all__ = ["pb", "SERVICE_NAME", "enum_name", "enum_value", "enum_names"]  # and pb_grpc, loaded lazily

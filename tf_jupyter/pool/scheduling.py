@@ -60,7 +60,7 @@ class WaitingAt:
 
     worker: str
     position: int
-    reason: str  # "no_room", "quota" or "behind"
+    reason: str  # tf_remoting.proto WAIT_NO_ROOM, WAIT_QUOTA or WAIT_BEHIND
     message: str
 
 

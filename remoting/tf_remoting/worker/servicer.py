@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 import tf_remoting
-from tf_remoting.proto import pb, pb_grpc
+from tf_remoting.proto import WAIT_NO_ROOM, pb, pb_grpc
 from tf_remoting.quantities import format_bytes
 from tf_remoting.worker import isolation, nanny_link
 from tf_remoting.worker import leases as ledger_mod
@@ -150,7 +150,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         if lease is not None:
             return lease
         await self._leave_line(req, "it waited as long as its caller asked")
-        position, reason, sentence = snapshot.decision.waiting.get(req.key, (0, "no_room", ""))
+        position, reason, sentence = snapshot.decision.waiting.get(req.key, (0, WAIT_NO_ROOM, ""))
         raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, w.line.waited_too_long(req, position, reason, sentence))
 
     async def _leave_line(self, req: Request, why: str) -> None:

@@ -40,10 +40,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from tf_remoting.proto import WAIT_BEHIND, WAIT_NO_ROOM, WAIT_QUOTA
+
 # Why an entry waits.
-NO_ROOM = "no_room"
-QUOTA = "quota"
-BEHIND = "behind"  # it would fit, but only on devices a request ahead of it waits for
+NO_ROOM, QUOTA, BEHIND = WAIT_NO_ROOM, WAIT_QUOTA, WAIT_BEHIND  # the reasons (tf_remoting.proto says each)
 
 Usage = Mapping[str, tuple[int, int]]  # principal -> (VRAM bytes held, compute percent held)
 Free = Mapping[str, tuple[int, int]]  # device uuid -> (free VRAM, free compute)
