@@ -1,13 +1,17 @@
 """Fair share on a simulated crowded day: the worker's one waiting line against today's per-server FIFO.
 
-    python benchmarks/fairshare.py [--seed S] [--users N] [--hours H] [--days D] [--load L] [--json PATH]
+    python benchmarks/fairshare.py [--seed S] [--users N] [--hours H] [--days D] [--load L] [--idle-share F]
+                                   [--json PATH]
 
 One worker with 4 devices of 48 GiB, 20 users, each with their own Jupyter server. Each user's
 requests arrive as a Poisson process (the same rate for every user: equal demand); each asks for a
 built-in profile (tf_jupyter.profiles: small, medium, large, whole) at a QoS drawn per request, and
 holds its slice for an exponential lifetime (longer for bigger profiles). The arrival rate is set
 so the offered load is ``--load`` times the pool's VRAM. A request gives up after ``--timeout``
-seconds of waiting (c.TfVgpu.queue_timeout). Simulated time (an event heap, no sleeping), seeded:
+seconds of waiting (c.TfVgpu.queue_timeout). A kernel spends the end of its life idle (the user stopped
+running cells but kept the notebook open): a share of its lifetime uniform in [0, 2 x ``--idle-share``],
+default 0.2 (a mean of 20 %, less than notebooks are commonly idle); ``--idle-share 0`` models kernels that
+work until they end, where no QoS release can help. Simulated time (an event heap, no sleeping), seeded:
 the same seed gives the same figures.
 
 Both systems see the same requests, in the same run, on a model of the worker's ledger (best fit:
@@ -23,7 +27,8 @@ tf_remoting.worker.leases.Ledger.allocate; a whole device needs an untouched dev
   waiting line replaces that code.
 - **line**: the worker's one waiting line (tf_remoting.worker.waiting_line, the real module) with
   the real quota code (tf_remoting.worker.quotas): QoS, then fair share between principals, then
-  arrival, with its backfill rule.
+  arrival, with its reservations (backfill rule), and each server's QoS release of idle lower-QoS
+  kernels (tf_jupyter.preemption, the real rule). Today's servers have no QoS release.
 
 Figures: p95 wait by QoS (a request that gave up counts with the time it waited), Jain's fairness
 index over the users' mean waits (every user has the same demand, so equal treatment means equal
@@ -71,6 +76,7 @@ class Ask:
     profile: str
     qos: str
     lifetime: float
+    active: float = 0.0  # seconds of work after the grant; idle from then until the lifetime ends
 
     @property
     def whole(self) -> bool:
@@ -90,8 +96,12 @@ def offered_vram_seconds_per_request() -> float:
                for p, w in PROFILE_MIX.items())
 
 
-def make_day(seed: int, users: int, hours: float, load: float) -> list[Ask]:
+def make_day(seed: int, users: int, hours: float, load: float, idle_share: float = 0.0) -> list[Ask]:
+    """One day's requests. ``idle_share``: the mean share of a kernel's life spent idle at its end (the user
+    stopped running cells but kept the notebook open), uniform in [0, 2 x idle_share]; drawn from its own
+    generator, so the arrivals, profiles, QoS and lifetimes do not depend on it."""
     rng = random.Random(seed)
+    idle_rng = random.Random(seed + 7919)
     day = hours * 3600
     rate = load * DEVICES * DEVICE_VRAM / offered_vram_seconds_per_request() / users  # per user, per second
     asks: list[Ask] = []
@@ -100,8 +110,10 @@ def make_day(seed: int, users: int, hours: float, load: float) -> list[Ask]:
         while t < day:
             profile = rng.choices(list(PROFILE_MIX), weights=list(PROFILE_MIX.values()))[0]
             qos = rng.choices(list(QOS_MIX), weights=list(QOS_MIX.values()))[0]
-            asks.append(Ask(f"s{seed}-r{len(asks)}", f"user{u:02d}", t, profile, qos,
-                            rng.expovariate(1 / LIFETIME_S[profile])))
+            lifetime = rng.expovariate(1 / LIFETIME_S[profile])
+            idle = min(1.0, idle_rng.uniform(0, 2 * idle_share))
+            asks.append(Ask(f"s{seed}-r{len(asks)}", f"user{u:02d}", t, profile, qos, lifetime,
+                            active=lifetime * (1 - idle)))
             t += rng.expovariate(rate)
     asks.sort(key=lambda a: (a.arrival, a.id))
     return asks
@@ -169,16 +181,20 @@ class Outcome:
     gave_up: set[str] = field(default_factory=set)
     vram_seconds: float = 0.0  # integral of leased VRAM over the day
     day: float = 0.0
+    released_idle: int = 0  # kernels released (idle, lower QoS) so a higher-QoS request could start
 
 
 class System(abc.ABC):
-    """What a system does on arrival, on a release, and when a request gives up; it grants through `grant`.
-    Two systems implement it: today's per-server FIFO and the worker's line."""
+    """What a system does on arrival, on a release, and when a request gives up; it grants through `grant`,
+    and may end an idle kernel early through `release_at` (QoS release) or ask to be called back at a time
+    through `call_at` (`tick`). Two systems implement it: today's per-server FIFO and the worker's line."""
 
     name = ""
 
     def __init__(self, ledger: Ledger, grant: Callable[[Ask], None], rng: random.Random) -> None:
         self.ledger, self.grant, self.rng = ledger, grant, rng
+        self.release_at: Callable[[Ask, float], None] = lambda ask, when: None
+        self.call_at: Callable[[float], None] = lambda when: None
 
     @abc.abstractmethod
     def arrive(self, ask: Ask, now: float) -> None:
@@ -192,41 +208,61 @@ class System(abc.ABC):
     def give_up(self, ask: Ask, now: float) -> bool:
         """Take the request out of the waiting; False if it was granted already."""
 
+    def tick(self, now: float) -> None:  # noqa: B027 (optional: a system that never calls call_at ignores it)
+        """A time asked for with `call_at` has come."""
+
 
 def simulate(asks: list[Ask], make: Callable[[Ledger, Callable[[Ask], None], random.Random], System],
              seed: int, timeout: float, day: float) -> Outcome:
     ledger = Ledger()
     out = Outcome(day=day)
-    heap: list[tuple[float, int, str, Ask]] = []
+    heap: list[tuple[float, int, str, Ask | None]] = []
     seq = 0
     now = 0.0
     last = 0.0
 
-    def push(t: float, kind: str, ask: Ask) -> None:
+    def push(t: float, kind: str, ask: Ask | None) -> None:
         nonlocal seq
         heapq.heappush(heap, (t, seq, kind, ask))
         seq += 1
 
+    granted_at: dict[str, float] = {}
+    ended: set[str] = set()
+
     def grant(ask: Ask) -> None:
         out.waits[ask.id] = now - ask.arrival
+        granted_at[ask.id] = now
         push(now + ask.lifetime, "end", ask)
 
+    def release_at(ask: Ask, when: float) -> None:
+        push(when, "release", ask)
+
     system = make(ledger, grant, random.Random(seed + 1))
+    system.release_at = release_at
+    system.call_at = lambda when: push(when, "tick", None)
     for a in asks:
         push(a.arrival, "arrive", a)
     while heap:
         t, _, kind, ask = heapq.heappop(heap)
-        if t > day and kind != "end":
+        if t > day and kind not in ("end", "release"):
             continue
         span_end = min(t, day)
         out.vram_seconds += ledger.leased_vram * max(0.0, span_end - last)
         last = max(last, span_end)
         now = t
-        if kind == "arrive":
+        if ask is None:  # a "tick"
+            system.tick(now)
+        elif kind == "arrive":
             system.arrive(ask, now)
             if ask.id not in out.waits:
                 push(now + timeout, "timeout", ask)
-        elif kind == "end":
+        elif kind in ("end", "release"):
+            if ask.id in ended:
+                continue
+            if kind == "release":  # QoS release: only a kernel idle by now (idle lasts to the end of its life)
+                assert now >= granted_at[ask.id] + ask.active, "released a kernel that was not idle"
+                out.released_idle += 1
+            ended.add(ask.id)
             ledger.release(ask.id)
             system.released(ask, now)
         elif kind == "timeout" and ask.id not in out.waits and system.give_up(ask, now):
@@ -292,15 +328,23 @@ class Fifo(System):
 
 class Line(System):
     """The worker's one waiting line: every request is an entry of tf_remoting.worker.waiting_line
-    (the real module), a newcomer included (it is the last entry; backfill decides whether it may
+    (the real module), a newcomer included (it is the last entry; the reservations decide whether it may
     start); on each arrival, release and give-up one pass grants what the line allows, on the
     devices the line picks, as the worker's ledger does. With ``quota_of`` (a principal's
-    tf_remoting.worker.quotas.Quota) the real quota check runs in each pass (LineQuota)."""
+    tf_remoting.worker.quotas.Quota) the real quota check runs in each pass (LineQuota).
+
+    QoS release (tf_jupyter.preemption.to_release, the real rule, run for each user's server on its own
+    kernels as tf_jupyter.idle.QosRelease does): after each pass, a kernel of a lower QoS than a request
+    that waits for room, idle for idle_warning seconds, is warned and released qos_release_grace seconds
+    later (the defaults of c.TfVgpu). A kernel is idle only at the end of its life (``Ask.active``), so it
+    never becomes active again in the grace; with ``--idle-share 0`` nothing is ever idle and nothing is
+    released."""
 
     name = "line"
     quota_of: Callable[[str], Any] | None = None
 
     def __init__(self, ledger: Ledger, grant: Callable[[Ask], None], rng: random.Random) -> None:
+        from tf_jupyter.config import TfVgpu
         from tf_remoting.worker.quotas import LineQuota
         from tf_remoting.worker.waiting_line import Device, WaitingLine
 
@@ -310,6 +354,11 @@ class Line(System):
         self.line_quota = LineQuota
         self.asks: dict[str, Ask] = {}
         self.entries: dict[str, object] = {}
+        self.held: dict[str, tuple[Ask, float]] = {}  # granted ask id -> (ask, time it turns idle)
+        self.releasing: set[str] = set()
+        traits = TfVgpu.class_traits()
+        self.min_idle = float(traits["idle_warning"].default_value)
+        self.grace = float(traits["qos_release_grace"].default_value)
 
     def _entry(self, ask: Ask, now: float) -> object:
         from tf_remoting.worker.waiting_line import Entry
@@ -319,20 +368,26 @@ class Line(System):
     def arrive(self, ask: Ask, now: float) -> None:
         self.asks[ask.id] = ask
         self.entries[ask.id] = self._entry(ask, now)
-        self._serve()
+        self._serve(now)
 
     def released(self, ask: Ask, now: float) -> None:
-        self._serve()
+        self.held.pop(ask.id, None)
+        self.releasing.discard(ask.id)
+        self._serve(now)
 
     def give_up(self, ask: Ask, now: float) -> bool:
         if self.entries.pop(ask.id, None) is None:
             return False
         del self.asks[ask.id]
-        self._serve()  # it may have blocked devices others can use
+        self._serve(now)  # it may have reserved devices others can use
         return True
 
-    def _serve(self) -> None:
-        """One pass, as line_store.LineStore serves the line in the ledger's transaction."""
+    def tick(self, now: float) -> None:
+        self._serve(now)
+
+    def _serve(self, now: float) -> None:
+        """One pass, as line_store.LineStore serves the line in the ledger's transaction; then the
+        servers' QoS release."""
         usage = self.ledger.usage()
         quota = None
         if self.quota_of is not None:
@@ -343,11 +398,38 @@ class Line(System):
         for entry in self.entries.values():
             line.add(entry)  # type: ignore[arg-type]
         free = {d.uuid: (self.ledger.free[d.index][0], self.ledger.free[d.index][1]) for d in self.devices}
-        for g in line.grantable(free, usage):
+        decision = line.decide(free, usage)
+        for g in decision.grants:
             ask = self.asks.pop(g.entry.id)
             del self.entries[g.entry.id]
             self.ledger.take(ask, int(g.devices[0][1:]), g.vram, g.compute)
             self.grant(ask)
+            self.held[ask.id] = (ask, now + ask.active)
+            if ask.active < ask.lifetime:
+                self.call_at(now + ask.active + self.min_idle)  # look again once it may be released
+        if decision.waiting:
+            self._qos_release(decision.waiting, now)
+
+    def _qos_release(self, waiting: dict[str, tuple[int, str, str]], now: float) -> None:
+        from tf_jupyter.preemption import Device, Held, Waiter, to_release
+        from tf_remoting.worker.waiting_line import QUOTA
+
+        in_order = sorted(waiting, key=lambda i: waiting[i][0])
+        waiters = [Waiter("w", self.asks[i].qos, self.asks[i].vram, self.asks[i].compute,
+                          whole_device=self.asks[i].whole, for_room=waiting[i][1] != QUOTA) for i in in_order]
+        mine: dict[str, list[Held]] = {}
+        for ask_id, (ask, idle_from) in self.held.items():
+            if ask_id not in self.releasing and now - idle_from >= self.min_idle:
+                device, vram, compute = self.ledger.held[ask_id]
+                mine.setdefault(ask.user, []).append(Held(ask_id, "w", ask.qos, now - idle_from,
+                                                          ((f"d{device}", vram, compute),)))
+        if not mine:
+            return
+        devices = [Device("w", f"d{i}", DEVICE_VRAM, f[0], 100, f[1]) for i, f in enumerate(self.ledger.free)]
+        for user in sorted(mine):  # each user's server decides on its own kernels
+            for r in to_release(waiters, mine[user], devices, self.min_idle):
+                self.releasing.add(r.kernel_id)
+                self.release_at(self.held[r.kernel_id][0], now + self.grace)
 
 
 def line_system(quota_vram: int | None = None) -> Callable[[Ledger, Callable[[Ask], None], random.Random], System]:
@@ -414,6 +496,7 @@ def merge(outcomes: list[Outcome]) -> Outcome:
         out.waits.update(o.waits)
         out.gave_up |= o.gave_up
         out.vram_seconds += o.vram_seconds
+        out.released_idle += o.released_idle
     return out
 
 
@@ -441,6 +524,7 @@ def figures(asks: list[Ask], out: Outcome) -> dict[str, object]:
         "mean_wait_s": {q: (sum(v) / len(v) if v else 0.0) for q, v in by_qos.items()},
         "requests": {q: len(v) for q, v in by_qos.items()},
         "gave_up": len(out.gave_up),
+        "released_idle": out.released_idle,
         "jain_mean_wait": jain(list(mean_wait.values())),
         "utilisation": out.vram_seconds / (DEVICES * DEVICE_VRAM * out.day),
     }
@@ -453,6 +537,9 @@ def main() -> int:
     parser.add_argument("--hours", type=float, default=8.0)
     parser.add_argument("--days", type=int, default=20, help="independent crowded days, each from an empty pool")
     parser.add_argument("--load", type=float, default=1.0, help="offered VRAM load ÷ the pool's VRAM")
+    parser.add_argument("--idle-share", type=float, default=0.2, help="mean share of a kernel's life spent idle "
+                        "at its end (uniform in [0, 2 x share]); the line's QoS release may end such kernels; "
+                        "0: never idle")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a request waits before giving up")
     parser.add_argument("--quota", metavar="VRAM", help="every user's VRAM quota on the worker for the line "
                         "(e.g. 48Gi; the real quota code); default: no quotas")
@@ -460,11 +547,12 @@ def main() -> int:
     args = parser.parse_args()
 
     day = args.hours * 3600
-    days = [make_day(args.seed * 1000 + d, args.users, args.hours, args.load) for d in range(args.days)]
+    days = [make_day(args.seed * 1000 + d, args.users, args.hours, args.load, args.idle_share)
+            for d in range(args.days)]
     asks = [a for d in days for a in d]
     result: dict[str, object] = {"seed": args.seed, "users": args.users, "hours": args.hours, "days": args.days,
-                                 "load": args.load, "requests": len(asks), "devices": DEVICES,
-                                 "device_vram": DEVICE_VRAM, "quota": args.quota or "none"}
+                                 "load": args.load, "idle_share": args.idle_share, "requests": len(asks),
+                                 "devices": DEVICES, "device_vram": DEVICE_VRAM, "quota": args.quota or "none"}
     systems = dict(SYSTEMS)
     try:
         from tf_remoting.quantities import parse_bytes

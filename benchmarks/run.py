@@ -196,7 +196,8 @@ def lines_tenant_start(data: dict[str, Any], targets: dict[str, tuple[str, float
 
 def lines_fairshare(data: dict[str, Any], targets: dict[str, tuple[str, float]]) -> list[Line]:
     fifo, line = data["fifo"], data.get("line")
-    day = f"{data['users']} users, {data['days']} days of {data['hours']:g} h, {data['requests']:,} requests"
+    day = (f"{data['users']} users, {data['days']} days of {data['hours']:g} h, {data['requests']:,} requests, "
+           f"idle share {data.get('idle_share', 0):g}")
     if line is None:
         p95 = ", ".join(f"{q} {fmt(fifo['p95_wait_s'][q], 's')}" for q in ("critical", "high", "medium", "low"))
         return [Line(f"fair share ({day}): worker's line", f"not measured: {data.get('line_missing', '?')}",
@@ -217,6 +218,8 @@ def lines_fairshare(data: dict[str, Any], targets: dict[str, tuple[str, float]])
     out.append(Line("fair share: mean VRAM utilisation of the pool", fmt(100 * line["utilisation"], "%"),
                     fmt(100 * fifo["utilisation"], "%") + " FIFO", fmt(r), bound_text(UTILISATION_TARGET, " ×"),
                     judge(r, UTILISATION_TARGET)))
+    out.append(Line("fair share: idle lower-QoS kernels released for a waiting higher QoS",
+                    f"{line.get('released_idle', 0):,}", "none (FIFO has no QoS release)", "", "", ""))
     for what in ("allocate", "release"):
         ms = data["decision_ms"][what]
         out.append(Line(f"line decision per {what}, 1,000 waiting (worst of medians)", fmt(ms, "ms"), "", "",

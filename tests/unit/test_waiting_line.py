@@ -73,6 +73,39 @@ def test_backfill_allowed_on_a_device_no_earlier_entry_can_use():
     assert [(g.entry.id, g.devices) for g in d.grants] == [("any", ("d0",))]
 
 
+def test_a_waiting_entry_reserves_the_device_nearest_to_fitting_it_and_backfill_uses_the_others():
+    a, b = Device("a", 0, "GPU", 8 * GiB, 100), Device("b", 1, "GPU", 8 * GiB, 100)
+    line = WaitingLine([a, b])
+    line.add(Entry("big", "bob", 4, 6 * GiB, 10, arrival=1))
+    line.add(Entry("small", "alice", 1, 2 * GiB, 10, arrival=2))
+    # big misses 2 GiB on a and 4 GiB on b: it reserves a; small may start on b (big does not wait for b)
+    d = line.decide({"a": (4 * GiB, 100), "b": (2 * GiB, 100)}, {})
+    assert [(g.entry.id, g.devices) for g in d.grants] == [("small", ("b",))]
+    assert d.waiting == {"big": (1, NO_ROOM, "")}
+    # the reservation follows the device nearest to fitting: now b misses less, so a is open to small
+    d = line.decide({"a": (2 * GiB, 100), "b": (4 * GiB, 100)}, {})
+    assert [(g.entry.id, g.devices) for g in d.grants] == [("small", ("a",))]
+    # a whole-device request reserves the least leased device
+    line = WaitingLine([a, b])
+    line.add(Entry("whole", "bob", 4, 8 * GiB, 100, arrival=1, whole=True))
+    line.add(Entry("small", "alice", 1, GiB, 10, arrival=2))
+    d = line.decide({"a": (7 * GiB, 90), "b": (3 * GiB, 40)}, {})
+    assert [(g.entry.id, g.devices) for g in d.grants] == [("small", ("b",))]
+
+
+def test_every_waiting_entry_keeps_its_own_reservation():
+    a, b, c = (Device(u, i, "GPU", 8 * GiB, 100) for i, u in enumerate("abc"))
+    line = WaitingLine([a, b, c])
+    line.add(Entry("first", "bob", 4, 6 * GiB, 10, arrival=1))
+    line.add(Entry("second", "carol", 3, 6 * GiB, 10, arrival=2))
+    line.add(Entry("newcomer", "alice", 1, 2 * GiB, 10, arrival=3))
+    # first reserves a (nearest), second the nearest of the rest (b); the newcomer only gets c
+    d = line.decide({"a": (5 * GiB, 100), "b": (4 * GiB, 100), "c": (2 * GiB, 100)}, {})
+    assert [(g.entry.id, g.devices) for g in d.grants] == [("newcomer", ("c",))]
+    d = line.decide({"a": (5 * GiB, 100), "b": (4 * GiB, 100), "c": (GiB, 100)}, {})
+    assert d.grants == [] and d.waiting["newcomer"] == (3, BEHIND, "")
+
+
 def test_a_stream_of_small_requests_never_overtakes_a_waiting_large_one():
     line = WaitingLine([D0])
     line.add(Entry("large", "bob", 4, 4 * GiB, 10, arrival=0))

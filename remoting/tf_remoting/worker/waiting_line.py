@@ -13,16 +13,20 @@ Order
        the worker, whatever their arrival.
     3. Arrival (then the request id, so the order is total).
 
-Backfill (who may start ahead of a request that waits)
-    The pass walks the line in order and keeps per device the free VRAM and compute. An entry
-    that does not fit *blocks* every device it could use (every device its model filter allows
-    and that is large enough for it on an empty worker). A later entry is granted only on
-    devices no earlier waiting entry blocks. Such a grant takes nothing an earlier entry could
-    use, so it cannot delay any of them; a newcomer is simply the last entry of the line and
-    obeys the same rule. An entry that waits for its quota (not for room) blocks nothing: room
-    it would not take anyway is not kept for it.
+Backfill (who may start ahead of a request that waits): reservations
+    The pass walks the line in order and keeps per device the free VRAM and compute, and which
+    devices are reserved. An entry is granted only on devices not reserved by an earlier entry.
+    An entry that cannot be granted *reserves* ``count`` of the devices it could use (its model
+    filter allows them and they are large enough for it on an empty worker): those nearest to
+    fitting it (the least VRAM, then compute, still missing; for a whole device, the least
+    leased), among those not reserved already. A reserved device takes no new grant, so it only
+    empties until the entry fits there; a later entry may still start on the other devices, which
+    the waiting entry is not waiting for. Reservations are recomputed on every pass, so an entry
+    moves to a device that has become nearer. A newcomer is simply the last entry of the line and
+    obeys the same rule, so it never takes room an earlier entry waits for. An entry that waits
+    for its quota (not for room) reserves nothing: room it would not take anyway is not kept.
 
-Placement of a grant: best fit on the unblocked devices that fit (least VRAM left, then least
+Placement of a grant: best fit on the unreserved devices that fit (least VRAM left, then least
 compute left, then lowest index), `count` distinct devices; an exclusive ("whole") request needs
 a device with nothing leased on it and takes the smallest such device that fits.
 
@@ -139,7 +143,7 @@ class WaitingLine:
         reason. ``free_by_device`` and ``usage_by_principal`` are read, never changed."""
         free = {d.uuid: free_by_device.get(d.uuid, (d.vram_total, d.compute_capacity)) for d in self.devices}
         usage = dict(usage_by_principal)
-        blocked: set[str] = set()
+        reserved: set[str] = set()
         decision = Decision()
         for entry in self.ordered(usage_by_principal):
             quota = self.quota(entry, usage)
@@ -148,7 +152,7 @@ class WaitingLine:
                 continue
             eligible = self.eligible(entry)
             fitting = [d for d in eligible if self._fits(entry, d, free[d.uuid])]
-            open_ = [d for d in fitting if d.uuid not in blocked]
+            open_ = [d for d in fitting if d.uuid not in reserved]
             if len(open_) >= entry.count:
                 chosen = self._place(entry, open_, free)
                 vram = chosen[0].vram_total if entry.whole else entry.vram
@@ -162,7 +166,7 @@ class WaitingLine:
                 continue
             reason = BEHIND if len(fitting) >= entry.count else NO_ROOM
             decision.waiting[entry.id] = (len(decision.waiting) + 1, reason, "")
-            blocked.update(d.uuid for d in eligible)
+            reserved.update(self._reserve(entry, [d for d in eligible if d.uuid not in reserved], free))
         return decision
 
     def grantable(self, free_by_device: Free, usage_by_principal: Usage) -> list[Grant]:
@@ -181,6 +185,16 @@ class WaitingLine:
         if entry.whole:
             return free[0] >= device.vram_total and free[1] >= min(entry.compute, device.compute_capacity)
         return free[0] >= entry.vram and free[1] >= entry.compute
+
+    def _reserve(self, entry: Entry, candidates: list[Device], free: Mapping[str, tuple[int, int]]) -> list[str]:
+        """The ``count`` candidates nearest to fitting the entry (uuids)."""
+        def missing(d: Device) -> tuple[int, int, int]:
+            fv, fc = free[d.uuid]
+            if entry.whole:
+                return (d.vram_total - fv, max(0, min(entry.compute, d.compute_capacity) - fc), d.index)
+            return (max(0, entry.vram - fv), max(0, entry.compute - fc), d.index)
+
+        return [d.uuid for d in sorted(candidates, key=missing)[:entry.count]]
 
     def _place(self, entry: Entry, candidates: list[Device], free: Mapping[str, tuple[int, int]]) -> list[Device]:
         if entry.whole:  # the smallest untouched devices that fit
