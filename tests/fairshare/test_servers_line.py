@@ -30,8 +30,6 @@ def add_profile(server: JupyterServerProcess, profile: Profile) -> str:
 
 async def start_kernel(server: JupyterServerProcess, name: str) -> str:
     status, kernel = await server.request("POST", "/api/kernels", {"name": name}, timeout=TIMEOUT)
-    if status != 201:
-        open("/tmp/h1-server.log", "w").write(server.log())
     assert status == 201, (status, kernel, server.log()[-3000:])
     return str(kernel["id"])
 
@@ -150,3 +148,21 @@ async def test_a_request_waiting_at_two_workers_gets_one_lease(tf_worker_factory
     assert await queue_of(server) == []
     for kernel_id in (held[1], third):
         await stop_kernel(server, kernel_id)
+
+
+@pytest.mark.timeout(240)
+async def test_over_quota_at_one_worker_starts_on_another(tf_worker_factory, jupyter_server_factory):
+    """Quotas hold per worker: alice's quota on the first worker (placement tries it first: it has the
+    most room) is 1 GiB, so her 2 GiB kernel starts on the second worker instead of failing."""
+    workers = [tf_worker_factory(["--host-vram", "4Gi", "--quotas", '{"default": {"vram": "1Gi"}}']),
+               tf_worker_factory(["--host-vram", "3Gi"])]
+    workers[1].token = workers[0].token
+    workers[1].token_file.write_text(workers[0].token_file.read_text())
+    for w in workers:
+        w.start()
+    server = jupyter_server_factory(workers=workers, settings={"queue_timeout": 20.0})
+    name = add_profile(server, Profile("two", vram=2 * GiB, compute=10))
+    server.start()
+    kernel_id = await start_kernel(server, name)
+    assert [await lease_count(w, w.token) for w in workers] == [0, 1]
+    await stop_kernel(server, kernel_id)

@@ -23,7 +23,7 @@ from tf_jupyter.placement import DeviceView, Request, explain, place
 from tf_jupyter.pool.events import Events
 from tf_jupyter.pool.workers import Workers, WorkerState
 from tf_jupyter.qos import DEFAULT_QOS, qos_value
-from tf_remoting.client import NotFound, PermissionDenied, RemotingError, ResourceExhausted, Unavailable
+from tf_remoting.client import NotFound, OverQuota, PermissionDenied, RemotingError, ResourceExhausted, Unavailable
 from tf_remoting.client.runtime import DeadlineExceeded
 from tf_remoting.proto import pb
 
@@ -228,7 +228,10 @@ class Scheduler:
 
     async def _try_place(self, request: Request, qos: str, profile: str,
                          labels: dict[str, str] | None) -> Placed | None:
-        """A lease from the first candidate whose line lets the request start now, without waiting."""
+        """A lease from the first candidate whose line lets the request start now, without waiting.
+        A worker where this server's principal is over its quota is passed over like a full one (quotas
+        hold per worker: another worker may take it); if no worker can, the request waits in the lines,
+        where a worker whose quota it can never meet says so (OverQuota) and the others keep it."""
         for candidate in place(request, [v for v in device_views(self.workers) if v.up], self.policy):
             w = self.workers[candidate.worker]
             vram, compute, mode = wire_request(request, w)
@@ -236,8 +239,8 @@ class Scheduler:
                 lease = await w.client.allocate(vram=vram, compute=compute, count=request.count, qos=qos_value(qos),
                                                 model=request.model, mode=mode, ttl_seconds=self.lease_ttl,
                                                 profile=profile, labels=labels or {})
-            except ResourceExhausted:
-                await self.workers.refresh_one(w)  # our view was stale or others wait ahead: try the next worker
+            except (ResourceExhausted, OverQuota):
+                await self.workers.refresh_one(w)  # stale view, others wait ahead, or our quota there: next worker
                 continue
             except Unavailable as exc:
                 self.workers.mark_down(w, exc.message)
