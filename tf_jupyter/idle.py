@@ -75,14 +75,14 @@ class IdleRelease:
 def qos_inputs(inventories: Mapping[str, pb.Inventory]) -> tuple[
         list[Waiter], list[Device], Callable[[KernelSlice], tuple[tuple[str, int, int], ...]]]:
     """What `QosRelease.check` reads, from each worker's last inventory (address -> Inventory): every
-    worker's waiting line in order (anyone's entries: QoS, size, count, and whether it waits for room
+    worker's waiting line in order (anyone's entries: QoS, size, count, whole device, model, whether it waits for room
     or on its quota), the devices with what is free (total minus leased, every principal counted),
     and a kernel's slices as its lease shows them (none when the inventory does not hold it)."""
     waiting = [Waiter(address, qos_name(e.qos), e.slice.vram, e.slice.compute, max(1, e.count),
-                      for_room=e.reason != WAIT_QUOTA)
+                      whole_device=e.whole_device, for_room=e.reason != WAIT_QUOTA, model=e.model)
                for address, inv in inventories.items() for e in sorted(inv.waiting, key=lambda e: e.position)]
     devices = [Device(address, d.uuid, d.vram_total, max(0, d.vram_total - d.vram_leased), d.compute_capacity,
-                      max(0, d.compute_capacity - d.compute_leased))
+                      max(0, d.compute_capacity - d.compute_leased), d.name)
                for address, inv in inventories.items() for d in inv.devices]
     leases = {(address, lease.id): lease for address, inv in inventories.items() for lease in inv.leases}
 

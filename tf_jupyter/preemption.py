@@ -10,7 +10,8 @@ The rule, per worker, for each waiting request in line order:
   not help it), and only kernels of this server on the *same worker*, of a *strictly lower* QoS than
   the request, idle for at least ``min_idle`` seconds. So ``critical`` kernels are never released
   (nothing ranks above them), and a request never displaces its own level.
-- A kernel is released only where that makes the request fit: on each device of the worker, the
+- A kernel is released only where that makes the request fit: on each device of the worker that
+  the request can use (its model filter), the
   request's slice must fit in the device's free VRAM and compute plus what the chosen kernels hold
   there (a whole-device request needs the device left with nothing leased). Per device, the
   candidates are taken lowest QoS first, then longest idle, until it fits; the devices needing the
@@ -44,6 +45,7 @@ class Waiter:
     count: int = 1
     whole_device: bool = False
     for_room: bool = True  # False: it waits on its principal's quota, and freeing room cannot help it
+    model: str = ""  # the device model filter it asked for: only devices whose name contains it count
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Device:
     vram_free: int
     compute_capacity: int
     compute_free: int
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ def to_release(waiting: Iterable[Waiter], mine: Iterable[Held], devices: Iterabl
     by_worker: dict[str, list[Device]] = {}
     for d in devices:
         by_worker.setdefault(d.worker, []).append(Device(d.worker, d.uuid, d.vram_total, d.vram_free,
-                                                         d.compute_capacity, d.compute_free))
+                                                         d.compute_capacity, d.compute_free, d.name))
     kernels = list(mine)
     taken: set[str] = set()
     out: list[Release] = []
@@ -121,6 +124,8 @@ def to_release(waiting: Iterable[Waiter], mine: Iterable[Held], devices: Iterabl
                             key=lambda k: (-QOS_RANK[k.qos], -k.idle_for, k.kernel_id))
         plans = []
         for d in by_worker[waiter.worker]:
+            if waiter.model.lower() not in d.name.lower():
+                continue  # a device the request cannot use: releasing kernels there does not help it
             plan = _plan_device(d, waiter, candidates)
             if plan is not None:
                 plans.append((len(plan), sum(v for k in plan for u, v, _ in k.slices if u == d.uuid), d.uuid, d, plan))

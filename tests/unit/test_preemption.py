@@ -92,6 +92,15 @@ def test_a_whole_device_request_needs_the_device_empty():
     assert to_release(waiting, [held("a", vram=2)], [dev(free=1)], min_idle=30) == []
 
 
+def test_only_devices_the_request_can_use_count():
+    # a request for an "H200" waits; our idle kernel sits on the "A10": releasing it would not help
+    waiting = [Waiter("w1", "critical", 2 * GiB, 10, model="h200")]
+    devices = [Device("w1", "d0", 4 * GiB, 0, 100, 100, "NVIDIA A10"), Device("w1", "d1", 4 * GiB, 0, 100, 100,
+                                                                               "NVIDIA H200")]
+    assert to_release(waiting, [held("a", uuid="d0")], devices, min_idle=30) == []
+    assert ids(to_release(waiting, [held("a", uuid="d0"), held("b", uuid="d1")], devices, min_idle=30)) == ["b"]
+
+
 def test_a_request_over_several_devices_needs_room_on_each():
     waiting = [Waiter("w1", "critical", 2 * GiB, 10, count=2)]
     devices = [dev("d0", free=0), dev("d1", free=0)]
@@ -180,16 +189,16 @@ def test_qos_inputs_read_the_workers_inventories():
 
     gib = 1 << 30
     inv = pb.Inventory(
-        devices=[pb.Device(uuid="d0", vram_total=4 * gib, compute_capacity=100, vram_leased=3 * gib,
+        devices=[pb.Device(uuid="d0", name="NVIDIA H200", vram_total=4 * gib, compute_capacity=100, vram_leased=3 * gib,
                            compute_leased=20)],
         leases=[pb.Lease(id="L1", slices=[pb.Slice(device_uuid="d0", vram=2 * gib, compute=10)])],
         waiting=[pb.WaitingEntry(position=2, qos=pb.QOS_LOW, slice=pb.SliceRequest(vram=gib, compute=5),
                                  reason="quota"),
                  pb.WaitingEntry(position=1, qos=pb.QOS_HIGH, slice=pb.SliceRequest(vram=2 * gib, compute=10),
-                                 count=0, reason="no_room")])
+                                 count=0, reason="no_room", whole_device=True, model="H200")])
     waiting, devices, slices_of = qos_inputs({"w1": inv})
-    assert [(w.worker, w.qos, w.vram, w.count, w.for_room) for w in waiting] == [
-        ("w1", "high", 2 * gib, 1, True), ("w1", "low", gib, 1, False)]  # line order; a quota wait is not for room
-    assert [(d.uuid, d.vram_free, d.compute_free) for d in devices] == [("d0", gib, 80)]
+    assert [(w.worker, w.qos, w.vram, w.count, w.for_room, w.whole_device, w.model) for w in waiting] == [
+        ("w1", "high", 2 * gib, 1, True, True, "H200"), ("w1", "low", gib, 1, False, False, "")]  # line order
+    assert [(d.uuid, d.vram_free, d.compute_free, d.name) for d in devices] == [("d0", gib, 80, "NVIDIA H200")]
     assert slices_of(KernelSlice("k1", "w1", "L1", "p", "low")) == (("d0", 2 * gib, 10),)
     assert slices_of(KernelSlice("k2", "w1", "gone", "p", "low")) == ()

@@ -62,15 +62,16 @@ def device_message(w: Worker, d: DeviceInfo, leased: dict[str, tuple[int, int]])
 
 def waiting_messages(served: Served, principal: str, everyone: bool) -> list[pb.WaitingEntry]:
     """The waiting line in order: the caller's own entries in full, other principals' only as
-    position, QoS, size and reason (no_room / quota / behind: whether freeing room can help it, which
-    QoS release needs; ``everyone``: an admin sees all), as worker/visibility.py says."""
+    position, QoS, size (whole device, model) and reason (no_room / quota / behind: whether freeing
+    room can help it, which QoS release needs; ``everyone``: an admin sees all), as worker/visibility.py says."""
     out = []
     ordered = sorted(served.decision.waiting.items(), key=lambda item: item[1][0])
     for key, (position, reason, sentence) in ordered:
         req = served.requests[key]
         entry = pb.WaitingEntry(position=position, qos=cast(pb.Qos, req.qos),
                                 slice=pb.SliceRequest(vram=req.vram, compute=req.compute), count=req.count,
-                                own=req.principal == principal, reason=reason)
+                                own=req.principal == principal, reason=reason, whole_device=req.whole,
+                                model=req.model)
         if entry.own or everyone:
             entry.request_id, entry.principal = req.request_id, req.principal
             entry.message, entry.since, entry.profile = describe_wait(reason, sentence), req.arrival, req.profile

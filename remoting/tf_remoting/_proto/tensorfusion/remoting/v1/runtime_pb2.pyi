@@ -297,7 +297,7 @@ class AllocateRequest(_message.Message):
     def __init__(self, slice: _Optional[_Union[SliceRequest, _Mapping]] = ..., count: _Optional[int] = ..., qos: _Optional[_Union[Qos, str]] = ..., model: _Optional[str] = ..., mode: _Optional[_Union[IsolationMode, str]] = ..., ttl_seconds: _Optional[int] = ..., profile: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., wait: _Optional[bool] = ..., wait_seconds: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class WaitingEntry(_message.Message):
-    __slots__ = ("position", "qos", "slice", "count", "own", "request_id", "principal", "reason", "message", "since", "profile")
+    __slots__ = ("position", "qos", "slice", "count", "own", "request_id", "principal", "reason", "message", "since", "profile", "whole_device", "model")
     POSITION_FIELD_NUMBER: _ClassVar[int]
     QOS_FIELD_NUMBER: _ClassVar[int]
     SLICE_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +309,8 @@ class WaitingEntry(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    WHOLE_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     position: int
     qos: Qos
     slice: SliceRequest
@@ -320,7 +322,9 @@ class WaitingEntry(_message.Message):
     message: str
     since: float
     profile: str
-    def __init__(self, position: _Optional[int] = ..., qos: _Optional[_Union[Qos, str]] = ..., slice: _Optional[_Union[SliceRequest, _Mapping]] = ..., count: _Optional[int] = ..., own: _Optional[bool] = ..., request_id: _Optional[str] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., since: _Optional[float] = ..., profile: _Optional[str] = ...) -> None: ...
+    whole_device: bool
+    model: str
+    def __init__(self, position: _Optional[int] = ..., qos: _Optional[_Union[Qos, str]] = ..., slice: _Optional[_Union[SliceRequest, _Mapping]] = ..., count: _Optional[int] = ..., own: _Optional[bool] = ..., request_id: _Optional[str] = ..., principal: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ..., since: _Optional[float] = ..., profile: _Optional[str] = ..., whole_device: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Slice(_message.Message):
     __slots__ = ("device_uuid", "device_index", "vram", "compute", "vram_used", "utilization")
