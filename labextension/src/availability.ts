@@ -40,6 +40,20 @@ export function sliceText(profile: IProfile): string {
   return `${count}${formatBytes(profile.vram)} · ${formatPercent(profile.compute)}`;
 }
 
+/**
+ * Profiles small -> large, as the server sorts `GET profiles` (tf_jupyter.profiles): slices before
+ * whole devices, then by VRAM, then by compute, then by count and name.
+ */
+export function compareProfiles(a: IProfile, b: IProfile): number {
+  return (
+    Number(a.whole_device) - Number(b.whole_device) ||
+    a.vram - b.vram ||
+    a.compute - b.compute ||
+    a.count - b.count ||
+    a.name.localeCompare(b.name)
+  );
+}
+
 /** Whether one up worker has room for the profile's slice(s) now (queue not considered). */
 export function fitsNow(profile: IProfile, pool: IPool): boolean {
   return pool.workers.some(w => {

@@ -19,8 +19,16 @@ import { Signal } from '@lumino/signaling';
 import { VgpuPanel } from './components/Sidebar';
 import { KernelListDecorator, kernelViews } from './decorate';
 import { VgpuStatusItem } from './components/StatusItem';
-import { DEFAULT_SETTINGS, IAlert, ISettings, statusText, VgpuModel } from './model';
-import { EventsConnection, fetchKernels, fetchProfiles } from './server';
+import { DEFAULT_SETTINGS, IAlert, isAdmin, ISettings, statusText, VgpuModel } from './model';
+import {
+  EventsConnection,
+  fetchAdmin,
+  fetchHistory,
+  fetchKernels,
+  fetchPool,
+  fetchProfiles,
+  releaseLease
+} from './server';
 
 export const PLUGIN_ID = 'tf-jupyter-vgpu:plugin';
 export const PANEL_ID = 'tf-vgpu-panel';
@@ -83,9 +91,17 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     }
 
-    const panel = new VgpuPanel(model, kernelspec => {
-      void app.commands.execute('notebook:create-new', { kernelName: kernelspec });
-    });
+    const panel = new VgpuPanel(
+      model,
+      kernelspec => {
+        void app.commands.execute('notebook:create-new', { kernelName: kernelspec });
+      },
+      async (worker, leaseId) => {
+        await releaseLease(worker, leaseId);
+        void adminPoll.refresh();
+        model.requestRefetch();
+      }
+    );
     fetchProfiles()
       .then(profiles => (model.profiles = profiles))
       .catch(err => console.warn('tf-jupyter-vgpu: GET profiles failed', err));
@@ -129,7 +145,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       name: 'tf-jupyter-vgpu:kernels',
       factory: async () => {
         void sessions.refreshRunning().catch(() => undefined);
-        model.setKernels(await fetchKernels());
+        // The kernels and the pool's counts together, so the two agree with the API and each other.
+        const [kernels, pool] = await Promise.all([fetchKernels(), fetchPool()]);
+        model.setPool(pool);
+        model.setKernels(kernels);
       },
       frequency: refreshFrequency(model.settings),
       standby: 'when-hidden'
@@ -151,6 +170,52 @@ const plugin: JupyterFrontEndPlugin<void> = {
         phase: 'refreshed'
       });
     });
+    // Each kernel's last 10 minutes, loaded once; live samples are appended by the model.
+    const historyAsked = new Set<string>();
+    model.changed.connect(() => {
+      for (const id of Object.keys(model.state.kernels)) {
+        if (!historyAsked.has(id)) {
+          historyAsked.add(id);
+          fetchHistory(id)
+            .then(history => model.setHistory(history))
+            .catch(err => console.debug('tf-jupyter-vgpu: no history for kernel', id, err));
+        }
+      }
+    });
+
+    // The admin view: on open and every few seconds while the panel is visible, for admins only.
+    const adminPoll = new Poll({
+      auto: false,
+      name: 'tf-jupyter-vgpu:admin',
+      factory: async () => {
+        if (!panel.isVisible || !isAdmin(model.state.pool)) {
+          return;
+        }
+        try {
+          model.setAdmin(await fetchAdmin());
+        } catch (err) {
+          const why = err instanceof Error ? err.message : String(err);
+          model.setAdmin(model.state.admin, `The admin view could not be loaded: ${why}.`);
+        }
+      },
+      frequency: { interval: 5000, backoff: false },
+      standby: 'when-hidden'
+    });
+    void adminPoll.start();
+    let wasAdmin = false;
+    model.changed.connect(() => {
+      const admin = isAdmin(model.state.pool);
+      if (admin && !wasAdmin && panel.isVisible) {
+        void adminPoll.refresh();
+      }
+      wasAdmin = admin;
+    });
+    panel.shown.connect(() => {
+      if (isAdmin(model.state.pool)) {
+        void adminPoll.refresh();
+      }
+    });
+
     // Staleness depends on time, not on messages: re-evaluate every second.
     const tickPoll = new Poll({
       auto: false,

@@ -8,6 +8,7 @@
 import { ISignal, Signal } from '@lumino/signaling';
 
 import type { components } from './api';
+import { compareProfiles } from './availability';
 import { formatBytes, formatBytesPair, formatPercent } from './format';
 
 type Schemas = components['schemas'];
@@ -26,9 +27,61 @@ export type IProfile = Schemas['Profile'];
 /** One message of the events WebSocket, told apart by `type`. */
 export type EventsMessage = Schemas['EventMessage'];
 
-/** One point of a kernel's recent history (for the sparkline). */
+/** One share of a device for the GPU map: one of ours, or (non-admins) all other users' in one. */
+export interface IDeviceSlice {
+  vram: number;
+  compute: number;
+  own: boolean;
+  /** The kernel holding it when it is one of this server's kernels, else ''. */
+  kernel_id: string;
+  /** Notebook path or kernel name (own slices); '' for others'. */
+  label: string;
+  /** Whose lease, in the admin view; '' otherwise. */
+  principal: string;
+}
+
+/** A device with its slices (older servers send none). */
+export type IMapDevice = IDevice & { slices?: IDeviceSlice[] };
+
+/** A queue entry with what the panel shows of it (older servers send no notebook or hint). */
+export type IWaiting = IQueueEntry & { notebook?: string; hint?: string };
+
+/** `GET admin`: the whole pool as an admin principal sees it. */
+export interface IAdminView {
+  workers: { address: string; up: boolean; error: string; devices: IMapDevice[] }[];
+  users: { principal: string; vram: number; compute: number; kernels: number; devices: number }[];
+  idle: {
+    worker: string;
+    lease_id: string;
+    principal: string;
+    label: string;
+    vram: number;
+    compute: number;
+    idle_s: number;
+  }[];
+  queue: {
+    worker: string;
+    id: string;
+    principal: string;
+    position: number;
+    reason: string;
+    message: string;
+    qos: string;
+    since: number;
+    request: { vram: number; compute: number; count: number; whole_device?: boolean };
+  }[];
+}
+
+/** `GET kernels/{id}/history`. */
+export interface IKernelHistory {
+  kernel_id: string;
+  window_s: number;
+  samples: { t: number; vram_used: number; vram_limit: number; utilization: number }[];
+}
+
+/** One point of a kernel's recent history (for its chart). */
 export interface IHistoryPoint {
-  /** Milliseconds (browser clock). */
+  /** Unix seconds (the worker's sample time, as `GET kernels/{id}/history` gives them). */
   t: number;
   vramUsed: number;
   vramLimit: number;
@@ -42,6 +95,10 @@ export interface IVgpuState {
   kernels: { [kernelId: string]: IKernel };
   queue: IQueueEntry[];
   history: { [kernelId: string]: IHistoryPoint[] };
+  /** Admin view (`GET admin`), null until loaded or for non-admins. */
+  admin: IAdminView | null;
+  /** Why the admin view could not be loaded, as a sentence; '' when it could. */
+  adminError: string;
   /** Kernels whose VRAM is at or above the warning threshold now. */
   nearLimit: { [kernelId: string]: boolean };
   /** Kernels that waited in the queue and have not been seen started yet. */
@@ -63,8 +120,38 @@ export interface IAlert {
   message: string;
 }
 
-/** How long the sparkline looks back. */
-export const HISTORY_MS = 60_000;
+/** How far a kernel's chart looks back, in seconds (`GET kernels/{id}/history` keeps as much). */
+export const HISTORY_S = 600;
+
+/**
+ * `points` (oldest first) with `point` added: at most one point per whole second (a later one in
+ * the same second replaces it) and none older than HISTORY_S before it.
+ */
+export function appendPoint(points: IHistoryPoint[], point: IHistoryPoint): IHistoryPoint[] {
+  const second = Math.floor(point.t);
+  let end = points.length;
+  while (end > 0 && Math.floor(points[end - 1].t) >= second) {
+    end -= 1; // the same second as the new point (or later: the clock stepped back): replaced
+  }
+  const cutoff = point.t - HISTORY_S;
+  let start = 0;
+  while (start < end && points[start].t < cutoff) {
+    start += 1;
+  }
+  return [...points.slice(start, end), point];
+}
+
+/** A loaded history (oldest first) joined with the live points that came after its last one. */
+export function mergeHistory(loaded: IHistoryPoint[], live: IHistoryPoint[]): IHistoryPoint[] {
+  let out = [...loaded];
+  const lastLoaded = loaded.length ? loaded[loaded.length - 1].t : -Infinity;
+  for (const p of live) {
+    if (p.t > lastLoaded) {
+      out = appendPoint(out, p);
+    }
+  }
+  return out;
+}
 
 export function emptyState(): IVgpuState {
   return {
@@ -72,6 +159,8 @@ export function emptyState(): IVgpuState {
     kernels: {},
     queue: [],
     history: {},
+    admin: null,
+    adminError: '',
     nearLimit: {},
     queued: {},
     connection: 'connecting',
@@ -210,11 +299,12 @@ export function reduce(state: IVgpuState, msg: EventsMessage, options: IReduceOp
           },
           mode: s.mode
         };
-        const cutoff = options.now - HISTORY_MS;
-        history[s.kernel_id] = [
-          ...(history[s.kernel_id] || []).filter(p => p.t >= cutoff),
-          { t: options.now, vramUsed: s.vram_used, vramLimit: s.vram_limit, utilization: s.utilization }
-        ];
+        history[s.kernel_id] = appendPoint(history[s.kernel_id] || [], {
+          t: msg.time || options.now / 1000,
+          vramUsed: s.vram_used,
+          vramLimit: s.vram_limit,
+          utilization: s.utilization
+        });
         const near = isNearLimit(s.vram_used, s.vram_limit, options.threshold);
         if (near && !nearLimit[s.kernel_id]) {
           alerts.push(vramAlert(next, names, s.kernel_id, s.vram_used, s.vram_limit, ''));
@@ -315,6 +405,40 @@ export function withKernels(state: IVgpuState, list: IKernel[]): IReduced {
   return { state: { ...state, kernels, queued, history }, alerts, refetchKernels: false };
 }
 
+/** A kernel's history from `GET kernels/{id}/history`, joined with the live points already seen. */
+export function withHistory(state: IVgpuState, history: IKernelHistory): IVgpuState {
+  if (!state.kernels[history.kernel_id]) {
+    return state; // ended meanwhile
+  }
+  const loaded = history.samples.map(s => ({
+    t: s.t,
+    vramUsed: s.vram_used,
+    vramLimit: s.vram_limit,
+    utilization: s.utilization
+  }));
+  const points = mergeHistory(loaded, state.history[history.kernel_id] || []);
+  return { ...state, history: { ...state.history, [history.kernel_id]: points } };
+}
+
+/** A fresh `GET pool`: the counts as the API says them now. */
+export function withPool(state: IVgpuState, pool: IPool): IVgpuState {
+  return { ...state, pool };
+}
+
+/** Whether this server's principal is an admin of a worker up (the pool's `admin`). */
+export function isAdmin(pool: IPool | null): boolean {
+  if (!pool) {
+    return false;
+  }
+  const flag = (pool as IPool & { admin?: boolean }).admin;
+  return flag ?? pool.workers.some(w => w.up && w.view === 'all');
+}
+
+/** Leases on the workers, as the API counts them (the pool header's figure). */
+export function leaseCount(pool: IPool | null): number {
+  return pool ? pool.workers.reduce((n, w) => n + w.leases, 0) : 0;
+}
+
 /** Whether the data is older than `staleSeconds` while the socket claims to be connected. */
 export function isStale(state: IVgpuState, now: number, staleSeconds: number): boolean {
   if (state.connection !== 'connected' || !state.lastMessage) {
@@ -400,7 +524,7 @@ export class VgpuModel {
   }
 
   set profiles(value: IProfile[]) {
-    this._profiles = value;
+    this._profiles = [...value].sort(compareProfiles);
     this._changed.emit();
   }
 
@@ -436,6 +560,29 @@ export class VgpuModel {
   /** A fresh kernel list from `GET kernels`. */
   setKernels(list: IKernel[]): void {
     this._take(withKernels(this._state, list));
+  }
+
+  /** Ask for `GET kernels` (and the pool) soon. */
+  requestRefetch(): void {
+    this._refetch.emit();
+  }
+
+  /** A fresh `GET pool`. */
+  setPool(pool: IPool): void {
+    this._state = withPool(this._state, pool);
+    this._changed.emit();
+  }
+
+  /** A kernel's history (`GET kernels/{id}/history`). */
+  setHistory(history: IKernelHistory): void {
+    this._state = withHistory(this._state, history);
+    this._changed.emit();
+  }
+
+  /** The admin view (`GET admin`), or why it failed (a sentence). */
+  setAdmin(admin: IAdminView | null, error = ''): void {
+    this._state = { ...this._state, admin, adminError: error };
+    this._changed.emit();
   }
 
   setConnection(connection: Connection, error = ''): void {

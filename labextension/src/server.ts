@@ -10,7 +10,7 @@ import { ServerConnection } from '@jupyterlab/services';
 import { IPoll, Poll } from '@lumino/polling';
 
 import type { paths } from './api';
-import { EventsMessage, IKernel, IProfile, VgpuModel } from './model';
+import { EventsMessage, IAdminView, IKernel, IKernelHistory, IPool, IProfile, VgpuModel } from './model';
 
 export const API = 'tf-vgpu/api';
 
@@ -25,19 +25,49 @@ type JsonGet = {
 
 /** GET a JSON route of the vGPU API; throws with the server's message on an error status. */
 export async function requestAPI<P extends keyof paths>(route: P, init: RequestInit = {}): Promise<JsonGet[P]> {
+  return requestJSON<JsonGet[P]>(route, init);
+}
+
+/** A request to a path under the server's base URL; its JSON, or an error with the server's message. */
+export async function requestJSON<T>(path: string, init: RequestInit = {}): Promise<T> {
   const settings = ServerConnection.makeSettings();
-  const url = URLExt.join(settings.baseUrl, route.replace(/^\//, ''));
+  const url = URLExt.join(settings.baseUrl, path.replace(/^\//, ''));
   const response = await ServerConnection.makeRequest(url, init, settings);
   const text = await response.text();
-  const data = text ? JSON.parse(text) : null;
-  if (!response.ok) {
-    throw new ServerConnection.ResponseError(response, (data && data.message) || text);
+  let data = null;
+  try {
+    data = text ? JSON.parse(text) : null;
+  } catch {
+    data = null; // an HTML error page: its status says enough
   }
-  return data as JsonGet[P];
+  if (!response.ok) {
+    throw new ServerConnection.ResponseError(response, (data && data.message) || `${response.status} ${response.statusText}`);
+  }
+  return data as T;
 }
 
 export async function fetchKernels(): Promise<IKernel[]> {
   return (await requestAPI('/tf-vgpu/api/kernels')).kernels;
+}
+
+export async function fetchPool(): Promise<IPool> {
+  return requestAPI('/tf-vgpu/api/pool');
+}
+
+export async function fetchHistory(kernelId: string): Promise<IKernelHistory> {
+  return requestJSON<IKernelHistory>(`${API}/kernels/${encodeURIComponent(kernelId)}/history`);
+}
+
+export async function fetchAdmin(): Promise<IAdminView> {
+  return requestJSON<IAdminView>(`${API}/admin`);
+}
+
+/** Release another principal's lease as an admin (the worker ends its kernel). */
+export async function releaseLease(worker: string, leaseId: string): Promise<void> {
+  await requestJSON(`${API}/admin/release`, {
+    method: 'POST',
+    body: JSON.stringify({ worker, lease_id: leaseId })
+  });
 }
 
 export async function fetchProfiles(): Promise<IProfile[]> {

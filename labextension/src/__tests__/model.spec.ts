@@ -12,7 +12,13 @@ import {
   reduce,
   statusText,
   VgpuModel,
-  withKernels
+  appendPoint,
+  HISTORY_S,
+  isAdmin,
+  leaseCount,
+  withHistory,
+  withKernels,
+  withPool
 } from '../model';
 
 import { GiB, MiB, pool } from './fixtures';
@@ -33,10 +39,10 @@ const kernel: IKernel = {
 
 const hello: EventsMessage = { type: 'hello', pool, kernels: [kernel], queue: [] };
 
-function sample(vramUsed: number, utilization = 42, kernelId = 'k1'): EventsMessage {
+function sample(vramUsed: number, utilization = 42, kernelId = 'k1', time = 1): EventsMessage {
   return {
     type: 'sample',
-    time: 1,
+    time,
     worker: '127.0.0.1:5000',
     devices: [
       {
@@ -122,18 +128,73 @@ describe('reduce', () => {
     expect(Object.keys(state.kernels)).toEqual(['k1']);
   });
 
-  it('updates devices and kernel usage from samples and keeps 60 s of history', () => {
+  it('updates devices and kernel usage from samples and keeps 10 minutes of history, one point a second', () => {
     const messages: EventsMessage[] = [hello];
-    for (let i = 0; i < 70; i++) {
-      messages.push(sample(i * MiB));
+    // Two samples a second (worker time) for 700 s.
+    for (let i = 0; i < 1400; i++) {
+      messages.push(sample(i * MiB, 42, 'k1', 5000 + i / 2));
     }
-    const { state, now } = run(messages);
+    const { state } = run(messages);
     expect(state.pool?.workers[0].devices[0].vram_used).toBe(2 * GiB);
     expect(state.pool?.workers[0].devices[0].utilization).toBe(50);
-    expect(state.kernels.k1.usage).toEqual({ vram_used: 69 * MiB, utilization: 42 });
+    expect(state.kernels.k1.usage).toEqual({ vram_used: 1399 * MiB, utilization: 42 });
     const history = state.history.k1;
-    expect(history.length).toBe(61);
-    expect(history[0].t).toBeGreaterThanOrEqual(now - 60_000);
+    const last = 5000 + 1399 / 2;
+    expect(history[history.length - 1]).toEqual({ t: last, vramUsed: 1399 * MiB, vramLimit: 8 * GiB, utilization: 42 });
+    expect(history[0].t).toBeGreaterThanOrEqual(last - HISTORY_S);
+    expect(history.length).toBe(HISTORY_S + 1);
+    const seconds = history.map(p => Math.floor(p.t));
+    expect(new Set(seconds).size).toBe(seconds.length);
+  });
+
+  it('appends at most one point per second, replacing one of the same second or a later one', () => {
+    const p = (t: number, v = t) => ({ t, vramUsed: v, vramLimit: 10, utilization: 0 });
+    let points = appendPoint([], p(100));
+    points = appendPoint(points, p(100.6));
+    expect(points).toEqual([p(100.6)]);
+    points = appendPoint(points, p(101.2));
+    expect(points.map(x => x.t)).toEqual([100.6, 101.2]);
+    points = appendPoint(points, p(100.9)); // the clock stepped back: the later points go
+    expect(points.map(x => x.t)).toEqual([100.9]);
+    points = appendPoint(points, p(100.9 + HISTORY_S + 1));
+    expect(points.map(x => x.t)).toEqual([100.9 + HISTORY_S + 1]);
+  });
+
+  it('joins a loaded history with the live points that came after it, for known kernels only', () => {
+    const live = run([hello, sample(5 * MiB, 7, 'k1', 2000), sample(6 * MiB, 8, 'k1', 2001)]).state;
+    const loaded = withHistory(live, {
+      kernel_id: 'k1',
+      window_s: 600,
+      samples: [
+        { t: 1990, vram_used: MiB, vram_limit: 8 * GiB, utilization: 1 },
+        { t: 2000, vram_used: 2 * MiB, vram_limit: 8 * GiB, utilization: 2 }
+      ]
+    });
+    expect(loaded.history.k1.map(x => [x.t, x.vramUsed])).toEqual([
+      [1990, MiB],
+      [2000, 2 * MiB],
+      [2001, 6 * MiB]
+    ]);
+    const unknown = withHistory(live, { kernel_id: 'gone', window_s: 600, samples: [] });
+    expect(unknown).toBe(live);
+  });
+
+  it('takes the pool from GET pool, counts its leases and tells admins apart', () => {
+    const state = withPool(emptyState(), pool);
+    expect(leaseCount(state.pool)).toBe(1);
+    expect(leaseCount(null)).toBe(0);
+    expect(isAdmin(state.pool)).toBe(false);
+    const all = { ...pool, workers: pool.workers.map(w => ({ ...w, view: 'all' as const })) };
+    expect(isAdmin(all)).toBe(true);
+    expect(isAdmin({ ...all, admin: false } as typeof all)).toBe(false);
+  });
+
+  it('drops a kernel and its history when GET kernels no longer lists it', () => {
+    const { state } = run([hello, sample(MiB, 1, 'k1', 10)]);
+    expect(state.history.k1.length).toBe(1);
+    const after = withKernels(state, []).state;
+    expect(after.kernels).toEqual({});
+    expect(after.history).toEqual({});
   });
 
   it('asks for the kernel list when a sample names an unknown kernel', () => {

@@ -1,19 +1,27 @@
 import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
+import type { Message } from '@lumino/messaging';
+import { ISignal, Signal } from '@lumino/signaling';
 import * as React from 'react';
 
 import { kernelAvailability, sliceText } from '../availability';
+import { utilizationHelp, utilizationText } from '../chart';
 import { formatBytes, formatBytesPair, formatDuration, formatPercent } from '../format';
 import {
-  IDevice,
   IKernel,
+  IMapDevice,
   IProfile,
-  IQueueEntry,
+  isAdmin,
+  IWaiting,
   IWorker,
   isNearLimit,
+  leaseCount,
   usedFraction,
   VgpuModel
 } from '../model';
-import { Sparkline } from './Sparkline';
+import { quotaMeters, reasonText, waitingNotebook, waitingSummary } from '../why';
+import { AdminSection } from './Admin';
+import { DeviceMap } from './DeviceMap';
+import { KernelChart } from './KernelChart';
 
 /**
  * A coloured symbol next to words that say the same thing: the colour is a second cue, never the
@@ -44,33 +52,31 @@ function Bar(props: { fraction: number; near: boolean; label: string }): JSX.Ele
   );
 }
 
-function DeviceRow(props: { device: IDevice }): JSX.Element {
+function DeviceRow(props: { device: IMapDevice; names: { [kernelId: string]: string } }): JSX.Element {
   const d = props.device;
   const name = d.kind === 'host' ? `${d.name || 'host'} — host device (no GPU)` : d.name || d.uuid;
   const modes = d.modes.length ? d.modes.join(', ') : 'unknown';
   return (
     <li className="tf-vgpu-device" aria-label={`device ${name}`}>
-      <div className="tf-vgpu-device-name">
+      <div className="tf-vgpu-device-name tf-vgpu-ellipsis" title={name}>
         #{d.index} {name}
       </div>
-      <Bar
-        fraction={usedFraction(d.vram_leased, d.vram_total)}
-        near={false}
-        label={`VRAM leased ${formatBytes(d.vram_leased)} of ${formatBytes(d.vram_total)}`}
-      />
+      <DeviceMap device={d} names={props.names} />
       <dl className="tf-vgpu-facts">
         <dt>VRAM</dt>
-        <dd>
-          {formatBytes(d.vram_leased)} leased · {formatBytes(d.vram_used)} used · {formatBytes(d.vram_total)} total
+        <dd className="tf-vgpu-ellipsis">
+          {formatBytes(d.vram_leased)} leased · {formatBytes(d.vram_used)} used · {formatBytes(d.vram_total)}
         </dd>
         <dt>Compute</dt>
-        <dd>
+        <dd className="tf-vgpu-ellipsis">
           {formatPercent(d.compute_leased)} leased of {formatPercent(d.compute_capacity)}
         </dd>
-        <dt>Utilization</dt>
-        <dd>{formatPercent(Math.round(d.utilization))}</dd>
+        <dt>Utilisation</dt>
+        <dd className="tf-vgpu-ellipsis" title="Share of the device's time running work, of the whole device.">
+          {formatPercent(Math.round(d.utilization))} of the {d.kind === 'host' ? 'host' : 'GPU'}
+        </dd>
         <dt>Isolation</dt>
-        <dd>
+        <dd className="tf-vgpu-ellipsis" title={`${modes}; memory limit by ${d.memory_enforcement || 'unknown'}`}>
           {modes}; memory limit by {d.memory_enforcement || 'unknown'}
         </dd>
       </dl>
@@ -78,37 +84,42 @@ function DeviceRow(props: { device: IDevice }): JSX.Element {
   );
 }
 
-function WorkerRow(props: { worker: IWorker }): JSX.Element {
+function WorkerRow(props: { worker: IWorker; names: { [kernelId: string]: string } }): JSX.Element {
   const w = props.worker;
   return (
     <li className={`tf-vgpu-worker ${w.up ? 'tf-vgpu-up' : 'tf-vgpu-down'}`} aria-label={`worker ${w.address}`}>
-      <div className="tf-vgpu-worker-head">
+      <div className="tf-vgpu-worker-head tf-vgpu-ellipsis" title={`${w.address} · ${w.backend}`}>
         <span className="tf-vgpu-state">
           <Mark>{w.up ? '●' : '○'}</Mark> {w.up ? 'up' : 'down'}
         </span>{' '}
         {w.address}
         {w.backend && <span className="tf-vgpu-dim"> · {w.backend}</span>}
-        <span className="tf-vgpu-dim"> · {w.leases} lease{w.leases === 1 ? '' : 's'}</span>
+        <span className="tf-vgpu-dim"> · {plural(w.leases, 'lease')}</span>
       </div>
       {!w.up && w.error && <div className="tf-vgpu-error">{w.error}</div>}
       <ul className="tf-vgpu-devices">
         {w.devices.map(d => (
-          <DeviceRow key={d.uuid} device={d} />
+          <DeviceRow key={d.uuid} device={d} names={props.names} />
         ))}
       </ul>
     </li>
   );
 }
 
-function KernelRow(props: { model: VgpuModel; kernel: IKernel; now: number }): JSX.Element {
+function plural(n: number, word: string): string {
+  return `${n} ${word}${n === 1 ? '' : 's'}`;
+}
+
+function KernelRow(props: { model: VgpuModel; kernel: IKernel }): JSX.Element {
   const { model, kernel: k } = props;
   const name = model.names[k.kernel_id] || `kernel ${k.kernel_id.slice(0, 8)}`;
   const used = k.usage?.vram_used ?? 0;
   const limit = k.slice?.vram ?? 0;
   const fraction = usedFraction(used, limit);
   const near = isNearLimit(used, limit, model.settings.warningThreshold);
+  const host = k.device?.kind === 'host';
   const where = k.device
-    ? `${k.worker} · ${k.device.kind === 'host' ? 'host device (no GPU)' : k.device.name}`
+    ? `${k.worker} · ${host ? 'host device (no GPU)' : k.device.name}`
     : `${k.worker} · device unknown`;
   const vramText = limit
     ? `${formatBytesPair(used, limit)} (${formatPercent(Math.round(fraction * 100))})${near ? ' — near the limit' : ''}`
@@ -116,38 +127,84 @@ function KernelRow(props: { model: VgpuModel; kernel: IKernel; now: number }): J
   return (
     <li
       className={`tf-vgpu-kernel${near ? ' tf-vgpu-near' : ''}`}
+      data-testid="tf-vgpu-kernel"
       data-kernel-id={k.kernel_id}
       data-vram-used={used}
       data-vram-limit={limit}
       aria-label={`kernel of ${name}`}
     >
-      <div className="tf-vgpu-kernel-head">
+      <div className="tf-vgpu-kernel-head tf-vgpu-ellipsis" title={`${name} · ${k.profile || 'custom'}`}>
         <span className="tf-vgpu-kernel-name">{name}</span>
         <span className="tf-vgpu-dim"> · {k.profile || 'custom'}</span>
         {!k.worker_up && <span className="tf-vgpu-error"> · worker down</span>}
       </div>
-      <div className="tf-vgpu-dim">{where}</div>
-      <Bar fraction={fraction} near={near} label={`VRAM used ${vramText}`} />
-      <div className="tf-vgpu-kernel-usage">
-        <span className="tf-vgpu-vram">VRAM {vramText}</span>
-        <span className="tf-vgpu-util">
-          {' '}
-          · utilization {formatPercent(Math.round(k.usage?.utilization ?? 0))}
-          {k.slice ? ` of ${formatPercent(k.slice.compute)} slice` : ''}
-        </span>
+      <div className="tf-vgpu-dim tf-vgpu-ellipsis" title={where}>
+        {where}
       </div>
-      <Sparkline points={model.state.history[k.kernel_id] || []} now={props.now} />
+      <div className="tf-vgpu-kernel-usage">
+        <div className="tf-vgpu-vram tf-vgpu-ellipsis" title={`VRAM used / limit: ${vramText}`}>
+          VRAM {vramText}
+        </div>
+        <div className="tf-vgpu-util tf-vgpu-ellipsis" title={utilizationHelp(k.slice?.compute)}>
+          Utilisation {utilizationText(k.usage?.utilization ?? 0, k.slice?.compute, host)}
+        </div>
+      </div>
+      <KernelChart points={model.state.history[k.kernel_id] || []} sliceCompute={k.slice?.compute} label={name} />
     </li>
   );
 }
 
-function QueueRow(props: { entry: IQueueEntry; now: number }): JSX.Element {
-  const e = props.entry;
-  const since = new Date(e.since * 1000);
+function QuotaSection(props: { workers: IWorker[] }): JSX.Element | null {
+  const rows = props.workers.map(w => ({ worker: w, meters: quotaMeters(w) })).filter(r => r.meters.length);
+  if (!rows.length) {
+    return null;
+  }
   return (
-    <li className="tf-vgpu-queue-entry" aria-label={`queue position ${e.position}`}>
-      <span className="tf-vgpu-position">#{e.position}</span> {e.profile || 'custom'} · {e.description} ·{' '}
-      {e.qos} · waiting since {since.toLocaleTimeString()} ({formatDuration(props.now / 1000 - e.since)})
+    <section className="tf-vgpu-section tf-vgpu-quota" data-testid="tf-vgpu-quota" aria-labelledby="tf-vgpu-quota-h">
+      <h3 id="tf-vgpu-quota-h">Your quota</h3>
+      <ul>
+        {rows.map(({ worker, meters }) => (
+          <li key={worker.address} className="tf-vgpu-quota-worker">
+            <div className="tf-vgpu-dim tf-vgpu-ellipsis" title={worker.address}>
+              {worker.address}
+            </div>
+            {meters.map(m => (
+              <div key={m.name} className="tf-vgpu-meter-row">
+                <span className="tf-vgpu-meter-name">{m.name}</span>
+                {m.limit === null ? (
+                  <span className="tf-vgpu-meter-none" />
+                ) : (
+                  <Bar fraction={m.fraction} near={m.fraction >= 1} label={`${m.name} quota: ${m.text}`} />
+                )}
+                <span className="tf-vgpu-meter-text tf-vgpu-ellipsis" title={`${m.name}: ${m.text}`}>
+                  {m.text}
+                </span>
+              </div>
+            ))}
+          </li>
+        ))}
+      </ul>
+    </section>
+  );
+}
+
+function QueueRow(props: { entry: IWaiting; now: number }): JSX.Element {
+  const e = props.entry;
+  const notebook = waitingNotebook(e);
+  return (
+    <li
+      className="tf-vgpu-queue-entry"
+      data-testid="tf-vgpu-waiting"
+      data-reason={e.reason || ''}
+      aria-label={`waiting start ${notebook}, position ${e.position}`}
+    >
+      <div className="tf-vgpu-ellipsis" title={`${notebook} · ${e.description}`}>
+        <strong>{notebook}</strong> <span className="tf-vgpu-dim">· {e.description}</span>
+      </div>
+      <div className="tf-vgpu-ellipsis" title={e.message || reasonText(e.reason)}>
+        {waitingSummary(e, props.now / 1000)}
+      </div>
+      {(e.hint || e.message) && <div className="tf-vgpu-hint">{e.hint || e.message}</div>}
     </li>
   );
 }
@@ -165,10 +222,10 @@ function ProfileRow(props: { model: VgpuModel; profile: IProfile; onStart?: (ker
         onClick={() => props.onStart?.(p.kernelspec)}
       >
         {p.name}
-      </button>{' '}
-      {slice} ·{' '}
-      <span className={a.fits === null ? 'tf-vgpu-dim' : a.fits ? 'tf-vgpu-fits' : 'tf-vgpu-waits'} title={a.description}>
-        {a.text}
+      </button>
+      <span className="tf-vgpu-profile-text tf-vgpu-ellipsis" title={`${slice} · ${a.description}`}>
+        {slice} ·{' '}
+        <span className={a.fits === null ? 'tf-vgpu-dim' : a.fits ? 'tf-vgpu-fits' : 'tf-vgpu-waits'}>{a.text}</span>
       </span>
     </li>
   );
@@ -205,41 +262,74 @@ function ConnectionBanner(props: { model: VgpuModel }): JSX.Element | null {
   );
 }
 
-export function VgpuView(props: { model: VgpuModel; onStart?: (kernelspec: string) => void }): JSX.Element {
+/** Marks each committed render of the panel, so a browser test can measure render time. */
+export const RENDERED_MARK = 'tf-vgpu-panel-rendered';
+
+export function VgpuView(props: {
+  model: VgpuModel;
+  onStart?: (kernelspec: string) => void;
+  onRelease?: (worker: string, leaseId: string) => Promise<void>;
+}): JSX.Element {
   const { model } = props;
   const { state, settings } = model;
   const now = Date.now();
   const kernels = Object.values(state.kernels).sort((a, b) => a.started - b.started);
+  const workers = state.pool?.workers ?? [];
+  const leases = leaseCount(state.pool);
+  React.useEffect(() => {
+    performance.mark(RENDERED_MARK);
+  });
   return (
     <div className="tf-vgpu-view">
       <h2 className="tf-vgpu-title">vGPU</h2>
       <ConnectionBanner model={model} />
       {settings.showPool && (
-        <section className="tf-vgpu-section tf-vgpu-pool" aria-label="Pool">
-          <h3>Pool{state.pool ? ` · ${state.pool.policy}` : ''}</h3>
+        <section className="tf-vgpu-section tf-vgpu-pool" aria-labelledby="tf-vgpu-pool-h">
+          <h3 id="tf-vgpu-pool-h" className="tf-vgpu-ellipsis">
+            Pool{state.pool ? ` · ${state.pool.policy} · ` : ''}
+            {state.pool && (
+              <span data-testid="tf-vgpu-lease-count" data-count={leases}>
+                {plural(leases, 'lease')}
+              </span>
+            )}
+          </h3>
           {!state.pool && <p className="tf-vgpu-dim">No pool information yet.</p>}
-          {state.pool && state.pool.workers.length === 0 && <p className="tf-vgpu-dim">No workers configured.</p>}
+          {state.pool && workers.length === 0 && <p className="tf-vgpu-dim">No workers configured.</p>}
           <ul>
-            {(state.pool?.workers ?? []).map(w => (
-              <WorkerRow key={w.address} worker={w} />
+            {workers.map(w => (
+              <WorkerRow key={w.address} worker={w} names={model.names} />
             ))}
           </ul>
         </section>
       )}
+      {settings.showPool && <QuotaSection workers={workers} />}
       {settings.showKernels && (
-        <section className="tf-vgpu-section tf-vgpu-kernels" aria-label="My kernels">
-          <h3>My kernels ({kernels.length})</h3>
+        <section className="tf-vgpu-section tf-vgpu-kernels" aria-labelledby="tf-vgpu-kernels-h">
+          <h3 id="tf-vgpu-kernels-h">
+            My kernels (<span data-testid="tf-vgpu-kernel-count">{kernels.length}</span>)
+          </h3>
           {kernels.length === 0 && <p className="tf-vgpu-dim">No kernel holds a vGPU slice.</p>}
           <ul>
             {kernels.map(k => (
-              <KernelRow key={k.kernel_id} model={model} kernel={k} now={now} />
+              <KernelRow key={k.kernel_id} model={model} kernel={k} />
+            ))}
+          </ul>
+        </section>
+      )}
+      {settings.showQueue && (
+        <section className="tf-vgpu-section tf-vgpu-queue" aria-labelledby="tf-vgpu-queue-h">
+          <h3 id="tf-vgpu-queue-h">Waiting to start ({state.queue.length})</h3>
+          {state.queue.length === 0 && <p className="tf-vgpu-dim">None of your kernels is waiting.</p>}
+          <ul>
+            {state.queue.map(e => (
+              <QueueRow key={`${e.worker}/${e.id}`} entry={e} now={now} />
             ))}
           </ul>
         </section>
       )}
       {settings.showProfiles && model.profiles.length > 0 && (
-        <section className="tf-vgpu-section tf-vgpu-profiles" aria-label="New vGPU notebook">
-          <h3>New vGPU notebook</h3>
+        <section className="tf-vgpu-section tf-vgpu-profiles" aria-labelledby="tf-vgpu-profiles-h">
+          <h3 id="tf-vgpu-profiles-h">New vGPU notebook</h3>
           <ul>
             {model.profiles.map(p => (
               <ProfileRow key={p.name} model={model} profile={p} onStart={props.onStart} />
@@ -247,16 +337,13 @@ export function VgpuView(props: { model: VgpuModel; onStart?: (kernelspec: strin
           </ul>
         </section>
       )}
-      {settings.showQueue && (
-        <section className="tf-vgpu-section tf-vgpu-queue" aria-label="Queue">
-          <h3>Queue ({state.queue.length})</h3>
-          {state.queue.length === 0 && <p className="tf-vgpu-dim">Nobody is waiting for a slice.</p>}
-          <ul>
-            {state.queue.map(e => (
-              <QueueRow key={e.id} entry={e} now={now} />
-            ))}
-          </ul>
-        </section>
+      {isAdmin(state.pool) && (
+        <AdminSection
+          admin={state.admin}
+          error={state.adminError}
+          names={model.names}
+          onRelease={props.onRelease ?? (async () => undefined)}
+        />
       )}
     </div>
   );
@@ -264,21 +351,38 @@ export function VgpuView(props: { model: VgpuModel; onStart?: (kernelspec: strin
 
 /** The left sidebar panel "vGPU". */
 export class VgpuPanel extends ReactWidget {
-  constructor(model: VgpuModel, onStart?: (kernelspec: string) => void) {
+  constructor(
+    model: VgpuModel,
+    onStart?: (kernelspec: string) => void,
+    onRelease?: (worker: string, leaseId: string) => Promise<void>
+  ) {
     super();
     this._model = model;
     this._onStart = onStart;
+    this._onRelease = onRelease;
     this.addClass('tf-vgpu-panel');
+  }
+
+  /** Emitted each time the panel is shown (opened in the sidebar). */
+  get shown(): ISignal<this, void> {
+    return this._shown;
+  }
+
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
+    this._shown.emit();
   }
 
   render(): JSX.Element {
     return (
       <UseSignal signal={this._model.changed}>
-        {() => <VgpuView model={this._model} onStart={this._onStart} />}
+        {() => <VgpuView model={this._model} onStart={this._onStart} onRelease={this._onRelease} />}
       </UseSignal>
     );
   }
 
   private _model: VgpuModel;
   private _onStart?: (kernelspec: string) => void;
+  private _onRelease?: (worker: string, leaseId: string) => Promise<void>;
+  private _shown = new Signal<this, void>(this);
 }
