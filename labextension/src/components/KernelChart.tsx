@@ -6,6 +6,8 @@ import { formatBytes, formatPercent } from '../format';
 import { HISTORY_S, IHistoryPoint } from '../model';
 
 const HEIGHT = 110;
+/** Tick steps of the VRAM axis in binary units (1, 2, 4 … 512 × KiB, MiB, GiB, TiB): "512 MiB", "1 GiB". */
+const BINARY_STEPS = [1, 2, 3, 4].flatMap(e => [1, 2, 4, 8, 16, 32, 64, 128, 256, 512].map(m => m * 1024 ** e));
 /** Width before the panel has been laid out (hidden): resized once it is. */
 const FALLBACK_WIDTH = 280;
 
@@ -23,12 +25,7 @@ export function useThemeVersion(): number {
   return version;
 }
 
-function options(
-  width: number,
-  colors: IChartColors,
-  points: () => IHistoryPoint[],
-  sliceCompute?: number
-): uPlot.Options {
+function options(width: number, colors: IChartColors, points: () => IHistoryPoint[]): uPlot.Options {
   const axis = { stroke: colors.axis, grid: { stroke: colors.grid, width: 1 }, ticks: { stroke: colors.grid, width: 1 } };
   return {
     width,
@@ -45,15 +42,16 @@ function options(
       {
         ...axis,
         scale: 'bytes',
-        size: 48,
+        size: 54,
         font: '10px sans-serif',
+        incrs: BINARY_STEPS,
         values: (_u, ticks) => ticks.map(t => formatBytes(t))
       },
       {
         ...axis,
         scale: 'pct',
         side: 1,
-        size: 34,
+        size: 40,
         font: '10px sans-serif',
         grid: { show: false },
         values: (_u, ticks) => ticks.map(t => `${t} %`)
@@ -78,7 +76,7 @@ function options(
         value: (_u, v) => (v === null || v === undefined ? '–' : formatBytes(v))
       },
       {
-        label: sliceCompute === undefined ? 'util.' : `util. (slice ${formatPercent(sliceCompute)})`,
+        label: 'util.',
         scale: 'pct',
         stroke: colors.utilization,
         width: 1,
@@ -107,7 +105,7 @@ export function KernelChart(props: { points: IHistoryPoint[]; sliceCompute?: num
     const colors = themeColors(getComputedStyle(el));
     const width = el.clientWidth || FALLBACK_WIDTH;
     // The scales read the newest points through the ref: the plot is made once per theme.
-    const u = new uPlot(options(width, colors, () => points.current, props.sliceCompute), chartData(points.current), el);
+    const u = new uPlot(options(width, colors, () => points.current), chartData(points.current), el);
     plot.current = u;
     const resize = new ResizeObserver(() => {
       const w = el.clientWidth;
@@ -121,7 +119,7 @@ export function KernelChart(props: { points: IHistoryPoint[]; sliceCompute?: num
       u.destroy();
       plot.current = null;
     };
-  }, [theme, props.sliceCompute]);
+  }, [theme]);
 
   React.useEffect(() => {
     plot.current?.setData(chartData(props.points));

@@ -35,6 +35,24 @@ function Mark(props: { children: string }): JSX.Element {
   );
 }
 
+/**
+ * Phrases joined by " · " that wrap only between phrases, never inside one ("no free slice now"
+ * stays on one line). Empty phrases are left out.
+ */
+export function Parts(props: { items: (string | false | null | undefined)[]; className?: string }): JSX.Element {
+  const items = props.items.filter((x): x is string => !!x);
+  return (
+    <span className={props.className}>
+      {items.map((item, i) => (
+        <React.Fragment key={i}>
+          {i > 0 && ' · '}
+          <span className="tf-vgpu-part">{item}</span>
+        </React.Fragment>
+      ))}
+    </span>
+  );
+}
+
 /** A horizontal bar with its value also in words (never colour alone). */
 function Bar(props: { fraction: number; near: boolean; label: string }): JSX.Element {
   const pct = Math.round(Math.min(1, Math.max(0, props.fraction)) * 100);
@@ -62,24 +80,30 @@ function DeviceRow(props: { device: IMapDevice; names: { [kernelId: string]: str
         #{d.index} {name}
       </div>
       <DeviceMap device={d} names={props.names} />
-      <dl className="tf-vgpu-facts">
-        <dt>VRAM</dt>
-        <dd className="tf-vgpu-ellipsis">
-          {formatBytes(d.vram_leased)} leased · {formatBytes(d.vram_used)} used · {formatBytes(d.vram_total)}
-        </dd>
-        <dt>Compute</dt>
-        <dd className="tf-vgpu-ellipsis">
-          {formatPercent(d.compute_leased)} leased of {formatPercent(d.compute_capacity)}
-        </dd>
-        <dt>Utilisation</dt>
-        <dd className="tf-vgpu-ellipsis" title="Share of the device's time running work, of the whole device.">
-          {formatPercent(Math.round(d.utilization))} of the {d.kind === 'host' ? 'host' : 'GPU'}
-        </dd>
-        <dt>Isolation</dt>
-        <dd className="tf-vgpu-ellipsis" title={`${modes}; memory limit by ${d.memory_enforcement || 'unknown'}`}>
-          {modes}; memory limit by {d.memory_enforcement || 'unknown'}
-        </dd>
-      </dl>
+      <div className="tf-vgpu-facts">
+        <div>
+          <span className="tf-vgpu-fact">VRAM</span>{' '}
+          <Parts
+            items={[
+              `${formatBytes(d.vram_leased)} leased`,
+              `${formatBytes(d.vram_used)} used`,
+              `${formatBytes(d.vram_total)} total`
+            ]}
+          />
+        </div>
+        <div>
+          <span className="tf-vgpu-fact">Compute</span>{' '}
+          <Parts items={[`${formatPercent(d.compute_leased)} leased of ${formatPercent(d.compute_capacity)}`]} />
+        </div>
+        <div title="Share of the device's time running work, of the whole device.">
+          <span className="tf-vgpu-fact">Utilisation</span>{' '}
+          <Parts items={[`${formatPercent(Math.round(d.utilization))} of the ${d.kind === 'host' ? 'host' : 'GPU'}`]} />
+        </div>
+        <div>
+          <span className="tf-vgpu-fact">Isolation</span>{' '}
+          <Parts items={[modes, `memory limit by ${d.memory_enforcement || 'unknown'}`]} />
+        </div>
+      </div>
     </li>
   );
 }
@@ -88,13 +112,13 @@ function WorkerRow(props: { worker: IWorker; names: { [kernelId: string]: string
   const w = props.worker;
   return (
     <li className={`tf-vgpu-worker ${w.up ? 'tf-vgpu-up' : 'tf-vgpu-down'}`} aria-label={`worker ${w.address}`}>
-      <div className="tf-vgpu-worker-head tf-vgpu-ellipsis" title={`${w.address} · ${w.backend}`}>
-        <span className="tf-vgpu-state">
+      <div className="tf-vgpu-worker-head">
+        <span className="tf-vgpu-state tf-vgpu-part">
           <Mark>{w.up ? '●' : '○'}</Mark> {w.up ? 'up' : 'down'}
         </span>{' '}
-        {w.address}
-        {w.backend && <span className="tf-vgpu-dim"> · {w.backend}</span>}
-        <span className="tf-vgpu-dim"> · {plural(w.leases, 'lease')}</span>
+        <span className="tf-vgpu-part">{w.address}</span>{' '}
+        {' · '}
+        <Parts className="tf-vgpu-dim" items={[w.backend, plural(w.leases, 'lease')]} />
       </div>
       {!w.up && w.error && <div className="tf-vgpu-error">{w.error}</div>}
       <ul className="tf-vgpu-devices">
@@ -142,11 +166,11 @@ function KernelRow(props: { model: VgpuModel; kernel: IKernel }): JSX.Element {
         {where}
       </div>
       <div className="tf-vgpu-kernel-usage">
-        <div className="tf-vgpu-vram tf-vgpu-ellipsis" title={`VRAM used / limit: ${vramText}`}>
-          VRAM {vramText}
+        <div className="tf-vgpu-vram">
+          <span className="tf-vgpu-part">VRAM {vramText}</span>
         </div>
-        <div className="tf-vgpu-util tf-vgpu-ellipsis" title={utilizationHelp(k.slice?.compute)}>
-          Utilisation {utilizationText(k.usage?.utilization ?? 0, k.slice?.compute, host)}
+        <div className="tf-vgpu-util" title={utilizationHelp(k.slice?.compute)}>
+          <Parts items={utilizationText(k.usage?.utilization ?? 0, k.slice?.compute, host).split(' · ')} />
         </div>
       </div>
       <KernelChart points={model.state.history[k.kernel_id] || []} sliceCompute={k.slice?.compute} label={name} />
@@ -171,14 +195,10 @@ function QuotaSection(props: { workers: IWorker[] }): JSX.Element | null {
             {meters.map(m => (
               <div key={m.name} className="tf-vgpu-meter-row">
                 <span className="tf-vgpu-meter-name">{m.name}</span>
-                {m.limit === null ? (
-                  <span className="tf-vgpu-meter-none" />
-                ) : (
+                {m.limit !== null && (
                   <Bar fraction={m.fraction} near={m.fraction >= 1} label={`${m.name} quota: ${m.text}`} />
                 )}
-                <span className="tf-vgpu-meter-text tf-vgpu-ellipsis" title={`${m.name}: ${m.text}`}>
-                  {m.text}
-                </span>
+                <span className="tf-vgpu-meter-text">{m.text}</span>
               </div>
             ))}
           </li>
@@ -201,8 +221,8 @@ function QueueRow(props: { entry: IWaiting; now: number }): JSX.Element {
       <div className="tf-vgpu-ellipsis" title={`${notebook} · ${e.description}`}>
         <strong>{notebook}</strong> <span className="tf-vgpu-dim">· {e.description}</span>
       </div>
-      <div className="tf-vgpu-ellipsis" title={e.message || reasonText(e.reason)}>
-        {waitingSummary(e, props.now / 1000)}
+      <div title={e.message || reasonText(e.reason)}>
+        <Parts items={waitingSummary(e, props.now / 1000).split(' · ')} />
       </div>
       {(e.hint || e.message) && <div className="tf-vgpu-hint">{e.hint || e.message}</div>}
     </li>
@@ -223,9 +243,11 @@ function ProfileRow(props: { model: VgpuModel; profile: IProfile; onStart?: (ker
       >
         {p.name}
       </button>
-      <span className="tf-vgpu-profile-text tf-vgpu-ellipsis" title={`${slice} · ${a.description}`}>
-        {slice} ·{' '}
-        <span className={a.fits === null ? 'tf-vgpu-dim' : a.fits ? 'tf-vgpu-fits' : 'tf-vgpu-waits'}>{a.text}</span>
+      <span className="tf-vgpu-profile-text" title={a.description}>
+        <span className="tf-vgpu-part">{slice}</span> ·{' '}
+        <span className={`tf-vgpu-part ${a.fits === null ? 'tf-vgpu-dim' : a.fits ? 'tf-vgpu-fits' : 'tf-vgpu-waits'}`}>
+          {a.text}
+        </span>
       </span>
     </li>
   );
