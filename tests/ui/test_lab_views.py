@@ -285,7 +285,7 @@ def assert_readable(measured: dict[str, Any], dark: bool) -> list[dict[str, Any]
 
 
 COLOUR_LITERAL = re.compile(
-    r"#[0-9a-fA-F]{3,8}\b|\b(?:rgba?|hsla?)\(|\b(?:white|black|red|green|blue|orange|gray|grey)\b")
+    r"#[0-9a-fA-F]{3,8}\b|\b(?:rgba?|hsla?)\(|\b(?:white|black|red|green|blue|orange|gray|grey)\b(?!-)")
 
 
 def test_dark_theme_sidebar_is_readable(page: Any, lab: JupyterServerProcess, tmp_path: Path) -> None:
