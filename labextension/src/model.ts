@@ -449,7 +449,10 @@ export function isStale(state: IVgpuState, now: number, staleSeconds: number): b
   return anyUp && now - state.lastMessage > staleSeconds * 1000;
 }
 
-/** The status bar text for a kernel: "vGPU 3.1 / 8.0 GiB · 42 %", or null without a slice. */
+/**
+ * The status bar text for a kernel: "vGPU 3.1 / 8.0 GiB · 42 % of the GPU" (utilisation of the
+ * whole device, as everywhere), or null without a slice.
+ */
 export function statusText(kernel: IKernel | undefined): string | null {
   if (!kernel || !kernel.slice) {
     return null;
@@ -457,7 +460,8 @@ export function statusText(kernel: IKernel | undefined): string | null {
   const used = kernel.usage ? kernel.usage.vram_used : 0;
   const util = kernel.usage ? Math.round(kernel.usage.utilization) : 0;
   // One unit for both, the limit's (or the use's, when over it): MiB for slices under 1 GiB.
-  return `vGPU ${formatBytesPair(used, kernel.slice.vram)} · ${util} %`;
+  const of = kernel.device?.kind === 'host' ? 'of the host' : 'of the GPU';
+  return `vGPU ${formatBytesPair(used, kernel.slice.vram)} · ${util} % ${of}`;
 }
 
 /** Settings of the extension (see schema/plugin.json). */

@@ -27,7 +27,7 @@ from ui_helpers import (
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
 
-STATUS = re.compile(r"vGPU (\d+\.\d) / 4\.0 GiB · \d+ %")
+STATUS = re.compile(r"vGPU (\d+\.\d) / 4\.0 GiB · \d+ % of the (?:GPU|host)")
 
 
 def gib_used(text: str) -> float:

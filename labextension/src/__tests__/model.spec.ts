@@ -101,11 +101,15 @@ describe('formatting', () => {
 
   it('writes the status bar text', () => {
     expect(statusText({ ...kernel, usage: { vram_used: 3.1 * GiB, utilization: 42.4 } })).toBe(
-      'vGPU 3.1 / 8.0 GiB · 42 %'
+      'vGPU 3.1 / 8.0 GiB · 42 % of the host'
+    );
+    const gpu = { uuid: 'GPU-1', name: 'A100', kind: 'gpu' as const };
+    expect(statusText({ ...kernel, device: gpu, usage: { vram_used: GiB, utilization: 12 } })).toBe(
+      'vGPU 1.0 / 8.0 GiB · 12 % of the GPU'
     );
     expect(
       statusText({ ...kernel, slice: { vram: 640 * MiB, compute: 10, count: 1 }, usage: { vram_used: 621 * MiB, utilization: 0 } })
-    ).toBe('vGPU 621.0 / 640.0 MiB · 0 %');
+    ).toBe('vGPU 621.0 / 640.0 MiB · 0 % of the host');
     expect(statusText({ ...kernel, slice: undefined })).toBeNull();
     expect(statusText(undefined)).toBeNull();
   });

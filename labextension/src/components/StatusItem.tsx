@@ -1,6 +1,7 @@
 import { ReactWidget, UseSignal } from '@jupyterlab/ui-components';
 import * as React from 'react';
 
+import { utilizationHelp } from '../chart';
 import { isNearLimit, statusText, VgpuModel } from '../model';
 
 /** `vGPU 3.1 / 8.0 GiB · 42 %` for the active notebook's kernel; empty without a slice. */
@@ -34,7 +35,9 @@ export class VgpuStatusItem extends ReactWidget {
               tabIndex={0}
               className={`tf-vgpu-status-text${near ? ' tf-vgpu-near' : ''}`}
               aria-label={`vGPU of this notebook's kernel: ${full}. Open the vGPU panel.`}
-              title="vGPU slice of this notebook's kernel: VRAM used / limit · utilization. Click to open the vGPU panel."
+              title={`vGPU slice of this notebook's kernel: VRAM used / limit · utilisation. ${utilizationHelp(
+                kernel.slice?.compute
+              )} Click to open the vGPU panel.`}
               onClick={this._onClick}
               onKeyDown={e => {
                 if (e.key === 'Enter' || e.key === ' ') {
