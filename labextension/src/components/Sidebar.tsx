@@ -7,6 +7,7 @@ import { kernelAvailability, sliceText } from '../availability';
 import { utilizationHelp, utilizationText } from '../chart';
 import { formatBytes, formatBytesPair, formatDuration, formatPercent } from '../format';
 import {
+  IHistoryPoint,
   IKernel,
   IMapDevice,
   IProfile,
@@ -134,13 +135,22 @@ function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? '' : 's'}`;
 }
 
-function KernelRow(props: { model: VgpuModel; kernel: IKernel }): JSX.Element {
-  const { model, kernel: k } = props;
-  const name = model.names[k.kernel_id] || `kernel ${k.kernel_id.slice(0, 8)}`;
+interface IKernelRowProps {
+  kernel: IKernel;
+  /** The notebook's name ('' when unknown). */
+  name: string;
+  points: IHistoryPoint[];
+  threshold: number;
+}
+
+/** A kernel's card; drawn again only when its own figures change (many kernels stay smooth). */
+const KernelRow = React.memo(function KernelRow(props: IKernelRowProps): JSX.Element {
+  const { kernel: k } = props;
+  const name = props.name || `kernel ${k.kernel_id.slice(0, 8)}`;
   const used = k.usage?.vram_used ?? 0;
   const limit = k.slice?.vram ?? 0;
   const fraction = usedFraction(used, limit);
-  const near = isNearLimit(used, limit, model.settings.warningThreshold);
+  const near = isNearLimit(used, limit, props.threshold);
   const host = k.device?.kind === 'host';
   const where = k.device
     ? `${k.worker} · ${host ? 'host device (no GPU)' : k.device.name}`
@@ -173,10 +183,12 @@ function KernelRow(props: { model: VgpuModel; kernel: IKernel }): JSX.Element {
           <Parts items={utilizationText(k.usage?.utilization ?? 0, k.slice?.compute, host).split(' · ')} />
         </div>
       </div>
-      <KernelChart points={model.state.history[k.kernel_id] || []} sliceCompute={k.slice?.compute} label={name} />
+      <KernelChart points={props.points} sliceCompute={k.slice?.compute} label={name} />
     </li>
   );
-}
+});
+
+const NO_POINTS: IHistoryPoint[] = [];
 
 function QuotaSection(props: { workers: IWorker[] }): JSX.Element | null {
   const rows = props.workers.map(w => ({ worker: w, meters: quotaMeters(w) })).filter(r => r.meters.length);
@@ -333,7 +345,13 @@ export function VgpuView(props: {
           {kernels.length === 0 && <p className="tf-vgpu-dim">No kernel holds a vGPU slice.</p>}
           <ul>
             {kernels.map(k => (
-              <KernelRow key={k.kernel_id} model={model} kernel={k} />
+              <KernelRow
+                key={k.kernel_id}
+                kernel={k}
+                name={model.names[k.kernel_id] || ''}
+                points={state.history[k.kernel_id] || NO_POINTS}
+                threshold={settings.warningThreshold}
+              />
             ))}
           </ul>
         </section>
