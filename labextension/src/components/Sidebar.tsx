@@ -236,7 +236,8 @@ function QueueRow(props: { entry: IWaiting; now: number }): JSX.Element {
       <div title={e.message || reasonText(e.reason)}>
         <Parts items={waitingSummary(e, props.now / 1000).split(' · ')} />
       </div>
-      {(e.hint || e.message) && <div className="tf-vgpu-hint">{e.hint || e.message}</div>}
+      {e.message && <div className="tf-vgpu-reason">{e.message}</div>}
+      {e.hint && <div className="tf-vgpu-hint">{e.hint}</div>}
     </li>
   );
 }
