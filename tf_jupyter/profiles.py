@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tf_jupyter.kernelspec_logo import write_logos
 from tf_jupyter.qos import QOS_NAMES
 from tf_remoting.quantities import QuantityError, format_bytes, format_percent, parse_bytes, parse_percent
 
@@ -228,7 +229,7 @@ def _dump(spec: dict[str, Any]) -> str:
 
 
 def write_builtin_kernelspecs(target_dir: str | Path) -> list[Path]:
-    """Write ``vgpu-<name>/kernel.json`` for every built-in profile (the repository's ``kernels/``)."""
+    """Write ``vgpu-<name>/kernel.json`` and the logos for every built-in profile (the repository's ``kernels/``)."""
     target = Path(target_dir)
     written = []
     for profile in BUILTIN_PROFILES.values():
@@ -236,6 +237,7 @@ def write_builtin_kernelspecs(target_dir: str | Path) -> list[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(_dump(kernelspec(profile)), encoding="utf-8")
         written.append(path)
+        written.extend(write_logos(path.parent))
     return written
 
 
@@ -294,6 +296,7 @@ class ProfileStore:
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(_dump(kernelspec(profile, self.argv_prefix)), encoding="utf-8")
+        write_logos(path.parent)
         return path
 
     def remove(self, name: str) -> Path:
