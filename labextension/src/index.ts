@@ -18,6 +18,7 @@ import { Signal } from '@lumino/signaling';
 
 import { VgpuPanel } from './components/Sidebar';
 import { KernelListDecorator, kernelViews } from './decorate';
+import { launcherOrderPlugin } from './launcherOrderPlugin';
 import { VgpuStatusItem } from './components/StatusItem';
 import { DEFAULT_SETTINGS, IAlert, isAdmin, ISettings, statusText, VgpuModel } from './model';
 import {
@@ -300,4 +301,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, launcherOrderPlugin];
