@@ -1,4 +1,3 @@
-import { Dialog, showDialog } from '@jupyterlab/apputils';
 import * as React from 'react';
 
 import { formatBytes, formatDuration, formatPercent } from '../format';
@@ -17,20 +16,20 @@ export function AdminSection(props: {
   error: string;
   names: { [kernelId: string]: string };
   onRelease: (worker: string, leaseId: string) => Promise<void>;
+  confirm: (title: string, body: string, action: string) => Promise<boolean>;
 }): JSX.Element {
   const { admin } = props;
   const [releaseError, setReleaseError] = React.useState('');
   const [busy, setBusy] = React.useState('');
   const release = async (idle: Idle) => {
     const what = `${idle.label || 'a kernel'} of ${idle.principal || 'an unknown user'}`;
-    const answer = await showDialog({
-      title: 'Release this slice?',
-      body:
-        `${what} holds ${formatBytes(idle.vram)} and has been idle for ${formatDuration(idle.idle_s)}. ` +
+    const go = await props.confirm(
+      'Release this slice?',
+      `${what} holds ${formatBytes(idle.vram)} and has been idle for ${formatDuration(idle.idle_s)}. ` +
         'Releasing ends its kernel; its variables are lost.',
-      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Release' })]
-    });
-    if (!answer.button.accept) {
+      'Release'
+    );
+    if (!go) {
       return;
     }
     setBusy(idle.lease_id);
