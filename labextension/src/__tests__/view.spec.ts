@@ -5,7 +5,7 @@ import { renderToStaticMarkup } from 'react-dom/server';
 import { describe, expect, it } from 'vitest';
 
 import { VgpuView } from '../components/View';
-import { EventsMessage, IKernel, VgpuModel } from '../model';
+import { EventsMessage, IAdminView, IKernel, VgpuModel } from '../model';
 
 import { GiB, pool } from './fixtures';
 
@@ -22,12 +22,13 @@ const kernel: IKernel = {
   usage: { vram_used: GiB, utilization: 3 }
 };
 
-function render(admin: boolean): string {
+function render(admin: boolean, view: IAdminView | null = null): string {
   const model = new VgpuModel();
   const p = { ...pool, admin, workers: pool.workers.map(w => ({ ...w, view: admin ? ('all' as const) : ('own' as const) })) };
   const hello = { type: 'hello', pool: p, kernels: [kernel], queue: [] } as EventsMessage;
   model.apply(hello);
   model.names = { k1: 'train.ipynb' };
+  model.setAdmin(view);
   return renderToStaticMarkup(React.createElement(VgpuView, { model }));
 }
 
@@ -44,7 +45,32 @@ describe('VgpuView', () => {
     expect(html).not.toContain('tf-vgpu-admin');
   });
 
-  it('shows the admin section to admins only', () => {
+  it('shows the admin section to admins only: users, idle kernels with a Release button, queue, devices', () => {
     expect(render(true)).toContain('data-testid="tf-vgpu-admin"');
+    expect(render(true)).toContain('Loading the admin view');
+    const html = render(true, {
+      workers: [{ address: 'w1', up: true, error: '', devices: pool.workers[0].devices }],
+      users: [{ principal: 'bob', vram: 2 * GiB, compute: 20, kernels: 1, devices: 1 }],
+      idle: [{ worker: 'w1', lease_id: 'L1', principal: 'bob', label: 'x.ipynb', vram: 2 * GiB, compute: 20, idle_s: 3700 }],
+      queue: [
+        {
+          worker: 'w1',
+          id: 'q1',
+          principal: 'carol',
+          position: 1,
+          reason: 'no_room',
+          message: 'no room',
+          qos: 'medium',
+          since: 0,
+          request: { vram: 3 * GiB, compute: 10, count: 1 }
+        }
+      ]
+    });
+    expect(html).toMatch(/<th scope="row"[^>]*>bob<\/th><td>2 GiB<\/td>/);
+    expect(html).toContain('data-testid="tf-vgpu-idle-release"');
+    expect(html).toContain('aria-label="Release the slice of x.ipynb of bob"');
+    expect(html).toContain('idle 1 h 1 min');
+    expect(html).toContain('#1 carol');
+    expect(html).toContain('Queue of all users (1)');
   });
 });
