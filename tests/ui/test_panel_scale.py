@@ -1,0 +1,197 @@
+"""The vGPU panel with 200 kernels and leases in the pool, in Chromium: correct, and how fast.
+
+Real parts, as cheap as real gets: two workers (host devices; a host device takes 100 slices of
+1 %), a Jupyter server with a 64 MiB / 1 % profile, KERNELS real kernels started by REST, and the
+rest of the 200 as leases allocated through the worker client (half by this server's principal,
+labelled like notebooks, half by another principal). The server's principal is the workers' admin,
+so the pool shows all 200 (the admin's view). The samples stream every 0.25 s.
+
+Asserted (correctness only): the panel lists exactly the server's kernels, and its lease count is
+the API's. Printed (no timed assertion; speed belongs in benchmarks/): the time from opening the
+panel to all of it shown, the number of renders and the main thread's long tasks, and the frame
+times (rAF) over STREAM_S seconds of live samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+from typing import Any
+
+import pytest
+from ui_helpers import CHROMIUM, CHROMIUM_ARGS, NO_CHROMIUM, BrowserLog, quiet_lab, wait_for
+
+from tf_jupyter.profiles import Profile, ProfileStore
+from tf_jupyter.pytest_plugin import JupyterServerProcess
+from tf_remoting.pytest_plugin import WorkerProcess
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=NO_CHROMIUM)
+
+MiB = 1 << 20
+TOTAL = 200
+KERNELS = int(os.environ.get("TF_PANEL_SCALE_KERNELS", "6"))
+STREAM_S = 10
+
+# Render marks, long tasks and the moment the panel first shows everything, from the page's start.
+PERF_JS = """
+window.__tfPerf = { marks: [], longtasks: [], complete: null, opened: null };
+new PerformanceObserver(list => {
+  for (const e of list.getEntries()) {
+    if (e.name === 'tf-vgpu-panel-rendered') window.__tfPerf.marks.push(e.startTime);
+  }
+}).observe({ type: 'mark', buffered: true });
+new PerformanceObserver(list => {
+  for (const e of list.getEntries()) window.__tfPerf.longtasks.push([e.startTime, e.duration]);
+}).observe({ type: 'longtask', buffered: true });
+"""
+
+# Clicks the panel's tab and records when it shows `kernels` kernel cards and `leases` leases.
+OPEN_JS = """([kernels, leases]) => new Promise(resolve => {
+  const perf = window.__tfPerf;
+  const done = () => {
+    const panel = document.getElementById('tf-vgpu-panel');
+    const count = panel && panel.querySelector('[data-testid="tf-vgpu-lease-count"]');
+    return panel && panel.querySelectorAll('[data-testid="tf-vgpu-kernel"]').length === kernels
+      && count && Number(count.dataset.count) === leases;
+  };
+  const finish = () => {
+    perf.complete = performance.now();
+    observer.disconnect();
+    resolve(perf.complete - perf.opened);
+  };
+  const observer = new MutationObserver(() => { if (perf.complete === null && done()) finish(); });
+  observer.observe(document.body, { childList: true, subtree: true, attributes: true, characterData: true });
+  perf.opened = performance.now();
+  document.querySelector('.jp-SideBar [data-id="tf-vgpu-panel"]').click();
+  if (done()) finish();
+})"""
+
+# Frame times (ms between animation frames) and renders over `ms` milliseconds.
+FRAMES_JS = """ms => new Promise(resolve => {
+  const frames = [];
+  const start = performance.now();
+  const marks0 = window.__tfPerf.marks.length;
+  let last = start;
+  const step = now => {
+    frames.push(now - last);
+    last = now;
+    if (now - start < ms) requestAnimationFrame(step);
+    else resolve({ frames, renders: window.__tfPerf.marks.length - marks0,
+                   longtasks: window.__tfPerf.longtasks.filter(([t]) => t >= start) });
+  };
+  requestAnimationFrame(step);
+})"""
+
+
+def api_leases(server: JupyterServerProcess) -> int:
+    return sum(int(w["leases"]) for w in server.get_sync("/tf-vgpu/api/pool")["workers"])
+
+
+async def fill_with_leases(workers: list[WorkerProcess], count: int) -> tuple[int, list[str]]:
+    """Allocate up to `count` 64 MiB / 1 % leases over the workers, alternating principals; the
+    number allocated and why each worker took no more."""
+    done = 0
+    full: list[str] = []
+    for worker in workers:
+        clients = [worker.client(worker.token), worker.client(worker.other_token)]
+        try:
+            while done < count:
+                client = clients[done % 2]
+                try:
+                    await client.allocate(64 * MiB, 1, ttl_seconds=3600,
+                                          labels={"notebook": f"scale/notebook-{done:03}.ipynb"})
+                except Exception as exc:  # this worker is full: the next one
+                    if "RESOURCE_EXHAUSTED" not in str(exc):
+                        raise
+                    full.append(f"{worker.address} after {done}: {exc}")
+                    break
+                done += 1
+        finally:
+            for c in clients:
+                await c.close()
+    return done, full
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def test_panel_with_200_kernels_and_leases(tmp_path: Any) -> None:
+    from playwright.sync_api import sync_playwright
+
+    args = ["--host-vram", "64Gi", "--watchdog-action", "warn", "--admin-principals", "alice"]
+    workers = [WorkerProcess(args) for _ in range(2)]
+    # One server token for both workers (it reads the first one's token file).
+    workers[1].token, workers[1].other_token = workers[0].token, workers[0].other_token
+    workers[1].token_file.write_text(workers[0].token_file.read_text())
+    for w in workers:
+        w.start()
+    server = JupyterServerProcess(workers=workers, app="jupyterlab")
+    try:
+        quiet_lab(server)
+        ProfileStore(server.root / "data" / "kernels").add(Profile("scale", 64 * MiB, 1))
+        server.start()
+        kernel_ids = set()
+        for _ in range(KERNELS):
+            status, body = server._open("POST", "/api/kernels", {"name": "vgpu-scale"})
+            assert status == 201, (status, body, server.log()[-2000:])
+            kernel_ids.add(str(body["id"]))
+        leased, full = asyncio.run(fill_with_leases(workers, TOTAL - KERNELS))
+        assert leased == TOTAL - KERNELS, f"only {leased} leases fit: {full}"
+        wait_for(lambda: api_leases(server) == TOTAL, 30,
+                 f"the pool counts every lease: {server.get_sync('/tf-vgpu/api/pool')['workers']}")
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(60_000)
+            try:
+                log = BrowserLog(page)
+                page.add_init_script(PERF_JS)
+                page.goto(f"{server.url}/lab/workspaces/scale?token={server.token}")
+                page.locator('.jp-SideBar [data-id="tf-vgpu-panel"]').wait_for()
+                open_ms = page.evaluate(f"(args) => Promise.race([({OPEN_JS})(args), "
+                                        "new Promise((_, no) => setTimeout(() => no(new Error('not shown')), 60000))])",
+                                        [KERNELS, api_leases(server)])
+                panel = page.locator("#tf-vgpu-panel")
+                shown = {str(e.get_attribute("data-kernel-id"))
+                         for e in panel.locator('[data-testid="tf-vgpu-kernel"]').all()}
+                assert shown == kernel_ids
+                count = panel.locator('[data-testid="tf-vgpu-lease-count"]')
+                assert int(count.get_attribute("data-count") or -1) == api_leases(server) == TOTAL
+                stream = page.evaluate(FRAMES_JS, STREAM_S * 1000)
+                assert stream["renders"] > 0, "no render while samples streamed"
+                perf = page.evaluate("window.__tfPerf")
+                page.screenshot(path=str(tmp_path / "scale.png"))
+                errors = log.ours()
+                some = sorted(kernel_ids)[0]
+                if server._open("GET", f"/tf-vgpu/api/kernels/{some}/history")[0] == 404:
+                    # The history route (issue 14, contract 1) is not in this server yet: the panel's
+                    # asks for it fail as expected; everything else must be clean.
+                    errors = [e for e in errors if "/history" not in e]
+                assert errors == []
+            finally:
+                browser.close()
+        frames = stream["frames"][1:]
+        long_ms = [d for _, d in stream["longtasks"]]
+        figures = {
+            "kernels": KERNELS, "leases": TOTAL,
+            "open_to_all_shown_ms": round(open_ms, 1),
+            "renders_before_complete": sum(1 for t in perf["marks"] if t <= perf["complete"]),
+            "stream_s": STREAM_S, "renders_while_streaming": stream["renders"],
+            "frame_ms_p50": round(statistics.median(frames), 2), "frame_ms_p95": round(percentile(frames, 95), 2),
+            "frame_ms_max": round(max(frames), 2), "frames": len(frames),
+            "long_tasks_while_streaming": len(long_ms), "long_task_ms_max": round(max(long_ms, default=0.0), 1),
+            "long_task_ms_total": round(sum(long_ms), 1),
+        }
+        print("\npanel scale figures:", json.dumps(figures))
+        if os.environ.get("TF_PANEL_SCALE_OUT"):
+            with open(os.environ["TF_PANEL_SCALE_OUT"], "w", encoding="utf-8") as out:
+                json.dump(figures, out)
+    finally:
+        server.cleanup()
+        for w in workers:
+            w.cleanup()
