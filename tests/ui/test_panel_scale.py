@@ -7,9 +7,11 @@ labelled like notebooks, half by another principal). The server's principal is t
 so the pool shows all 200 (the admin's view). The samples stream every 0.25 s.
 
 Asserted (correctness only): the panel lists exactly the server's kernels, and its lease count is
-the API's. Printed (no timed assertion; speed belongs in benchmarks/): the time from opening the
-panel to all of it shown, the number of renders and the main thread's long tasks, and the frame
-times (rAF) over STREAM_S seconds of live samples.
+the API's. Printed (no timed assertion; speed belongs in benchmarks/): the time from the page's start
+to the panel listing all of it, the time from clicking its tab to it shown with every chart drawn,
+the frame times (rAF), renders and the main thread's long tasks (> 50 ms) over STREAM_S seconds of
+live samples. TF_PANEL_SCALE_KERNELS sets how many of the 200 are real kernels (default 6; 100
+runs in about 80 s on 2 cores); TF_PANEL_SCALE_OUT writes the figures as JSON.
 """
 
 from __future__ import annotations
@@ -34,9 +36,16 @@ TOTAL = 200
 KERNELS = int(os.environ.get("TF_PANEL_SCALE_KERNELS", "6"))
 STREAM_S = 10
 
-# Render marks, long tasks and the moment the panel first shows everything, from the page's start.
+# Render marks, long tasks, and when the panel first shows `kernels` kernel cards and `leases`
+# leases (it renders while its tab is closed too), from the page's start.
 PERF_JS = """
-window.__tfPerf = { marks: [], longtasks: [], complete: null, opened: null };
+window.__tfPerf = { marks: [], longtasks: [], complete: null, opened: null, shown: null };
+window.__tfDone = () => {
+  const panel = document.getElementById('tf-vgpu-panel');
+  const count = panel && panel.querySelector('[data-testid="tf-vgpu-lease-count"]');
+  return Boolean(panel && panel.querySelectorAll('[data-testid="tf-vgpu-kernel"]').length === %(kernels)d
+    && count && Number(count.dataset.count) === %(leases)d);
+};
 new PerformanceObserver(list => {
   for (const e of list.getEntries()) {
     if (e.name === 'tf-vgpu-panel-rendered') window.__tfPerf.marks.push(e.startTime);
@@ -45,27 +54,49 @@ new PerformanceObserver(list => {
 new PerformanceObserver(list => {
   for (const e of list.getEntries()) window.__tfPerf.longtasks.push([e.startTime, e.duration]);
 }).observe({ type: 'longtask', buffered: true });
+document.addEventListener('DOMContentLoaded', () => {
+  const observer = new MutationObserver(() => {
+    if (window.__tfDone()) {
+      window.__tfPerf.complete = performance.now();
+      observer.disconnect();
+    }
+  });
+  observer.observe(document.body, { childList: true, subtree: true, attributes: true, characterData: true });
+});
 """
 
-# Clicks the panel's tab and records when it shows `kernels` kernel cards and `leases` leases.
-OPEN_JS = """([kernels, leases]) => new Promise(resolve => {
+# Clicks the panel's tab; resolves with the ms until it is visible with every chart drawn (fails
+# after `limit` ms, saying what it saw).
+OPEN_JS = """limit => new Promise((resolve, reject) => {
   const perf = window.__tfPerf;
-  const done = () => {
+  const drawn = () => {
     const panel = document.getElementById('tf-vgpu-panel');
-    const count = panel && panel.querySelector('[data-testid="tf-vgpu-lease-count"]');
-    return panel && panel.querySelectorAll('[data-testid="tf-vgpu-kernel"]').length === kernels
-      && count && Number(count.dataset.count) === leases;
+    if (!panel || panel.offsetWidth === 0 || !window.__tfDone()) return false;
+    const canvases = Array.from(panel.querySelectorAll('[data-testid="tf-vgpu-chart"] canvas'));
+    return canvases.every(c => c.width > 0);
   };
   const finish = () => {
-    perf.complete = performance.now();
-    observer.disconnect();
-    resolve(perf.complete - perf.opened);
+    perf.shown = performance.now();
+    resolve(perf.shown - perf.opened);
   };
-  const observer = new MutationObserver(() => { if (perf.complete === null && done()) finish(); });
-  observer.observe(document.body, { childList: true, subtree: true, attributes: true, characterData: true });
+  const poll = () => {
+    if (drawn()) return finish();
+    if (performance.now() - perf.opened > limit) {
+      const panel = document.getElementById('tf-vgpu-panel');
+      return reject(new Error(`panel not shown with its charts: width ${panel?.offsetWidth}, ` +
+                              `all listed ${window.__tfDone()}`));
+    }
+    requestAnimationFrame(poll);
+  };
   perf.opened = performance.now();
-  document.querySelector('.jp-SideBar [data-id="tf-vgpu-panel"]').click();
-  if (done()) finish();
+  // As a mouse would: Lumino's tab bar selects on pointerdown.
+  const tab = document.querySelector('.jp-SideBar [data-id="tf-vgpu-panel"]');
+  const r = tab.getBoundingClientRect();
+  const at = { bubbles: true, cancelable: true, button: 0, clientX: r.x + r.width / 2, clientY: r.y + r.height / 2 };
+  tab.dispatchEvent(new PointerEvent('pointerdown', at));
+  tab.dispatchEvent(new PointerEvent('pointerup', at));
+  tab.dispatchEvent(new MouseEvent('click', at));
+  requestAnimationFrame(poll);
 })"""
 
 # Frame times (ms between animation frames) and renders over `ms` milliseconds.
@@ -150,12 +181,12 @@ def test_panel_with_200_kernels_and_leases(tmp_path: Any) -> None:
             page.set_default_timeout(60_000)
             try:
                 log = BrowserLog(page)
-                page.add_init_script(PERF_JS)
+                page.add_init_script(PERF_JS % {"kernels": KERNELS, "leases": TOTAL})
                 page.goto(f"{server.url}/lab/workspaces/scale?token={server.token}")
                 page.locator('.jp-SideBar [data-id="tf-vgpu-panel"]').wait_for()
-                open_ms = page.evaluate(f"(args) => Promise.race([({OPEN_JS})(args), "
-                                        "new Promise((_, no) => setTimeout(() => no(new Error('not shown')), 60000))])",
-                                        [KERNELS, api_leases(server)])
+                wait_for(lambda: page.evaluate("window.__tfPerf.complete") is not None, 60,
+                         "the panel lists every kernel and lease", page)
+                open_ms = page.evaluate(OPEN_JS, 30_000)
                 panel = page.locator("#tf-vgpu-panel")
                 shown = {str(e.get_attribute("data-kernel-id"))
                          for e in panel.locator('[data-testid="tf-vgpu-kernel"]').all()}
@@ -179,8 +210,12 @@ def test_panel_with_200_kernels_and_leases(tmp_path: Any) -> None:
         long_ms = [d for _, d in stream["longtasks"]]
         figures = {
             "kernels": KERNELS, "leases": TOTAL,
-            "open_to_all_shown_ms": round(open_ms, 1),
-            "renders_before_complete": sum(1 for t in perf["marks"] if t <= perf["complete"]),
+            # From the page's start (navigation) to the panel holding every kernel and lease.
+            "page_start_to_all_listed_ms": round(perf["complete"], 1),
+            # Renders (marked after they are painted) before the one that listed them all: 0 = the first.
+            "renders_before_all_listed": sum(1 for t in perf["marks"] if t < perf["complete"]),
+            # Opening its tab: until visible with every chart's canvas drawn.
+            "open_to_charts_drawn_ms": round(open_ms, 1),
             "stream_s": STREAM_S, "renders_while_streaming": stream["renders"],
             "frame_ms_p50": round(statistics.median(frames), 2), "frame_ms_p95": round(percentile(frames, 95), 2),
             "frame_ms_max": round(max(frames), 2), "frames": len(frames),
