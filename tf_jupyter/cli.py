@@ -65,17 +65,18 @@ def view_line(inv: pb.Inventory) -> str:
 def format_inventory(inv: pb.Inventory) -> str:
     from tf_jupyter.qos import qos_name
     from tf_remoting.proto import enum_name, pb
-    from tf_remoting.quantities import format_bytes
+    from tf_remoting.quantities import format_bytes, utilization_text
 
     mode = enum_name(pb.IsolationMode, inv.default_mode)
     out = [f"worker {inv.worker_id} (tf-jupyter {inv.version}), backend {inv.backend}, default isolation "
            f"{mode}, compute oversubscription x{inv.oversubscription:g}", view_line(inv), "", "DEVICES"]
-    rows = [["#", "DEVICE", "KIND", "VRAM LEASED / USED / TOTAL", "COMPUTE LEASED", "UTIL", "MEMORY BY"]]
+    rows = [["#", "DEVICE", "KIND", "VRAM LEASED / USED / TOTAL", "COMPUTE LEASED", "UTILIZATION", "MEMORY BY"]]
     for d in inv.devices:
         kind = "host device (no GPU)" if d.kind == pb.DEVICE_KIND_HOST else "GPU"
         rows.append([str(d.index), f"{d.name} {d.uuid}", kind,
                      f"{format_bytes(d.vram_leased)} / {format_bytes(d.vram_used)} / {format_bytes(d.vram_total)}",
-                     f"{d.compute_leased} / {d.compute_capacity} %", f"{d.utilization:.0f} %",
+                     f"{d.compute_leased} / {d.compute_capacity} %",
+                     utilization_text(d.utilization, host=d.kind == pb.DEVICE_KIND_HOST),
                      pb.MemoryEnforcement.Name(d.memory_enforcement).removeprefix("MEMORY_ENFORCEMENT_").lower()])
     out.append(_table(rows))
     out += ["", "LEASES"]

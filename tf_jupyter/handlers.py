@@ -108,6 +108,12 @@ class VgpuHandler(APIHandler):
                        "<token>' (a logged-in browser session also needs its _xsrf token)")
         self.finish(json.dumps({"message": message, "status": status_code}))
 
+    def _kernel(self, kernel_id: str) -> None:
+        """404 unless the kernel is one of this server's vGPU kernels."""
+        if kernel_id not in self.pool.kernels:
+            known = kernel_id in self.kernel_manager if self.kernel_manager is not None else False
+            raise web.HTTPError(404, f"kernel {kernel_id} " + ("has no vGPU slice" if known else "is unknown"))
+
     def json(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -133,10 +139,6 @@ class KernelsHandler(VgpuHandler):
 
 
 class KernelHandler(VgpuHandler):
-    def _kernel(self, kernel_id: str) -> None:
-        if kernel_id not in self.pool.kernels:
-            known = kernel_id in self.kernel_manager if self.kernel_manager is not None else False
-            raise web.HTTPError(404, f"kernel {kernel_id} " + ("has no vGPU slice" if known else "is unknown"))
 
     @web.authenticated
     @authorized
@@ -170,6 +172,58 @@ class KernelHandler(VgpuHandler):
         self.json(self.pool.kernel_json(kernel_id))
 
 
+class KernelHistoryHandler(VgpuHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, kernel_id: str) -> None:
+        """The kernel's last 10 minutes of samples, oldest first (tf_jupyter/history.py)."""
+        self._kernel(kernel_id)
+        self.json(self.pool.history_json(kernel_id))
+
+
+def admin_view(pool: Pool) -> dict[str, Any]:
+    """The admin view; 403 when no worker up lists this server's principal as an admin."""
+    view = pool.admin_json()
+    if view is None:
+        raise web.HTTPError(403, "the admin view is for principals the workers list as admins "
+                            "(admin_principals or admin_groups in the worker's settings); no worker up "
+                            "shows this server's principal every principal's leases")
+    return view
+
+
+class AdminHandler(VgpuHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.json(admin_view(self.pool))
+
+
+class AdminReleaseHandler(VgpuHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        """{"worker": address, "lease_id": id}: release any principal's lease (its kernel ends)."""
+        example = '{"worker": "10.0.0.5:50051", "lease_id": "..."}'
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except (ValueError, RecursionError):
+            raise web.HTTPError(400, "the body must be a JSON object, e.g. %s", example) from None
+        if (not isinstance(body, dict) or set(body) != {"worker", "lease_id"}
+                or not all(isinstance(body[k], str) and body[k] for k in body)):
+            raise web.HTTPError(400, "give exactly worker and lease_id, both non-empty strings, e.g. %s", example)
+        admin_view(self.pool)  # 403 for non-admins before anything is asked of a worker
+        if body["worker"] not in self.pool.workers:
+            raise web.HTTPError(404, "worker %s is not in this server's pool (GET /tf-vgpu/api/pool lists them)",
+                                body["worker"])
+        try:
+            released = await self.pool.release_as_admin(body["worker"], body["lease_id"])
+        except RemotingError as exc:
+            raise web.HTTPError(STATUS_OF.get(exc.code.name, 500), exc.message) from None
+        self.pool.emit("admin_release", f"lease {body['lease_id']} on {body['worker']} released by an admin",
+                       lease_id=body["lease_id"], worker=body["worker"])
+        self.json({"released": body["lease_id"] if released else ""})
+
+
 class QueueHandler(VgpuHandler):
     @web.authenticated
     @authorized
@@ -182,8 +236,9 @@ class ProfilesHandler(VgpuHandler):
     @authorized
     async def get(self) -> None:
         app: TfVgpuApp = self.settings["tf_vgpu"]
+        small_first = sorted(app.profiles(), key=lambda p: (p.whole_device, p.count, p.vram, p.compute, p.name))
         self.json({"profiles": [{**p.to_metadata(), "kernelspec": p.kernelspec_name,
-                                 "display_name": p.display_name} for p in app.profiles()]})
+                                 "display_name": p.display_name} for p in small_first]})
 
 
 class EventsHandler(websocket.WebSocketHandler, JupyterHandler):
@@ -251,7 +306,8 @@ class NotFoundHandler(VgpuHandler):
             raise web.HTTPError(404, "kernel %s is unknown (a kernel id has only letters, digits, '-' and '_'; "
                                 "GET /tf-vgpu/api/kernels lists them)", unquote(path.split(kernels, 1)[1]))
         raise web.HTTPError(404, "%s is not part of the vGPU API (its paths: /tf-vgpu/api/pool, kernels, "
-                            "kernels/<kernel_id>, queue, profiles, events)", path)
+                            "kernels/<kernel_id>, kernels/<kernel_id>/history, queue, profiles, admin, admin/release, "
+                            "events)", path)
 
 
 _KERNEL_ID = r"(?P<kernel_id>[\w-]+)"
@@ -262,6 +318,9 @@ def routes() -> list[tuple[str, type]]:
         (r"/tf-vgpu/api/pool", PoolHandler),
         (r"/tf-vgpu/api/kernels", KernelsHandler),
         (rf"/tf-vgpu/api/kernels/{_KERNEL_ID}", KernelHandler),
+        (rf"/tf-vgpu/api/kernels/{_KERNEL_ID}/history", KernelHistoryHandler),
+        (r"/tf-vgpu/api/admin", AdminHandler),
+        (r"/tf-vgpu/api/admin/release", AdminReleaseHandler),
         (r"/tf-vgpu/api/queue", QueueHandler),
         (r"/tf-vgpu/api/profiles", ProfilesHandler),
         (r"/tf-vgpu/api/events", EventsHandler),

@@ -67,6 +67,17 @@ def server_extension(configurable: Any) -> TfVgpuApp | None:
     return None
 
 
+
+def notebook_of(launch_kwargs: dict[str, Any], app: Any) -> str:
+    """The notebook a kernel starts for, relative to the server's root (jupyter_server names a session's
+    notebook in the kernel's environment, as JPY_SESSION_NAME); "" when it started without one."""
+    name = str((launch_kwargs.get("env") or {}).get("JPY_SESSION_NAME", ""))
+    root = getattr(getattr(app, "serverapp", None), "root_dir", "")
+    if name and root and os.path.isabs(name):
+        relative = os.path.relpath(name, root)
+        name = relative if not relative.startswith("..") else os.path.basename(name)
+    return name
+
 class VgpuProvisioner(LocalProvisioner):
     profile = Unicode("small", config=True, help="The vGPU profile this kernelspec asks for.")
 
@@ -107,7 +118,7 @@ class VgpuProvisioner(LocalProvisioner):
         finally:
             await client.close()
 
-    async def _place_in_server(self, pool: Pool, profile: Profile) -> None:
+    async def _place_in_server(self, pool: Pool, profile: Profile, notebook: str = "") -> None:
         qos = pool.qos_for(profile.qos)  # the queue, the lease and idle release all see this one
         if not self.lease_id or pool.lease(self.worker, self.lease_id) is None:
             pool.emit("kernel_placing", f"placing a {profile.slice_text} kernel", kernel_id=self.kernel_id)
@@ -122,7 +133,8 @@ class VgpuProvisioner(LocalProvisioner):
                         whole_device=profile.whole_device),
                 qos=qos, profile=profile.name,
                 on_queued=queued,
-                labels={"jupyter_kernel_id": self.kernel_id, "client": "jupyter_server"})
+                labels={"jupyter_kernel_id": self.kernel_id, "client": "jupyter_server",
+                        **({"notebook": notebook} if notebook else {})})
             self.worker, self.lease_id = placed.worker, placed.lease.id
         pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, qos))
 
@@ -154,7 +166,7 @@ class VgpuProvisioner(LocalProvisioner):
                         app.pool_error or "the server's vGPU pool is not ready after 120 s"))
             profile = self._profile()
             if pool is not None:
-                await self._place_in_server(pool, profile)
+                await self._place_in_server(pool, profile, notebook_of(kwargs, app))
                 reach = {"token": pool.token, "token_file": pool.token_file, "tls": pool.tls.client_kwargs(),
                          "ttl": pool.lease_ttl}
             else:

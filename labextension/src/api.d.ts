@@ -68,6 +68,71 @@ export interface paths {
         patch: operations["resizeKernel"];
         trace?: never;
     };
+    "/tf-vgpu/api/kernels/{kernel_id}/history": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Jupyter's kernel id (as in `/api/kernels`). */
+                kernel_id: string;
+            };
+            cookie?: never;
+        };
+        /**
+         * The kernel's last 10 minutes of usage, for charts.
+         * @description Kept in memory by this Jupyter server from the workers' samples, at most one point a second,
+         *     oldest first; it starts when the server first saw the kernel's samples. Live points follow on
+         *     the events WebSocket (`sample` messages).
+         */
+        get: operations["getKernelHistory"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tf-vgpu/api/admin": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The whole pool as an admin sees it.
+         * @description From the workers that list this server's principal as an admin (the worker's
+         *     `admin_principals` / `admin_groups`): every device with every principal's slices, each
+         *     principal's use, leases idle for a minute or more (most idle first) and every principal's
+         *     waiting requests.
+         */
+        get: operations["getAdminView"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/tf-vgpu/api/admin/release": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Release any principal's lease (an admin's action); its kernel ends. */
+        post: operations["adminRelease"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/tf-vgpu/api/queue": {
         parameters: {
             query?: never;
@@ -165,6 +230,8 @@ export interface components {
         /** @description How a slice's VRAM limit is enforced on this device (lower case of the worker's enum). */
         MemoryEnforcement: string;
         Pool: {
+            /** @description Whether some worker up lists this server's principal as an admin (GET admin answers). */
+            admin: boolean;
             workers: components["schemas"]["Worker"][];
             /** @enum {string} */
             policy: "binpack" | "spread";
@@ -224,6 +291,85 @@ export interface components {
             utilization: number;
             modes: components["schemas"]["Mode"][];
             memory_enforcement: components["schemas"]["MemoryEnforcement"];
+            /** @description The device's leased slices for the GPU map: this server's principal's one each (named); as an admin every principal's, with the principal; otherwise all other principals' leased share as one anonymous slice. Free space is vram_total - vram_leased. */
+            slices?: components["schemas"]["DeviceSlice"][];
+        };
+        DeviceSlice: {
+            vram: components["schemas"]["Bytes"];
+            /** @description Percent of the device. */
+            compute: number;
+            /** @description This server's principal's lease. */
+            own: boolean;
+            /** @description This server's kernel on the lease; empty otherwise. */
+            kernel_id: string;
+            /** @description The notebook (or profile and kernel); empty for others' slices unless an admin. */
+            label: string;
+            /** @description The lease's principal; empty unless an admin. */
+            principal: string;
+        };
+        KernelHistory: {
+            kernel_id: string;
+            /** @description Seconds of history kept (600). */
+            window_s: number;
+            samples: {
+                /** @description Unix seconds of the worker's sample. */
+                t: number;
+                vram_used: components["schemas"]["Bytes"];
+                vram_limit: components["schemas"]["Bytes"];
+                /** @description Percent of the whole device (busiest device of the lease). */
+                utilization: number;
+            }[];
+        };
+        AdminReleaseRequest: {
+            /** @description The worker's address, as in GET pool. */
+            worker: string;
+            lease_id: string;
+        };
+        AdminView: {
+            workers: {
+                address: string;
+                up: boolean;
+                error: string;
+                devices: components["schemas"]["Device"][];
+            }[];
+            /** @description Each principal's use, summed over the workers of this view, most VRAM first. */
+            users: {
+                principal: string;
+                vram: components["schemas"]["Bytes"];
+                compute: number;
+                kernels: number;
+                /** @description Whole devices (exclusive leases). */
+                devices: number;
+            }[];
+            /** @description Leases idle (no slice above 1 % utilization) for a minute or more, most idle first. */
+            idle: {
+                worker: string;
+                lease_id: string;
+                principal: string;
+                label: string;
+                vram: components["schemas"]["Bytes"];
+                compute: number;
+                idle_s: number;
+                qos: components["schemas"]["Qos"];
+            }[];
+            /** @description Every principal's waiting requests, per worker in line order. */
+            queue: {
+                worker: string;
+                id: string;
+                principal: string;
+                position: number;
+                reason: string;
+                message: string;
+                qos: components["schemas"]["Qos"];
+                since: number;
+                profile: string;
+                request: {
+                    vram: components["schemas"]["Bytes"];
+                    compute: components["schemas"]["Percent"];
+                    count: number;
+                    whole_device: boolean;
+                };
+            }[];
         };
         KernelList: {
             kernels: components["schemas"]["Kernel"][];
@@ -313,6 +459,10 @@ export interface components {
             };
             /** @description The request in words, e.g. 4 GiB · 10 %. */
             description: string;
+            /** @description The notebook whose kernel waits (from its session); empty when unknown. */
+            notebook: string;
+            /** @description What would let it start */
+            hint: string;
         };
         ProfileList: {
             profiles: components["schemas"]["Profile"][];
@@ -602,6 +752,124 @@ export interface operations {
                 };
             };
             /** @description The pool is not available, or the kernel's worker does not answer. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+        };
+    };
+    getKernelHistory: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Jupyter's kernel id (as in `/api/kernels`). */
+                kernel_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The samples. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["KernelHistory"];
+                };
+            };
+            403: components["responses"]["Forbidden"];
+            404: components["responses"]["KernelNotFound"];
+            503: components["responses"]["PoolUnavailable"];
+        };
+    };
+    getAdminView: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The admin view. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AdminView"];
+                };
+            };
+            /** @description Not authenticated, or no worker up lists this server's principal as an admin. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            503: components["responses"]["PoolUnavailable"];
+        };
+    };
+    adminRelease: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["AdminReleaseRequest"];
+            };
+        };
+        responses: {
+            /** @description Released (`released` is empty when the lease was gone already). */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": {
+                        released: string;
+                    };
+                };
+            };
+            /** @description The body is not a JSON object with exactly `worker` and `lease_id` (non-empty strings). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description Not authenticated, or this server's principal is not an admin on the worker. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The worker is not in this server's pool, or it has no such lease. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Error"];
+                };
+            };
+            /** @description The pool is not available, or the worker does not answer. */
             503: {
                 headers: {
                     [name: string]: unknown;

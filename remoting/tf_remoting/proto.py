@@ -36,6 +36,10 @@ WAIT_QUOTA = "quota"      # its principal's quota: freeing room elsewhere does n
 WAIT_BEHIND = "behind"    # it would fit, but only on devices a request ahead of it waits for
 QUOTA_EXCEEDED_KEY = "tf-vgpu-quota-exceeded-bin"
 
+# A slice whose utilization (percent of the device) is above this counts as active: the worker's
+# Lease.last_active and the Jupyter side's idle release read it the same way.
+BUSY_UTILIZATION = 1.0
+
 __all__ = ["pb", "SERVICE_NAME", "enum_name", "enum_value", "enum_names"]  # and pb_grpc, loaded lazily
 
 

@@ -10,7 +10,7 @@ import math
 import re
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal, InvalidOperation
 
-__all__ = ["QuantityError", "parse_bytes", "parse_percent", "format_bytes", "format_percent"]
+__all__ = ["QuantityError", "parse_bytes", "parse_percent", "format_bytes", "format_percent", "utilization_text"]
 
 MAX_BYTES = 2**63 - 1
 MAX_PERCENT = 100
@@ -153,3 +153,10 @@ def format_percent(p: int | float) -> str:
     value = Decimal(p) if isinstance(p, int) else Decimal(repr(float(p)))
     tenths = int((value * 10).to_integral_value(rounding=ROUND_HALF_UP))
     return f"{_tenths_text(tenths)} %"
+
+
+def utilization_text(utilization: float, compute_limit: int | None = None, host: bool = False) -> str:
+    """Utilization said one way everywhere (%vgpu, `tf-jupyter pool`, the panel and status bar): percent
+    of the whole device, the slice's compute next to it as its limit: ``"12 % of the GPU · slice 25 %"``."""
+    text = f"{utilization:.0f} % of the {'host' if host else 'GPU'}"
+    return text if compute_limit is None else f"{text} · slice {compute_limit} %"

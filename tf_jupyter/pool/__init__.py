@@ -14,9 +14,11 @@ the tornado settings, the provisioner through the server's extension (tf_jupyter
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
+from tf_jupyter.history import History, Point
 from tf_jupyter.placement import DeviceView, Request
 from tf_jupyter.pool import views
 from tf_jupyter.pool.events import Events
@@ -40,6 +42,7 @@ class Pool:
         self.workers = Workers(addresses, token, dns=dns, tls=tls, refresh_interval=refresh_interval,
                                events=self.events, client_factory=client_factory)
         self.kernels = Kernels()
+        self.history = History()  # each of our kernels' last 10 minutes of samples, for the panel's charts
         self.scheduler = Scheduler(self.workers, self.events, policy=policy, queue_timeout=queue_timeout,
                                    lease_ttl=lease_ttl)
         self.default_qos = DEFAULT_QOS  # for profiles that leave QoS at its default (TfVgpu.default_qos)
@@ -114,6 +117,7 @@ class Pool:
         self.kernels.register(kernel)
 
     def forget_kernel(self, kernel_id: str) -> KernelSlice | None:
+        self.history.forget(kernel_id)
         return self.kernels.forget(kernel_id)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
@@ -127,8 +131,16 @@ class Pool:
         self.events.emit(kind, message, kernel_id, **extra)
 
     def _on_update(self, w: WorkerState, update: pb.WatchResponse) -> None:
+        by_lease: dict[str, list[pb.LeaseSample]] = {}
         for s in update.leases:
             self.kernels.note_utilization(w.address, s.lease_id, s.utilization)
+            by_lease.setdefault(s.lease_id, []).append(s)
+        for lease_id, samples in by_lease.items():
+            kernel_id = self.kernels.kernel_id_of(w.address, lease_id)
+            if kernel_id:
+                self.history.add(kernel_id, Point(update.time, sum(s.vram_used for s in samples),
+                                                  sum(s.vram_limit for s in samples),
+                                                  max(s.utilization for s in samples)))
         if update.leases or update.devices:
             self.events.broadcast({
                 "type": "sample", "time": update.time, "worker": w.address,
@@ -141,7 +153,25 @@ class Pool:
     # ------------------------------------------------------------------ JSON of the REST API
 
     def pool_json(self) -> dict[str, Any]:
-        return views.pool_json(self.workers, self.scheduler.policy)
+        return views.pool_json(self.workers, self.scheduler.policy, self.kernels)
+
+    def history_json(self, kernel_id: str) -> dict[str, Any]:
+        return {"kernel_id": kernel_id, "window_s": self.history.window,
+                "samples": [p.to_json() for p in self.history.points(kernel_id)]}
+
+    def admin_json(self) -> dict[str, Any] | None:
+        """The admin view (views.admin_json); None when no worker up shows us everyone's leases."""
+        if not any(views.is_admin(w) for w in self.workers.values()):
+            return None
+        return views.admin_json(self.workers, self.kernels, time.time())
+
+    async def release_as_admin(self, worker: str, lease_id: str) -> bool:
+        """Release any principal's lease on `worker` (the worker checks that we are an admin there and
+        ends its kernels); False when it was gone already. KeyError for a worker not in the pool."""
+        w = self.workers[worker]
+        released = await w.client.release(lease_id)
+        await self.workers.refresh_one(w)
+        return bool(released)
 
     def kernel_json(self, kernel_id: str) -> dict[str, Any]:
         return views.kernel_json(self.kernels[kernel_id], self.workers)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["KernelSlice", "Kernels"]
+from tf_remoting.proto import BUSY_UTILIZATION
 
-BUSY_UTILIZATION = 1.0  # percent of the device above which a slice counts as active
+__all__ = ["KernelSlice", "Kernels"]
 
 
 @dataclass

@@ -8,6 +8,7 @@ export const MiB = 1024 ** 2;
 export const pool: IPool = {
   policy: 'binpack',
   queue_length: 0,
+  admin: false,
   workers: [
     {
       address: '127.0.0.1:5000',

@@ -188,7 +188,7 @@ describe('reduce', () => {
     expect(leaseCount(state.pool)).toBe(1);
     expect(leaseCount(null)).toBe(0);
     expect(isAdmin(state.pool)).toBe(false);
-    const all = { ...pool, workers: pool.workers.map(w => ({ ...w, view: 'all' as const })) };
+    const all = { ...pool, admin: true, workers: pool.workers.map(w => ({ ...w, view: 'all' as const })) };
     expect(isAdmin(all)).toBe(true);
     expect(isAdmin({ ...all, admin: false } as typeof all)).toBe(false);
   });
@@ -293,7 +293,9 @@ describe('reduce', () => {
       since: 1,
       labels: {},
       request: { vram: 16 * GiB, compute: 50, count: 1, whole_device: false },
-      description: '16 GiB · 50 %'
+      description: '16 GiB · 50 %',
+      notebook: '',
+      hint: ''
     };
     const { state } = run([hello, { type: 'queue', queue: [entry] }]);
     expect(state.queue).toEqual([entry]);

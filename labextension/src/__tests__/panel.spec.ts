@@ -99,7 +99,7 @@ describe('why and how long', () => {
     };
     expect(waitingNotebook(entry)).toBe('big.ipynb');
     expect(waitingNotebook({ ...entry, notebook: '', labels: { notebook: 'l.ipynb' } })).toBe('l.ipynb');
-    expect(waitingNotebook({ ...entry, notebook: undefined })).toBe('a small kernel');
+    expect(waitingNotebook({ ...entry, notebook: '' })).toBe('a small kernel');
     expect(waitingSummary(entry, 1000 + 185)).toBe('#2 · your quota is used up · waited 3 min');
     expect(reasonText('no_room')).toBe('no room on a GPU now');
     expect(reasonText('behind')).toBe('behind an earlier request');

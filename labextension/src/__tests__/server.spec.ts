@@ -22,7 +22,7 @@ class FakeSocket {
 
 const hello: EventsMessage = {
   type: 'hello',
-  pool: { workers: [], policy: 'binpack', queue_length: 0 },
+  pool: { workers: [], policy: 'binpack', queue_length: 0, admin: false },
   kernels: [],
   queue: []
 };

@@ -23,7 +23,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, kwds, magic_arguments
 from IPython.utils.process import arg_split
 
-from tf_remoting.quantities import QuantityError, format_bytes, parse_bytes, parse_percent
+from tf_remoting.quantities import QuantityError, format_bytes, parse_bytes, parse_percent, utilization_text
 from tf_remoting.slice_env import NotInSlice, SliceEnv
 
 HELP = """%vgpu — this kernel's vGPU slice
@@ -220,7 +220,8 @@ class SliceStatus:
     quota: str = ""  # quota_text of the kernel's principal on this worker ("" when unknown)
 
     def rows(self) -> list[tuple[str, str]]:
-        util = "unknown" if self.utilization is None else f"{self.utilization:.0f} % of the device"
+        util = ("unknown" if self.utilization is None
+                else utilization_text(self.utilization, self.compute, self.device_kind == "host"))
         kind = "host device (no GPU)" if self.device_kind == "host" else "GPU"
         files = ("shared with the notebook" if self.shares_filesystem
                  else "on the worker, not the notebook's host")
@@ -292,6 +293,7 @@ class WatchView:
 
     lease_id: str
     seconds: float
+    host: bool = False  # the host device (no GPU): utilization is of the host
     started: float = field(default_factory=time.monotonic)
     samples: int = 0
     vram_used: int | None = None
@@ -320,7 +322,8 @@ class WatchView:
             state = f"stopped after {elapsed:.0f} s"
         else:
             state = self.state
-        util = "no sample yet" if self.utilization is None else f"{self.utilization:.0f} % of the device"
+        util = ("no sample yet" if self.utilization is None
+                else utilization_text(self.utilization, self.compute, self.host))
         rows = [
             ("VRAM used", "no sample yet" if self.vram_used is None else
              f"{text_bar(self.vram_used, self.vram_limit)} {vram_text(self.vram_used, self.vram_limit)}"),
@@ -355,8 +358,9 @@ def watch(seconds: float) -> None:
     from tf_remoting.client.backoff import Backoff
     from tf_remoting.proto import pb
 
-    lease_id = _slice().lease_id
-    view = WatchView(lease_id=lease_id, seconds=seconds)
+    slice_ = _slice()
+    lease_id = slice_.lease_id
+    view = WatchView(lease_id=lease_id, seconds=seconds, host=slice_.device_kind == "host")
     deadline = time.monotonic() + seconds
     backoff = Backoff(initial=0.25, factor=2.0, max_delay=2.0, give_up_after=WATCH_OUTAGE)
     error: UsageError | None = None

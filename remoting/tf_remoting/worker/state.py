@@ -31,7 +31,7 @@ import tf_remoting
 from tf_remoting.devices import open_backend
 from tf_remoting.devices.base import DeviceBackend, DeviceInfo, DeviceSample, Usage
 from tf_remoting.devices.cgroup import CgroupSlice, cgroup_v2_memory_root
-from tf_remoting.proto import enum_name, pb
+from tf_remoting.proto import BUSY_UTILIZATION, enum_name, pb
 from tf_remoting.quantities import parse_bytes
 from tf_remoting.slice_env import SliceEnv
 from tf_remoting.worker import isolation, nanny_link, tenants
@@ -109,6 +109,7 @@ class Worker:
         self.kernel_address = ""
         self.device_samples: dict[str, DeviceSample] = {}
         self.usage: dict[str, Usage] = {}  # "<lease>/<device>" -> usage
+        self.last_active: dict[str, float] = {}  # lease id -> unix time a sample last found it busy
         self.subscribers: list[Subscriber] = []
         # The newest Channels stream of each kernel (its Jupyter side), and transfers it was asked
         # for: transfer id -> (principal, kernel id, stream, answer).
@@ -423,11 +424,15 @@ class Worker:
 
         lease_samples = []
         observed_at = time.monotonic()
+        now = time.time()
+        self.last_active = {lease.id: self.last_active.get(lease.id, lease.created_at) for lease in active}
         for lease in active:
             used_total = 0
             for s in lease.slices:
                 u = usage.get(f"{lease.id}/{s.device_uuid}", Usage(0, 0.0))
                 used_total += u.vram_used
+                if u.utilization > BUSY_UTILIZATION:
+                    self.last_active[lease.id] = now
                 lease_samples.append(pb.LeaseSample(
                     lease_id=lease.id, principal=lease.principal, device_uuid=s.device_uuid,
                     vram_used=u.vram_used, vram_limit=s.vram, utilization=u.utilization,

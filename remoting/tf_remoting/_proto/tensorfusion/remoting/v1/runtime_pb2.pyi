@@ -343,7 +343,7 @@ class Slice(_message.Message):
     def __init__(self, device_uuid: _Optional[str] = ..., device_index: _Optional[int] = ..., vram: _Optional[int] = ..., compute: _Optional[int] = ..., vram_used: _Optional[int] = ..., utilization: _Optional[float] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("id", "principal", "slices", "qos", "mode", "memory_enforcement", "created_at", "expires_at", "ttl_seconds", "profile", "labels", "kernels")
+    __slots__ = ("id", "principal", "slices", "qos", "mode", "memory_enforcement", "created_at", "expires_at", "ttl_seconds", "profile", "labels", "kernels", "last_active")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +363,7 @@ class Lease(_message.Message):
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     KERNELS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ACTIVE_FIELD_NUMBER: _ClassVar[int]
     id: str
     principal: str
     slices: _containers.RepeatedCompositeFieldContainer[Slice]
@@ -375,7 +376,8 @@ class Lease(_message.Message):
     profile: str
     labels: _containers.ScalarMap[str, str]
     kernels: _containers.RepeatedCompositeFieldContainer[Kernel]
-    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., qos: _Optional[_Union[Qos, str]] = ..., mode: _Optional[_Union[IsolationMode, str]] = ..., memory_enforcement: _Optional[_Union[MemoryEnforcement, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., profile: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., kernels: _Optional[_Iterable[_Union[Kernel, _Mapping]]] = ...) -> None: ...
+    last_active: float
+    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., qos: _Optional[_Union[Qos, str]] = ..., mode: _Optional[_Union[IsolationMode, str]] = ..., memory_enforcement: _Optional[_Union[MemoryEnforcement, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., profile: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., kernels: _Optional[_Iterable[_Union[Kernel, _Mapping]]] = ..., last_active: _Optional[float] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
     __slots__ = ("lease_id",)

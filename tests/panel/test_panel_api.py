@@ -1,0 +1,153 @@
+"""The panel's server side (issue 14) with real processes: one worker (host device, 8 GiB) shared by
+alice, bob and an admin, each through its own real Jupyter server, real vGPU kernels.
+
+- history: a kernel's samples, for its own server only;
+- the GPU map: alice sees her slice named and bob's as one anonymous slice; the admin sees both with
+  principals; `admin` in the pool view says who may open the admin view;
+- the admin view: 403 for alice; per-user use, every principal's leases; an admin's release ends
+  bob's kernel (bob's server sees it go); alice may release no one else's lease, neither at the
+  worker (PERMISSION_DENIED) nor through the endpoint (403); malformed bodies are 400;
+- profiles small -> large.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tf_jupyter.pytest_plugin import JupyterServerProcess, wait_until
+from tf_remoting.client import PermissionDenied
+from tf_remoting.pytest_plugin import WorkerProcess
+
+GiB = 1 << 30
+TIMEOUT = 90.0
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture
+def worker(tf_worker_factory: type[WorkerProcess]) -> WorkerProcess:
+    w = tf_worker_factory(["--host-vram", "8Gi", "--admin-principals", "admin", "--sample-interval", "0.5"])
+    w.admin_token = secrets.token_urlsafe(24)  # type: ignore[attr-defined]
+    w.token_file.write_text(f"alice {w.token}\nbob {w.other_token}\nadmin {w.admin_token}\n")  # type: ignore[attr-defined]
+    return w.start()
+
+
+@pytest.fixture
+def servers(worker: WorkerProcess, jupyter_server_factory: Any) -> Iterator[dict[str, JupyterServerProcess]]:
+    out = {}
+    for name, token in (("alice", worker.token), ("bob", worker.other_token),
+                        ("admin", worker.admin_token)):  # type: ignore[attr-defined]
+        token_file = worker.root / f"{name}-token"
+        token_file.write_text(f"{name} {token}\n")
+        out[name] = jupyter_server_factory(workers=[worker], settings={"token_file": str(token_file)})
+    for server in out.values():
+        server.start()
+    yield out
+
+
+async def get(server: JupyterServerProcess, path: str) -> Any:
+    status, body = await server.request("GET", path, timeout=TIMEOUT)
+    assert status == 200, (path, status, body)
+    return body
+
+
+async def start_notebook_kernel(server: JupyterServerProcess, notebook: str) -> str:
+    status, body = await server.request("POST", "/api/sessions", {
+        "path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": "vgpu-small"}}, timeout=TIMEOUT)
+    assert status == 201, (status, body)
+    return str(body["kernel"]["id"])
+
+
+def slices_of(pool: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for w in pool["workers"] for d in w["devices"] for s in d["slices"]]
+
+
+async def test_history_map_admin_view_and_release(worker: WorkerProcess,
+                                                  servers: dict[str, JupyterServerProcess]) -> None:
+    alice, bob, admin = servers["alice"], servers["bob"], servers["admin"]
+    a_kernel = await start_notebook_kernel(alice, "alice-plan.ipynb")
+    b_kernel = await start_notebook_kernel(bob, "bob-secret.ipynb")
+
+    # history: alice's samples arrive (about two a second); bob's server knows nothing of her kernel
+    async def history() -> list[dict[str, Any]] | None:
+        samples = (await get(alice, f"/tf-vgpu/api/kernels/{a_kernel}/history"))["samples"]
+        return samples if len(samples) >= 2 else None
+
+    samples = await wait_until(history, TIMEOUT)
+    assert all(s["vram_limit"] == 4 * GiB for s in samples)
+    assert [s["t"] for s in samples] == sorted(s["t"] for s in samples)
+    status, body = await bob.request("GET", f"/tf-vgpu/api/kernels/{a_kernel}/history")
+    assert status == 404, body
+
+    # the GPU map as alice sees it: her slice named, bob's anonymous
+    async def both_leased(server: JupyterServerProcess) -> dict[str, Any] | None:
+        await server.request("GET", "/tf-vgpu/api/pool")
+        pool = await get(server, "/tf-vgpu/api/pool")
+        return pool if sum(s["vram"] for s in slices_of(pool)) == 8 * GiB else None
+
+    pool = await wait_until(lambda: both_leased(alice), TIMEOUT)
+    assert pool["admin"] is False
+    assert sorted((s["own"], s["kernel_id"], s["label"], s["principal"], s["vram"]) for s in slices_of(pool)) == [
+        (False, "", "", "", 4 * GiB), (True, a_kernel, "alice-plan.ipynb", "", 4 * GiB)]
+    assert "bob-secret" not in str(pool) and b_kernel not in str(pool)
+    # the admin sees both, with principals and notebooks
+    pool = await wait_until(lambda: both_leased(admin), TIMEOUT)
+    assert pool["admin"] is True
+    assert sorted((s["principal"], s["label"]) for s in slices_of(pool)) == [
+        ("alice", "alice-plan.ipynb"), ("bob", "bob-secret.ipynb")]
+
+    # the admin view: not for alice
+    status, body = await alice.request("GET", "/tf-vgpu/api/admin")
+    assert status == 403 and "admin" in body["message"], body
+    view = await get(admin, "/tf-vgpu/api/admin")
+    assert sorted((u["principal"], u["vram"], u["kernels"]) for u in view["users"]) == [
+        ("alice", 4 * GiB, 1), ("bob", 4 * GiB, 1)]
+    [w] = view["workers"]
+    assert w["address"] == worker.address and len(w["devices"][0]["slices"]) == 2
+    assert view["queue"] == []
+
+    # alice may not release bob's lease: not at the worker, not through her server
+    async with worker.client() as alice_client, worker.client(worker.other_token) as bob_client:
+        [b_lease] = await bob_client.list_leases()
+        with pytest.raises(PermissionDenied):
+            await alice_client.release(b_lease.id)
+    status, body = await alice.request("POST", "/tf-vgpu/api/admin/release",
+                                       {"worker": worker.address, "lease_id": b_lease.id})
+    assert status == 403, body
+    for bad in ({}, {"worker": worker.address}, {"worker": worker.address, "lease_id": ""},
+                {"worker": worker.address, "lease_id": b_lease.id, "more": 1}, [], "x"):
+        status, body = await admin.request("POST", "/tf-vgpu/api/admin/release", bad)
+        assert status == 400 and "worker and lease_id" in body["message"] or "JSON" in body["message"], (bad, body)
+    status, body = await admin.request("POST", "/tf-vgpu/api/admin/release",
+                                       {"worker": "10.9.9.9:1", "lease_id": b_lease.id})
+    assert status == 404 and "not in this server's pool" in body["message"], body
+    status, body = await admin.request("POST", "/tf-vgpu/api/admin/release",
+                                       {"worker": worker.address, "lease_id": "no-such-lease"})
+    assert status == 404, body
+    async with worker.client(worker.other_token) as bob_client:
+        assert len(await bob_client.list_leases()) == 1  # nothing was lost on the way
+
+    # the admin releases bob's lease: bob's kernel ends, his server's views lose it, alice keeps hers
+    status, body = await admin.request("POST", "/tf-vgpu/api/admin/release",
+                                       {"worker": worker.address, "lease_id": b_lease.id})
+    assert status == 200 and body == {"released": b_lease.id}, body
+    async with worker.client(worker.other_token) as bob_client:
+        assert list(await bob_client.list_leases()) == []
+
+    async def bob_kernel_gone() -> bool:
+        kernels = (await get(bob, "/tf-vgpu/api/kernels"))["kernels"]
+        return not any(k["kernel_id"] == b_kernel and k.get("slice") for k in kernels)
+
+    await wait_until(bob_kernel_gone, TIMEOUT)
+    async with worker.client() as alice_client:
+        assert len(await alice_client.list_leases()) == 1
+
+
+async def test_profiles_small_to_large(servers: dict[str, JupyterServerProcess]) -> None:
+    profiles = (await get(servers["alice"], "/tf-vgpu/api/profiles"))["profiles"]
+    keys = [(p["whole_device"], p["vram"]) for p in profiles]
+    assert keys == sorted(keys) and profiles[-1]["whole_device"], profiles

@@ -1,0 +1,42 @@
+"""The panel's plain-Python parts (issue 14): the kernel history ring, the waiting hint, one way to
+say utilization."""
+
+from __future__ import annotations
+
+from tf_jupyter.history import History, Point
+from tf_jupyter.placement import Request
+from tf_jupyter.pool.views import wait_hint
+from tf_remoting.proto import pb
+from tf_remoting.quantities import utilization_text
+
+GiB = 1 << 30
+
+
+def test_history_keeps_ten_minutes_one_point_a_second_per_kernel():
+    h = History()
+    for i in range(1300):  # 650 s at two samples a second
+        h.add("k1", Point(1000.0 + i / 2, i, 4 * GiB, 5.0))
+    points = h.points("k1")
+    assert len(points) == 601 and points[0].t == 1049.0 and points[-1].t == 1649.0
+    assert all(b.t - a.t >= 1.0 for a, b in zip(points, points[1:], strict=False))
+    assert h.points("k2") == [] and "k1" in h
+    h.forget("k1")
+    assert h.points("k1") == [] and "k1" not in h
+
+
+def test_wait_hint_says_what_lets_it_start():
+    small = Request(4 * GiB, 10)
+    assert wait_hint("no_room", small, 3) == (
+        "It starts when 4 GiB and 10 % are free on one GPU; 2 requests ahead of it.")
+    assert wait_hint("no_room", small, 1) == "It starts when 4 GiB and 10 % are free on one GPU."
+    assert "a GPU has no slice on it" in wait_hint("no_room", Request(0, 100, whole_device=True), 2)
+    assert "a request ahead of it waits" in wait_hint("behind", small, 2)
+    quota = pb.QuotaStatus(quota=pb.Quota(vram=16 * GiB), held=pb.QuotaUse(vram=16 * GiB))
+    assert wait_hint("quota", small, 1, quota) == (
+        "Ending one of your kernels on this GPU host (you hold 16 GiB of your 16 GiB VRAM quota there) lets it "
+        "start; or ask the administrator for a larger quota.")
+
+
+def test_utilization_is_said_one_way():
+    assert utilization_text(12.4, 25) == "12 % of the GPU · slice 25 %"
+    assert utilization_text(40, host=True) == "40 % of the host"
