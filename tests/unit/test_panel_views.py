@@ -40,3 +40,34 @@ def test_wait_hint_says_what_lets_it_start():
 def test_utilization_is_said_one_way():
     assert utilization_text(12.4, 25) == "12 % of the GPU · slice 25 %"
     assert utilization_text(40, host=True) == "40 % of the host"
+
+
+def test_admin_view_sums_use_and_lists_idle_leases_most_idle_first():
+    from tf_jupyter.pool.kernels import Kernels
+    from tf_jupyter.pool.views import admin_json, pool_json
+    from tf_jupyter.pool.workers import WorkerState
+
+    def lease(lid: str, who: str, gib: int, last_active: float, notebook: str = "") -> pb.Lease:
+        return pb.Lease(id=lid, principal=who, created_at=0.0, last_active=last_active, profile="small",
+                        labels={"notebook": notebook} if notebook else {}, qos=pb.QOS_LOW,
+                        slices=[pb.Slice(device_uuid="d0", vram=gib * GiB, compute=10)],
+                        kernels=[pb.Kernel(id=f"k-{lid}", status=pb.KERNEL_STATUS_RUNNING)])
+
+    inv = pb.Inventory(view=pb.INVENTORY_VIEW_ALL, viewer="admin",
+                       devices=[pb.Device(uuid="d0", name="GPU", vram_total=16 * GiB, vram_leased=7 * GiB,
+                                          compute_capacity=100, compute_leased=30)],
+                       leases=[lease("a1", "alice", 4, 900.0, "plan.ipynb"), lease("b1", "bob", 2, 500.0),
+                               lease("b2", "bob", 1, 990.0)])
+    w = WorkerState("w1", client=None, inventory=inv, up=True)  # type: ignore[arg-type]
+    view = admin_json({"w1": w}, Kernels(), now=1000.0)
+    assert [(u["principal"], u["vram"], u["kernels"]) for u in view["users"]] == [
+        ("alice", 4 * GiB, 1), ("bob", 3 * GiB, 2)]
+    assert [(i["lease_id"], i["idle_s"], i["label"]) for i in view["idle"]] == [
+        ("b1", 500.0, "small kernel k-b1"), ("a1", 100.0, "plan.ipynb")]  # b2 was busy 10 s ago
+    assert pool_json({"w1": w}, "binpack")["admin"] is True
+    w.inventory = pb.Inventory(view=pb.INVENTORY_VIEW_OWN, viewer="alice", devices=inv.devices,
+                               leases=[inv.leases[0]])
+    pool = pool_json({"w1": w}, "binpack")
+    assert pool["admin"] is False
+    assert [(s["own"], s["vram"], s["principal"]) for s in pool["workers"][0]["devices"][0]["slices"]] == [
+        (True, 4 * GiB, ""), (False, 3 * GiB, "")]

@@ -45,7 +45,7 @@ def lease_label(lease: pb.Lease, kernel_id: str = "") -> str:
     """A name for a lease a person recognises: its notebook, else its profile and kernel."""
     if lease.labels.get("notebook"):
         return lease.labels["notebook"]
-    kernel = kernel_id or lease.labels.get("jupyter_kernel_id", "")
+    kernel = kernel_id or lease.labels.get("jupyter_kernel_id", "") or (lease.kernels[0].id if lease.kernels else "")
     what = f"{lease.profile} kernel" if lease.profile else "kernel"
     return f"{what} {kernel[:8]}" if kernel else f"lease {lease.id[:8]}"
 
