@@ -34,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BASELINES = REPO.parent / "shared" / "design" / "BASELINES.md"
-BENCHMARKS = ["placement", "start", "tunnel", "telemetry", "tenant_start", "fairshare"]
+BENCHMARKS = ["placement", "start", "tunnel", "telemetry", "tenant_start", "fairshare", "panel_render"]
 
 # Used only when BASELINES.md cannot be read (the table says so).
 DEFAULT_TARGETS = {
@@ -227,8 +227,24 @@ def lines_fairshare(data: dict[str, Any], targets: dict[str, tuple[str, float]])
     return out
 
 
+def lines_panel_render(data: dict[str, Any], targets: dict[str, tuple[str, float]]) -> list[Line]:
+    name = "vGPU panel, 200 in the pool"
+    if "skipped" in data:
+        return [Line(name, f"skipped: {data['skipped']}", "", "", "(info)", "")]
+    what = f"{data['kernels']} real kernels, {data['leases'] - data['kernels']} leases"
+    return [Line(f"{name}: page start → all listed ({what})", fmt(data["page_start_to_all_listed_ms"], "ms"),
+                 "", "", "(info)", ""),
+            Line(f"{name}: tab click → shown, charts drawn", fmt(data["open_to_charts_drawn_ms"], "ms"),
+                 "", "", "(info)", ""),
+            Line(f"{name}: frame time p95 / max while samples stream ({data['renders_while_streaming']} renders "
+                 f"in {data['stream_s']} s)", f"{fmt(data['frame_ms_p95'])} / {fmt(data['frame_ms_max'], 'ms')}",
+                 "16.7 ms (60 fps)", "", "(info)", ""),
+            Line(f"{name}: long tasks (> 50 ms) while streaming", str(data["long_tasks_while_streaming"]),
+                 "", "", "(info)", "")]
+
+
 READERS = {"tunnel": lines_tunnel, "placement": lines_placement, "start": lines_start, "telemetry": lines_telemetry,
-           "tenant_start": lines_tenant_start, "fairshare": lines_fairshare}
+           "tenant_start": lines_tenant_start, "fairshare": lines_fairshare, "panel_render": lines_panel_render}
 
 
 def command(name: str, args: argparse.Namespace, json_path: Path) -> list[str]:
@@ -237,6 +253,8 @@ def command(name: str, args: argparse.Namespace, json_path: Path) -> list[str]:
         script.append("--quick")
     if name in ("start", "tenant_start"):
         script += ["--runs", "5" if args.full else "3"]
+    if name == "panel_render" and args.full:
+        script += ["--kernels", "100"]
     return script
 
 
