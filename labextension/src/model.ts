@@ -28,56 +28,19 @@ export type IProfile = Schemas['Profile'];
 export type EventsMessage = Schemas['EventMessage'];
 
 /** One share of a device for the GPU map: one of ours, or (non-admins) all other users' in one. */
-export interface IDeviceSlice {
-  vram: number;
-  compute: number;
-  own: boolean;
-  /** The kernel holding it when it is one of this server's kernels, else ''. */
-  kernel_id: string;
-  /** Notebook path or kernel name (own slices); '' for others'. */
-  label: string;
-  /** Whose lease, in the admin view; '' otherwise. */
-  principal: string;
-}
+export type IDeviceSlice = Schemas['DeviceSlice'];
 
-/** A device with its slices (older servers send none). */
-export type IMapDevice = IDevice & { slices?: IDeviceSlice[] };
+/** A device with its slices (`slices` absent: an older server). */
+export type IMapDevice = IDevice;
 
-/** A queue entry with what the panel shows of it (older servers send no notebook or hint). */
-export type IWaiting = IQueueEntry & { notebook?: string; hint?: string };
+/** A queue entry with its notebook and hint. */
+export type IWaiting = IQueueEntry;
 
 /** `GET admin`: the whole pool as an admin principal sees it. */
-export interface IAdminView {
-  workers: { address: string; up: boolean; error: string; devices: IMapDevice[] }[];
-  users: { principal: string; vram: number; compute: number; kernels: number; devices: number }[];
-  idle: {
-    worker: string;
-    lease_id: string;
-    principal: string;
-    label: string;
-    vram: number;
-    compute: number;
-    idle_s: number;
-  }[];
-  queue: {
-    worker: string;
-    id: string;
-    principal: string;
-    position: number;
-    reason: string;
-    message: string;
-    qos: string;
-    since: number;
-    request: { vram: number; compute: number; count: number; whole_device?: boolean };
-  }[];
-}
+export type IAdminView = Schemas['AdminView'];
 
 /** `GET kernels/{id}/history`. */
-export interface IKernelHistory {
-  kernel_id: string;
-  window_s: number;
-  samples: { t: number; vram_used: number; vram_limit: number; utilization: number }[];
-}
+export type IKernelHistory = Schemas['KernelHistory'];
 
 /** One point of a kernel's recent history (for its chart). */
 export interface IHistoryPoint {
@@ -425,13 +388,12 @@ export function withPool(state: IVgpuState, pool: IPool): IVgpuState {
   return { ...state, pool };
 }
 
-/** Whether this server's principal is an admin of a worker up (the pool's `admin`). */
+/** Whether this server's principal is an admin of a worker up (the pool's `admin`, decided by the server). */
 export function isAdmin(pool: IPool | null): boolean {
   if (!pool) {
     return false;
   }
-  const flag = (pool as IPool & { admin?: boolean }).admin;
-  return flag ?? pool.workers.some(w => w.up && w.view === 'all');
+  return pool.admin;
 }
 
 /** Leases on the workers, as the API counts them (the pool header's figure). */

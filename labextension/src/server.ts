@@ -59,7 +59,7 @@ export async function fetchHistory(kernelId: string): Promise<IKernelHistory> {
 }
 
 export async function fetchAdmin(): Promise<IAdminView> {
-  return requestJSON<IAdminView>(`${API}/admin`);
+  return requestAPI('/tf-vgpu/api/admin');
 }
 
 /** Release another principal's lease as an admin (the worker ends its kernel). */

@@ -51,7 +51,7 @@ describe('VgpuView', () => {
     const html = render(true, {
       workers: [{ address: 'w1', up: true, error: '', devices: pool.workers[0].devices }],
       users: [{ principal: 'bob', vram: 2 * GiB, compute: 20, kernels: 1, devices: 1 }],
-      idle: [{ worker: 'w1', lease_id: 'L1', principal: 'bob', label: 'x.ipynb', vram: 2 * GiB, compute: 20, idle_s: 3700 }],
+      idle: [{ worker: 'w1', lease_id: 'L1', principal: 'bob', label: 'x.ipynb', vram: 2 * GiB, compute: 20, idle_s: 3700, qos: 'medium' }],
       queue: [
         {
           worker: 'w1',
@@ -62,7 +62,8 @@ describe('VgpuView', () => {
           message: 'no room',
           qos: 'medium',
           since: 0,
-          request: { vram: 3 * GiB, compute: 10, count: 1 }
+          profile: 'big',
+          request: { vram: 3 * GiB, compute: 10, count: 1, whole_device: false }
         }
       ]
     });
