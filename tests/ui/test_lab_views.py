@@ -6,14 +6,13 @@ One `jupyter lab` and one worker (host device, 5 GiB) for the module:
   now or how long the queue is, in text, and follow the pool live;
 - the sidebar says "Disconnected" when the events WebSocket drops, and goes live again by itself;
 - in JupyterLab Dark the sidebar is readable (contrast measured), our CSS uses theme variables
-  only, and docs/images/sidebar-dark.png is taken.
+  only (its look is kept in the test's tmp directory; docs/images/ comes from screenshots.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,6 @@ import pytest
 from ui_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    IMAGES,
     NO_CHROMIUM,
     BrowserLog,
     kernel_of,
@@ -134,9 +132,8 @@ def test_launcher_cards_and_kernel_picker_say_fits_or_queue(page: Any, lab: Jupy
         wait_for(lambda: nb_badge.inner_text() == "queue: 1 waiting", 20,
                  f"the card shows the queue: {nb_badge.inner_text()!r}")
         assert console_badge.inner_text() == "queue: 1 waiting"
-        IMAGES.mkdir(parents=True, exist_ok=True)
+        # docs/images/ is written by tests/ui/screenshots.py only (README); this run's look stays in tmp.
         page.locator(".jp-Launcher-content").screenshot(path=str(tmp_path / "launcher.png"))
-        shutil.copyfile(tmp_path / "launcher.png", IMAGES / "launcher.png")
 
         # The kernel picker (File > New > Notebook asks for a kernel) says the same.
         menu(page, "File", "New", "Notebook", command="notebook:create-new")
@@ -324,11 +321,7 @@ def test_dark_theme_sidebar_is_readable(page: Any, lab: JupyterServerProcess, tm
         wait_for(lambda: panel.evaluate(luminance_contrast_js())["panelLum"] < 0.1, 10, "the panel turns dark")
         assert_readable(panel.evaluate(luminance_contrast_js()), dark=True)
 
-        IMAGES.mkdir(parents=True, exist_ok=True)
-        shot = tmp_path / "sidebar-dark.png"
-        panel.screenshot(path=str(shot))
-        shutil.copyfile(shot, IMAGES / "sidebar-dark.png")
-        print(f"screenshot: {shot} and {IMAGES / 'sidebar-dark.png'}")
+        panel.screenshot(path=str(tmp_path / "sidebar-dark.png"))
 
         # The warning banner is readable in the dark too.
         events.cut()

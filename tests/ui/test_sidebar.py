@@ -14,7 +14,6 @@ import pytest
 from ui_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    IMAGES,
     NO_CHROMIUM,
     MiB,
     add_profile,
@@ -111,9 +110,6 @@ def test_sidebar_status_bar_and_notification(tf_worker_factory, jupyter_server_f
             page.locator(".jp-Notification-Status").click()  # close the center again
             center.wait_for(state="hidden", timeout=5_000)
 
-            IMAGES.mkdir(parents=True, exist_ok=True)
-            page.locator("#tf-vgpu-panel").screenshot(path=str(IMAGES / "sidebar.png"))
-            page.locator("#jp-main-statusbar").screenshot(path=str(IMAGES / "statusbar.png"))
         except Exception:
             page.screenshot(path=str(server.root.parent / "tf-ui-failure.png"))
             raise
