@@ -163,7 +163,7 @@ def take(out: Path, history_s: float = 20.0) -> list[Path]:
             panel.locator('[data-testid="tf-vgpu-waiting"]').first.wait_for()
             wait_for(lambda: panel.locator('[data-testid="tf-vgpu-slice"]').count() >= 3, 30,
                      "own slices and the anonymous one", page)
-            panel.screenshot(path=str(out / "sidebar.png"))
+            panel.locator(".tf-vgpu-view").screenshot(path=str(out / "sidebar.png"))  # the content, not the rest
             panel.locator('[data-testid="tf-vgpu-device-map"]').first.screenshot(path=str(out / "gpu-map.png"))
 
             # A notebook open: the status bar says its slice.
@@ -178,7 +178,7 @@ def take(out: Path, history_s: float = 20.0) -> list[Path]:
             page.locator('body[data-jp-theme-name="JupyterLab Dark"]').wait_for(state="attached")
             wait_for(lambda: charts.count() == 2, 30, "charts again", page)
             page.wait_for_timeout(1500)  # the theme's stylesheet applied and the charts redrawn
-            panel.screenshot(path=str(out / "sidebar-dark.png"))
+            panel.locator(".tf-vgpu-view").screenshot(path=str(out / "sidebar-dark.png"))
             menu(page, "Settings", "Theme", re.compile(r"^\s*JupyterLab Light\s*$"), command="apputils:change-theme")
             page.locator('body[data-jp-theme-name="JupyterLab Light"]').wait_for(state="attached")
             page.close()
