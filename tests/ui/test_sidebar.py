@@ -58,7 +58,8 @@ def test_sidebar_status_bar_and_notification(tf_worker_factory, jupyter_server_f
             assert limit == 4 << 30
             status = page.locator(".tf-vgpu-status-text")
             status.wait_for(timeout=30_000)
-            assert re.fullmatch(r"vGPU \d+\.\d / 4\.0 GiB · \d+ % of the host", status.inner_text()), status.inner_text()
+            text = status.inner_text()
+            assert re.fullmatch(r"vGPU \d+\.\d / 4\.0 GiB · \d+ % of the host", text), text
             status_before = float(status.inner_text().split()[1])
 
             run_cell(page, "x = b'x' * (200 * 2**20); print('allocated')", "allocated")
