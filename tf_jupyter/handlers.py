@@ -176,8 +176,11 @@ class KernelHistoryHandler(VgpuHandler):
     @web.authenticated
     @authorized
     async def get(self, kernel_id: str) -> None:
-        """The kernel's last 10 minutes of samples, oldest first (tf_jupyter/history.py)."""
-        self._kernel(kernel_id)
+        """The kernel's last 10 minutes of samples, oldest first (tf_jupyter/history.py). A kernel of
+        ours that ended lately has none left (200, no samples): a panel that listed it just before it
+        ended asks without an error."""
+        if kernel_id not in self.pool.ended:
+            self._kernel(kernel_id)
         self.json(self.pool.history_json(kernel_id))
 
 

@@ -83,6 +83,8 @@ export interface paths {
          * @description Kept in memory by this Jupyter server from the workers' samples, at most one point a second,
          *     oldest first; it starts when the server first saw the kernel's samples. Live points follow on
          *     the events WebSocket (`sample` messages).
+         *     A kernel of this server that ended lately answers with no samples (not 404), so that a panel
+         *     that listed it just before it ended gets no error.
          */
         get: operations["getKernelHistory"];
         put?: never;

@@ -146,6 +146,12 @@ async def test_history_map_admin_view_and_release(worker: WorkerProcess,
     async with worker.client() as alice_client:
         assert len(await alice_client.list_leases()) == 1
 
+    # alice's kernel ends: its history is gone, and asking for it is no error (a panel may ask just then)
+    status, _ = await alice.request("DELETE", f"/api/kernels/{a_kernel}", timeout=TIMEOUT)
+    assert status == 204
+    body = await get(alice, f"/tf-vgpu/api/kernels/{a_kernel}/history")
+    assert body["samples"] == [], body
+
 
 async def test_profiles_small_to_large(servers: dict[str, JupyterServerProcess]) -> None:
     profiles = (await get(servers["alice"], "/tf-vgpu/api/profiles"))["profiles"]

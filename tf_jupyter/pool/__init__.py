@@ -14,6 +14,7 @@ the tornado settings, the provisioner through the server's extension (tf_jupyter
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +44,7 @@ class Pool:
                                events=self.events, client_factory=client_factory)
         self.kernels = Kernels()
         self.history = History()  # each of our kernels' last 10 minutes of samples, for the panel's charts
+        self.ended: collections.deque[str] = collections.deque(maxlen=1000)  # kernels forgotten lately
         self.scheduler = Scheduler(self.workers, self.events, policy=policy, queue_timeout=queue_timeout,
                                    lease_ttl=lease_ttl)
         self.default_qos = DEFAULT_QOS  # for profiles that leave QoS at its default (TfVgpu.default_qos)
@@ -118,6 +120,8 @@ class Pool:
 
     def forget_kernel(self, kernel_id: str) -> KernelSlice | None:
         self.history.forget(kernel_id)
+        if kernel_id in self.kernels:
+            self.ended.append(kernel_id)
         return self.kernels.forget(kernel_id)
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
