@@ -121,8 +121,32 @@ export function KernelChart(props: { points: IHistoryPoint[]; sliceCompute?: num
     };
   }, [theme]);
 
+  // Only a chart on screen is redrawn when samples arrive (a panel with a hundred kernels shows a
+  // few at a time); one scrolled into view catches up at once.
+  const onScreen = React.useRef(true);
+  const stale = React.useRef(false);
   React.useEffect(() => {
-    plot.current?.setData(chartData(props.points));
+    const el = box.current;
+    if (!el || typeof IntersectionObserver === 'undefined') {
+      return;
+    }
+    const seen = new IntersectionObserver(entries => {
+      onScreen.current = entries.some(e => e.isIntersecting);
+      if (onScreen.current && stale.current) {
+        stale.current = false;
+        plot.current?.setData(chartData(points.current));
+      }
+    });
+    seen.observe(el);
+    return () => seen.disconnect();
+  }, []);
+
+  React.useEffect(() => {
+    if (onScreen.current) {
+      plot.current?.setData(chartData(props.points));
+    } else {
+      stale.current = true;
+    }
   }, [props.points]);
 
   const last = props.points[props.points.length - 1];
