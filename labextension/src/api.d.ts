@@ -343,7 +343,7 @@ export interface components {
                 /** @description Whole devices (exclusive leases). */
                 devices: number;
             }[];
-            /** @description Leases idle (no slice above 1 % utilization) for a minute or more, most idle first. */
+            /** @description Leases idle (no slice above 1 % utilization of the device, no kernel running a cell) for a minute or more, most idle first. */
             idle: {
                 worker: string;
                 lease_id: string;

@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from tf_remoting.devices.procfs import PidWatch, ProcStatReader, stat_fields
+from tf_remoting.worker.nanny_state import ACTIVITY_FILE
 from tf_remoting.worker.proctree import kill_descendants
 from tf_remoting.worker.tenants import Tenant, open_dir
 
@@ -65,6 +66,29 @@ class _Known:
 
 def _file_key(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+def _read_nanny_file(path: str) -> tuple[tuple[int, ...], bytes] | None:
+    """(identity, content) of a small file a nanny wrote; None when absent or not a regular file.
+
+    The nanny runs as the tenant with tenant uids: no symlink or FIFO is followed or waited on, and
+    no more than a state file's size is read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            chunks = []
+            size = 0
+            while size < _MAX_STATE_BYTES and (chunk := os.read(fd, 1 << 16)):
+                chunks.append(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+    return _file_key(st), b"".join(chunks)
 
 
 # The worker's own variables a kernel gets under its client's (paths, locale, GPU libraries):
@@ -105,6 +129,7 @@ class KernelSupervisor:
         self.replay_bytes = replay_bytes
         self._children: list[subprocess.Popen[bytes]] = []
         self._known: dict[str, _Known] = {}
+        self._activity: dict[str, tuple[tuple[int, ...], tuple[bool, float] | None]] = {}  # activity()'s
         self._pids = PidWatch()  # the running nannies, as pidfds
         self._stat = ProcStatReader()  # or their /proc/<pid>/stat, kept open, without pidfds
         self._kernels_prefix = str(self.kernels_dir) + os.sep  # state() builds paths as text: no pathlib per tick
@@ -217,6 +242,7 @@ class KernelSupervisor:
         now = time.monotonic()
         if now - self._last_sweep > _FORGET_AFTER_S / 2:
             self._known = {k: v for k, v in self._known.items() if now - v.used < _FORGET_AFTER_S}
+            self._activity = {k: v for k, v in self._activity.items() if k in self._known}
             nannies = {v.state.nanny_pid for v in self._known.values() if v.nanny_start is not None}
             self._pids.keep_only(nannies)
             self._stat.keep_only(nannies)
@@ -264,25 +290,38 @@ class KernelSupervisor:
         self._pids.unwatch(pid)
         self._stat.forget(pid)
 
+    def activity(self, kernel_id: str) -> tuple[bool, float] | None:
+        """The kernel's DIR/activity.json (nanny_state.write_activity): whether it runs a cell and the
+        unix time of the last change; None before its first cell. One stat; read when replaced."""
+        path = f"{self._kernels_prefix}{kernel_id}{os.sep}{ACTIVITY_FILE}"
+        try:
+            key = _file_key(os.stat(path))
+        except OSError:
+            self._activity.pop(kernel_id, None)
+            return None
+        cached = self._activity.get(kernel_id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        value = None
+        read = _read_nanny_file(path)
+        if read is not None:
+            key, raw = read
+            try:
+                data = json.loads(raw)
+                value = (bool(data["busy"]), float(data["time"]))
+            except (ValueError, KeyError, TypeError):
+                value = None
+        self._activity[kernel_id] = (key, value)
+        return value
+
     def _load(self, kernel_id: str, path: str) -> _Known | None:
         """Parse state.json (its identity taken from the same open file) and check its nanny."""
+        read = _read_nanny_file(path)
+        if read is None:
+            return None
+        key, raw = read
         try:
-            # Written by the nanny, which runs as the tenant with tenant uids: no symlink or FIFO is
-            # followed or waited on, and no more than a state file's size is read.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-            try:
-                st = os.fstat(fd)
-                if not stat.S_ISREG(st.st_mode):
-                    return None
-                key = _file_key(st)
-                chunks = []
-                size = 0
-                while size < _MAX_STATE_BYTES and (chunk := os.read(fd, 1 << 16)):
-                    chunks.append(chunk)
-                    size += len(chunk)
-            finally:
-                os.close(fd)
-            data = json.loads(b"".join(chunks))
+            data = json.loads(raw)
             status = data["status"]
             nanny_pid, kernel_pid = int(data["nanny_pid"]), int(data["kernel_pid"])
         except (OSError, ValueError, KeyError, TypeError):

@@ -33,7 +33,7 @@ from tf_remoting.framing import (
     unpack_records,
 )
 from tf_remoting.proto import pb
-from tf_remoting.worker.nanny_state import LINGER_AFTER_EXIT, write_state
+from tf_remoting.worker.nanny_state import LINGER_AFTER_EXIT, execution_state, write_activity, write_state
 from tf_remoting.worker.proctree import kill_descendants, reap
 
 log = logging.getLogger("tf_remoting.nanny")
@@ -95,6 +95,7 @@ class Nanny:
         self._next_reap = 0.0
         self._want_pollout = False
         self.iopub_ready = False
+        self._busy = False  # the kernel runs a cell (its last status about an execute_request)
         self._held: list[tuple[int, list[bytes]]] = []  # client messages waiting for iopub_ready
         self._iopub_connected = False
         self._outgoing: list[pb.Frame] = []  # frames held during a flood (see HOLD)
@@ -285,8 +286,20 @@ class Nanny:
                 break
             if peer is not None:
                 parts.insert(0, peer)
+            elif channel == pb.CHANNEL_IOPUB:
+                self._note_execution(parts)
             frames.extend(self.buffer.append(channel, parts))
         return frames
+
+    def _note_execution(self, parts: list[bytes]) -> None:
+        """DIR/activity.json follows the kernel's busy/idle status about cells (the worker's idle time)."""
+        state = execution_state(parts)
+        if state is not None and (state == "busy") != self._busy:
+            self._busy = state == "busy"
+            try:
+                write_activity(self.dir, self._busy)
+            except OSError:
+                log.warning("cannot write %s/activity.json", self.dir, exc_info=True)
 
     def _peer_socket(self, channel: int, peer: bytes) -> zmq.Socket:
         key = (channel, peer)

@@ -109,7 +109,9 @@ class Worker:
         self.kernel_address = ""
         self.device_samples: dict[str, DeviceSample] = {}
         self.usage: dict[str, Usage] = {}  # "<lease>/<device>" -> usage
-        self.last_active: dict[str, float] = {}  # lease id -> unix time a sample last found it busy
+        # lease id -> unix time a sample last found it busy (a slice above BUSY_UTILIZATION or a kernel
+        # running a cell, nanny_state.ACTIVITY_FILE)
+        self.last_active: dict[str, float] = {}
         self.subscribers: list[Subscriber] = []
         # The newest Channels stream of each kernel (its Jupyter side), and transfers it was asked
         # for: transfer id -> (principal, kernel id, stream, answer).
@@ -438,6 +440,11 @@ class Worker:
                     vram_used=u.vram_used, vram_limit=s.vram, utilization=u.utilization,
                     compute_limit=s.compute, mode=cast(pb.IsolationMode, lease.mode),
                     kernel_ids=kernel_ids.get(lease.id, [])))
+            for k in kernels_by_lease.get(lease.id, []):  # a cell running on the CPU is activity too
+                activity = self.supervisor.activity(k.id) if k.status != "exited" else None
+                if activity is not None:
+                    busy, since = activity
+                    self.last_active[lease.id] = now if busy else max(self.last_active[lease.id], min(since, now))
             limit = sum(s.vram for s in lease.slices)
             try:
                 for action in self.watchdog.observe(lease.id, used_total, limit, observed_at):
