@@ -12,6 +12,7 @@ alice, bob and an admin, each through its own real Jupyter server, real vGPU ker
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -118,10 +119,13 @@ async def test_history_map_admin_view_and_release(worker: WorkerProcess,
     status, body = await alice.request("POST", "/tf-vgpu/api/admin/release",
                                        {"worker": worker.address, "lease_id": b_lease.id})
     assert status == 403, body
-    for bad in ({}, {"worker": worker.address}, {"worker": worker.address, "lease_id": ""},
-                {"worker": worker.address, "lease_id": b_lease.id, "more": 1}, [], "x"):
+    bad_bodies: list[Any] = [{}, {"worker": worker.address}, {"worker": worker.address, "lease_id": ""},
+                             {"worker": worker.address, "lease_id": b_lease.id, "more": 1}, [], "x"]
+    for bad in bad_bodies:
         status, body = await admin.request("POST", "/tf-vgpu/api/admin/release", bad)
-        assert status == 400 and "worker and lease_id" in body["message"] or "JSON" in body["message"], (bad, body)
+        assert status == 400 and "give exactly worker and lease_id" in body["message"], (bad, body)
+    status, body = await admin.request("POST", "/tf-vgpu/api/admin/release", b'{"worker": ')
+    assert status == 400 and "must be a JSON object" in body["message"], body
     status, body = await admin.request("POST", "/tf-vgpu/api/admin/release",
                                        {"worker": "10.9.9.9:1", "lease_id": b_lease.id})
     assert status == 404 and "not in this server's pool" in body["message"], body
@@ -157,3 +161,34 @@ async def test_profiles_small_to_large(servers: dict[str, JupyterServerProcess])
     profiles = (await get(servers["alice"], "/tf-vgpu/api/profiles"))["profiles"]
     keys = [(p["whole_device"], p["vram"]) for p in profiles]
     assert keys == sorted(keys) and profiles[-1]["whole_device"], profiles
+
+
+async def test_a_waiting_start_names_its_notebook_and_what_lets_it_start(
+        worker: WorkerProcess, servers: dict[str, JupyterServerProcess]) -> None:
+    alice, bob, admin = servers["alice"], servers["bob"], servers["admin"]
+    b_kernel = await start_notebook_kernel(bob, "bob-secret.ipynb")
+    await start_notebook_kernel(alice, "alice-plan.ipynb")  # the 8 GiB are all leased now
+    waiting = asyncio.create_task(start_notebook_kernel(alice, "alice-wait.ipynb"))
+    try:
+        async def alice_waits() -> list[dict[str, Any]] | None:
+            queue = (await get(alice, "/tf-vgpu/api/queue"))["queue"]
+            return queue or None
+
+        [entry] = await wait_until(alice_waits, TIMEOUT)
+        assert (entry["notebook"], entry["reason"], entry["position"]) == ("alice-wait.ipynb", "no_room", 1), entry
+        assert entry["hint"] == f"It starts when 4 GiB and {entry['request']['compute']} % are free on one GPU."
+        # bob is not told what alice waits with; the admin sees whose request it is
+        assert (await get(bob, "/tf-vgpu/api/queue"))["queue"] == []
+        async def admin_sees() -> list[dict[str, Any]] | None:
+            return (await get(admin, "/tf-vgpu/api/admin"))["queue"] or None  # at its next look at the worker
+
+        [seen] = await wait_until(admin_sees, TIMEOUT)
+        assert (seen["principal"], seen["reason"], seen["worker"]) == ("alice", "no_room", worker.address), seen
+        assert not waiting.done()
+        # bob's kernel ends: alice's start goes ahead and leaves the queue
+        status, _ = await bob.request("DELETE", f"/api/kernels/{b_kernel}", timeout=TIMEOUT)
+        assert status == 204
+        await asyncio.wait_for(waiting, TIMEOUT)
+        assert (await get(alice, "/tf-vgpu/api/queue"))["queue"] == []
+    finally:
+        waiting.cancel()
