@@ -24,12 +24,13 @@ async def test_vgpu_magic_and_pool_cli_say_utilization_the_same_way(tf_worker: W
             while True:  # until the worker has sampled the kernel once
                 result = await remote.execute("%vgpu status")
                 assert result.status == "ok", result.reply
-                row = next(line for line in result.data().splitlines() if "utiliz" in line.lower())
+                text, page = result.data() or "", result.data("text/html") or ""
+                row = next(line for line in text.splitlines() if "utiliz" in line.lower())
                 if "unknown" not in row:
                     break
                 assert time.monotonic() < deadline, row
             assert re.search(r"\b\d+ % of the host · slice 25 %", row), row
-            assert re.search(r"\b\d+ % of the host · slice 25 %", result.data("text/html")), result.data("text/html")
+            assert re.search(r"\b\d+ % of the host · slice 25 %", page), page
         finally:
             await remote.close()
             await client.release(lease.id)
