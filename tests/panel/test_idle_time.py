@@ -8,6 +8,7 @@ Real worker, real kernel, real messages; and the parsing of real Jupyter wire fr
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from jupyter_client.session import Session
 
 from tf_remoting.client import RuntimeClient
-from tf_remoting.pytest_plugin import WorkerProcess, ready_kernel
+from tf_remoting.pytest_plugin import WorkerProcess, python_open_to_tenants, ready_kernel, tenant_worker
 from tf_remoting.worker.nanny_state import execution_state, read_activity, write_activity
 
 TIMEOUT = 30.0
@@ -50,7 +51,24 @@ def test_execution_state_of_real_wire_frames(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 async def test_a_running_cell_keeps_its_lease_active(tf_worker_factory: type[WorkerProcess]) -> None:
-    worker = tf_worker_factory(["--host-vram", "2Gi", "--sample-interval", "0.2"]).start()
+    await cell_keeps_lease_active(tf_worker_factory(["--host-vram", "2Gi", "--sample-interval", "0.2"]).start())
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(os.geteuid() != 0, reason="tenant uids need root")
+async def test_a_running_cell_keeps_its_lease_active_with_tenant_uids() -> None:
+    """The nanny runs as the tenant: it writes activity.json in its kernel's directory, the worker
+    reads it as a file of the tenant's."""
+    with python_open_to_tenants():
+        worker = tenant_worker(["--tenant-uids", "20400-20409", "--no-shares-filesystem",
+                                "--sample-interval", "0.2"]).start()
+        try:
+            await cell_keeps_lease_active(worker)
+        finally:
+            worker.cleanup()
+
+
+async def cell_keeps_lease_active(worker: WorkerProcess) -> None:
     async with RuntimeClient(worker.address, worker.token) as client:
         lease = await client.allocate(vram=256 << 20, compute=10, ttl_seconds=600)
 
