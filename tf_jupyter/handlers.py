@@ -239,7 +239,9 @@ class ProfilesHandler(VgpuHandler):
     @authorized
     async def get(self) -> None:
         app: TfVgpuApp = self.settings["tf_vgpu"]
-        small_first = sorted(app.profiles(), key=lambda p: (p.whole_device, p.count, p.vram, p.compute, p.name))
+        # small -> large by total size, whole devices last: the launcher's order (labextension launcherOrder.ts)
+        small_first = sorted(app.profiles(), key=lambda p: (p.whole_device, p.count * p.vram, p.count * p.compute,
+                                                            p.count, p.name))
         self.json({"profiles": [{**p.to_metadata(), "kernelspec": p.kernelspec_name,
                                  "display_name": p.display_name} for p in small_first]})
 

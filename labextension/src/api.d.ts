@@ -161,7 +161,7 @@ export interface paths {
         };
         /**
          * The vGPU profiles (kernelspecs `vgpu-<name>`) installed in the environment.
-         * @description The built-in profiles when none is installed. Works without a pool.
+         * @description The built-in profiles when none is installed. Works without a pool. Sorted small -> large by total size (count x VRAM, then count x compute), whole devices last (as the launcher lists them).
          */
         get: operations["listProfiles"];
         put?: never;

@@ -13,12 +13,14 @@ alice, bob and an admin, each through its own real Jupyter server, real vGPU ker
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tf_jupyter.profiles import Profile, kernelspec
 from tf_jupyter.pytest_plugin import JupyterServerProcess, wait_until
 from tf_remoting.client import PermissionDenied
 from tf_remoting.pytest_plugin import WorkerProcess
@@ -158,9 +160,16 @@ async def test_history_map_admin_view_and_release(worker: WorkerProcess,
 
 
 async def test_profiles_small_to_large(servers: dict[str, JupyterServerProcess]) -> None:
-    profiles = (await get(servers["alice"], "/tf-vgpu/api/profiles"))["profiles"]
-    keys = [(p["whole_device"], p["vram"]) for p in profiles]
-    assert keys == sorted(keys) and profiles[-1]["whole_device"], profiles
+    """By total size (count x VRAM, then compute), whole devices last: the launcher's order
+    (labextension/src/launcherOrder.ts); a pair of 6 GiB slices is between 8 and 16 GiB."""
+    alice = servers["alice"]
+    spec_dir = alice.root / "data" / "kernels" / "vgpu-pair"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps(kernelspec(Profile("pair", 6 * GiB, 10, count=2))))
+    profiles = (await get(alice, "/tf-vgpu/api/profiles"))["profiles"]
+    names = [p["name"] for p in profiles]
+    assert names[-1] == "whole" and profiles[-1]["whole_device"], profiles
+    assert [n for n in names if n in ("small", "medium", "pair", "large")] == ["small", "medium", "pair", "large"]
 
 
 async def test_a_waiting_start_names_its_notebook_and_what_lets_it_start(
