@@ -220,6 +220,8 @@ export interface components {
         };
         /** @description A size in bytes. */
         Bytes: number;
+        /** @description Utilization, one definition everywhere (%vgpu, `tf-jupyter pool`, the panel, the status bar): percent of the whole device's time spent running work, as NVML reports it for the device; for a device all work on it, for a lease or kernel its share where the worker can tell it (on the host device: percent of the host). Never a percent of the slice: the slice's compute (percent of the device) is its limit, said next to it, e.g. "12 % of the GPU · slice 25 %". */
+        Utilization: number;
         /** @description Whole percent of one device's compute. */
         Percent: number;
         /** @enum {string} */
@@ -289,8 +291,7 @@ export interface components {
             /** @description Percent; 100 unless oversubscribed. */
             compute_capacity: number;
             compute_leased: number;
-            /** @description Percent. */
-            utilization: number;
+            utilization: components["schemas"]["Utilization"];
             modes: components["schemas"]["Mode"][];
             memory_enforcement: components["schemas"]["MemoryEnforcement"];
             /** @description The device's leased slices for the GPU map: this server's principal's one each (named); as an admin every principal's, with the principal; otherwise all other principals' leased share as one anonymous slice. Free space is vram_total - vram_leased. */
@@ -318,8 +319,7 @@ export interface components {
                 t: number;
                 vram_used: components["schemas"]["Bytes"];
                 vram_limit: components["schemas"]["Bytes"];
-                /** @description Percent of the whole device (busiest device of the lease). */
-                utilization: number;
+                utilization: components["schemas"]["Utilization"];
             }[];
         };
         AdminReleaseRequest: {
@@ -407,8 +407,7 @@ export interface components {
             memory_enforcement?: components["schemas"]["MemoryEnforcement"];
             usage?: {
                 vram_used: components["schemas"]["Bytes"];
-                /** @description Percent of the device. */
-                utilization: number;
+                utilization: components["schemas"]["Utilization"];
             };
             /** @description Whether the worker sees this server's files (kernels start next to the notebook). */
             shares_filesystem?: boolean;
@@ -512,7 +511,7 @@ export interface components {
             vram_total: components["schemas"]["Bytes"];
             vram_leased: components["schemas"]["Bytes"];
             compute_leased: number;
-            utilization: number;
+            utilization: components["schemas"]["Utilization"];
         };
         LeaseSample: {
             lease_id: string;
@@ -521,7 +520,8 @@ export interface components {
             device_uuid: string;
             vram_used: components["schemas"]["Bytes"];
             vram_limit: components["schemas"]["Bytes"];
-            utilization: number;
+            utilization: components["schemas"]["Utilization"];
+            /** @description The slice's compute, percent of the device: the limit said next to utilization. */
             compute_limit: number;
             mode: components["schemas"]["Mode"];
         };
