@@ -35,6 +35,16 @@ def test_wait_hint_says_what_lets_it_start():
     assert wait_hint("quota", small, 1, quota) == (
         "Ending one of your kernels on this GPU host (you hold 16 GiB of your 16 GiB VRAM quota there) lets it "
         "start; or ask the administrator for a larger quota.")
+    # the dimension that keeps it waiting is named, whichever it is
+    kernels = pb.QuotaStatus(quota=pb.Quota(vram=64 * GiB, kernels=3), held=pb.QuotaUse(vram=12 * GiB, kernels=3))
+    assert "(you hold 3 of your 3 kernel quota there)" in wait_hint("quota", small, 1, kernels)
+    compute = pb.QuotaStatus(quota=pb.Quota(compute=50), held=pb.QuotaUse(compute=45))
+    assert "(you hold 45 % of your 50 % compute quota there)" in wait_hint("quota", small, 1, compute)
+    whole = pb.QuotaStatus(quota=pb.Quota(vram=64 * GiB, devices=1), held=pb.QuotaUse(vram=8 * GiB, devices=1))
+    assert "(you hold 1 of your 1 whole-device quota there)" in wait_hint(
+        "quota", Request(0, 100, whole_device=True), 1, whole)
+    assert wait_hint("quota", small, 1, pb.QuotaStatus()) == (
+        "Ending one of your kernels on this GPU host lets it start; or ask the administrator for a larger quota.")
 
 
 def test_utilization_is_said_one_way():

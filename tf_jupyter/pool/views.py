@@ -149,10 +149,7 @@ def wait_hint(reason: str, request: Request, position: int, quota: pb.QuotaStatu
     """What would let a waiting request start, one sentence for its owner."""
     ahead = position - 1
     if reason == WAIT_QUOTA:
-        held = ""
-        if quota is not None and quota.quota.HasField("vram"):
-            held = (f" (you hold {format_bytes(quota.held.vram)} of your {format_bytes(quota.quota.vram)} VRAM "
-                    "quota there)")
+        held = _quota_held(request, quota) if quota is not None else ""
         return (f"Ending one of your kernels on this GPU host{held} lets it start; or ask the administrator for "
                 "a larger quota.")
     if reason == WAIT_BEHIND:
@@ -162,6 +159,26 @@ def wait_hint(reason: str, request: Request, position: int, quota: pb.QuotaStatu
         f"{format_bytes(request.vram)} and {request.compute} % are free on one GPU"
     queue = f"; {ahead} request{'' if ahead == 1 else 's'} ahead of it" if ahead > 0 else ""
     return f"It starts when {room}{queue}."
+
+
+def _quota_held(request: Request, quota: pb.QuotaStatus) -> str:
+    """' (you hold X of your X <dimension> quota there)' for the dimension the request would pass
+    (else the first one that is full); '' when the worker said no limit that explains the wait."""
+    asked = {"vram": request.vram * request.count, "compute": request.compute * request.count, "kernels": 1,
+             "devices": request.count if request.whole_device else 0}
+    limited = [d for d in ("vram", "compute", "kernels", "devices") if quota.quota.HasField(d)]
+    over = [d for d in limited if getattr(quota.held, d) + asked[d] > getattr(quota.quota, d)]
+    full = [d for d in limited if getattr(quota.held, d) >= getattr(quota.quota, d)]
+    if not over and not full:
+        return ""
+    d = (over or full)[0]
+    held, limit = getattr(quota.held, d), getattr(quota.quota, d)
+
+    def text(v: int) -> str:
+        return format_bytes(v) if d == "vram" else f"{v} %" if d == "compute" else str(v)
+
+    noun = {"vram": "VRAM", "compute": "compute", "kernels": "kernel", "devices": "whole-device"}[d]
+    return f" (you hold {text(held)} of your {text(limit)} {noun} quota there)"
 
 
 def queue_json(workers: Mapping[str, WorkerState], waiting: Mapping[str, Waiting]) -> list[dict[str, Any]]:
