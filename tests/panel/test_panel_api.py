@@ -201,3 +201,24 @@ async def test_a_waiting_start_names_its_notebook_and_what_lets_it_start(
         assert (await get(alice, "/tf-vgpu/api/queue"))["queue"] == []
     finally:
         waiting.cancel()
+
+
+async def test_a_start_waiting_for_its_quota_says_which_quota(tf_worker_factory: type[WorkerProcess],
+                                                              jupyter_server_factory: Any) -> None:
+    worker = tf_worker_factory(["--host-vram", "16Gi", "--quotas", '{"default": {"vram": "4Gi"}}']).start()
+    alice = jupyter_server_factory(workers=[worker]).start()
+    first = await start_notebook_kernel(alice, "first.ipynb")
+    waiting = asyncio.create_task(start_notebook_kernel(alice, "second.ipynb"))
+    try:
+        async def alice_waits() -> list[dict[str, Any]] | None:
+            return (await get(alice, "/tf-vgpu/api/queue"))["queue"] or None
+
+        [entry] = await wait_until(alice_waits, TIMEOUT)
+        assert (entry["notebook"], entry["reason"]) == ("second.ipynb", "quota"), entry
+        assert entry["hint"] == ("Ending one of your kernels on this GPU host (you hold 4 GiB of your 4 GiB VRAM quota "
+                                 "there) lets it start; or ask the administrator for a larger quota."), entry
+        status, _ = await alice.request("DELETE", f"/api/kernels/{first}", timeout=TIMEOUT)
+        assert status == 204
+        await asyncio.wait_for(waiting, TIMEOUT)  # the quota's room came back: it started
+    finally:
+        waiting.cancel()
