@@ -39,7 +39,7 @@ from tf_jupyter.local_worker import LocalWorkerError
 from tf_jupyter.relay import Relay
 from tf_jupyter.standalone import LaunchError, standalone_lease
 from tf_jupyter.tokens import read_token
-from tf_remoting.client import RemotingError, RuntimeClient
+from tf_remoting.client import NotFound, RemotingError, RuntimeClient
 from tf_remoting.proto import pb
 
 log = logging.getLogger("tf_jupyter.launcher")
@@ -145,9 +145,12 @@ class Launcher:
 
     async def _still_running(self, kernel_id: str) -> bool:
         assert self.client is not None
+        # Only 'no such kernel' means start one: any other error (worker away, token refused)
+        # raises, since a second kernel started because a question went unanswered would leave
+        # the first one running unseen in the lease.
         try:
             return (await self.client.kernel_state(kernel_id)).status == pb.KERNEL_STATUS_RUNNING
-        except RemotingError:
+        except NotFound:
             return False
 
     async def _interrupt(self) -> None:

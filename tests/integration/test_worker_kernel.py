@@ -78,3 +78,31 @@ async def test_vgpu_status_magic_inside_kernel(tf_worker):
         finally:
             await remote.close()
             await client.release(lease.id)
+
+
+async def test_a_lease_released_while_its_kernel_starts_leaves_no_kernel(tf_worker):
+    """Release racing StartKernel: the release used to stop the lease's kernels before the new one
+    was running, which then ran on outside every lease (its VRAM counted nowhere). Now either the
+    start fails with NotFound or the release stops the kernel; no kernel process is left."""
+    import psutil
+
+    from tf_remoting.client import NotFound
+
+    async with tf_worker.client() as client:
+        for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
+            lease = await client.allocate(vram=GiB, compute=10)
+            starting = asyncio.create_task(client.start_kernel(lease.id, key=b"k"))
+            await asyncio.sleep(delay)
+            assert await client.release(lease.id) is True
+            try:
+                await starting
+            except NotFound as exc:
+                assert "ended" in exc.message or "released" in exc.message, exc.message
+        worker = psutil.Process(tf_worker.proc.pid)
+        for _ in range(150):  # stopped nannies exit within a few seconds (bounded: 15 s)
+            left = [p for p in worker.children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+            if not left:
+                break
+            await asyncio.sleep(0.1)
+        assert not left, [(p.pid, p.cmdline()) for p in left]
+        assert (await client.inventory()).devices[0].vram_leased == 0

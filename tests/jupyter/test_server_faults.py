@@ -53,13 +53,14 @@ async def test_token_rotation_keeps_kernels_running(tf_worker, jupyter_server_fa
     new_token = secrets.token_urlsafe(24)
     tf_worker.token_file.write_text(f"alice {new_token}\nbob {tf_worker.other_token}\n")
     await asyncio.sleep(8)  # past two TTLs: renewals must have used the new token
+    assert "restarting kernel" not in server.log(), server.log()[-6000:]
     ws = await KernelWebSocket.connect(server, s["kernel"]["id"])
     try:
         assert text_of(await ws.execute("1+1")) == "2"
     finally:
         await ws.aclose()
     tf_worker.token = new_token
-    assert await leased(tf_worker) == 4 << 30
+    assert await leased(tf_worker) == 4 << 30, tf_worker.log()[-6000:]
     status, _ = await server.request("GET", "/tf-vgpu/api/pool")
     assert status == 200
     _, pool = await server.request("GET", "/tf-vgpu/api/pool")

@@ -99,9 +99,11 @@ class TokenTable:
         self._kernel_tokens: dict[bytes, Caller] = {}
         self._reload(force=True)
 
-    def _reload(self, force: bool = False) -> None:
+    def _reload(self, force: bool = False, recheck: bool = False) -> None:
+        """Read the file again when it changed: at most once a second, or at once with `recheck`
+        (a token not recognised may be a rotation written a moment ago)."""
         now = time.monotonic()
-        if not force and now - self._checked < 1.0:
+        if not force and not recheck and now - self._checked < 1.0:
             return
         self._checked = now
         try:
@@ -134,19 +136,26 @@ class TokenTable:
 
     def authenticate(self, authorization: str | None) -> Caller:
         token = bearer_token(authorization)
+        digest = _digest(token)
         with self._lock:
             self._reload()
-            digest = _digest(token)
-            # Compare digests in constant time against every entry.
-            found: Caller | None = None
-            for known, principal in self._table.items():
-                if hmac.compare_digest(known, digest):
-                    found = Caller(principal)
-            for known, caller in self._kernel_tokens.items():
-                if hmac.compare_digest(known, digest):
-                    found = caller
+            found = self._find(digest)
+            if found is None:  # a client may have read a rotated file before our last look at it
+                self._reload(recheck=True)
+                found = self._find(digest)
         if found is None:
             raise AuthError("token not recognised by this worker (expired, rotated or foreign)")
+        return found
+
+    def _find(self, digest: bytes) -> Caller | None:
+        """Whose token has this digest: compared in constant time against every entry."""
+        found: Caller | None = None
+        for known, principal in self._table.items():
+            if hmac.compare_digest(known, digest):
+                found = Caller(principal)
+        for known, caller in self._kernel_tokens.items():
+            if hmac.compare_digest(known, digest):
+                found = caller
         return found
 
 

@@ -814,6 +814,11 @@ class Ledger:
         with self._read() as conn:  # not active: the rows say why
             return self._owned_lease(conn, principal, lease_id)
 
+    def is_active(self, lease_id: str) -> bool:
+        """Whether the lease exists and was neither released nor reclaimed."""
+        with self._lock:
+            return lease_id in self._current_view().lease_by_id
+
     def leases(self, principal: str | None = None) -> list[LeaseRecord]:
         """Active leases, oldest first; only ``principal``'s when given."""
         with self._lock:

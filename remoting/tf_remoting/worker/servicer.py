@@ -180,10 +180,12 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             if owner is None:  # an admin: whoever held it
                 return pb.ReleaseResponse(released=await w.db(w.ledger.reclaim, request.lease_id))
             return pb.ReleaseResponse(released=await w.db(w.ledger.release, caller.principal, request.lease_id))
-        # Exited kernels too: their nanny may linger to hand over last messages nobody will collect.
+        # Ended in the ledger first: a kernel starting in it now sees that and stops itself
+        # (StartKernel); then every kernel recorded, exited ones too (their nanny may linger to hand
+        # over last messages nobody will collect).
+        released = await w.db(w.ledger.release, rec.principal, rec.id)
         for k in await w.db(w.ledger.kernels, rec.id, include_exited=True):
             w.supervisor.stop(k.id)
-        released = await w.db(w.ledger.release, rec.principal, rec.id)
         w.tokens.remove_lease_tokens(rec.id)
         w.watchdog.forget(rec.id)
         w.emit(pb.EVENT_KIND_LEASE_RELEASED, f"lease {rec.id} released by {caller.principal}",
@@ -263,6 +265,14 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         except (KernelStartError, OSError) as exc:
             await w.db(w.ledger.update_kernel, kernel_id, status="exited", exit_code=-1)
             raise RpcError(grpc.StatusCode.INTERNAL, str(exc)) from None
+        if not await w.db(w.ledger.is_active, lease.id):
+            # Released or expired while the kernel started: whoever ended the lease stopped its
+            # kernels before this one ran, so it is ours to stop (a kernel outside every lease).
+            w.supervisor.stop(kernel_id)
+            await w.db(w.ledger.update_kernel, kernel_id, status="exited", exit_code=-1)
+            raise RpcError(grpc.StatusCode.NOT_FOUND,
+                           f"lease {lease.id} ended (released or expired) while kernel {kernel_id} started; "
+                           "the kernel was stopped")
         w.confine_host_kernel(lease, kernel_id, state.kernel_pid)
         w.supervisor.scope_path(kernel_id).write_text(token_digest_hex(kernel_token))
         w.tokens.add_kernel_token(kernel_token, lease.principal, lease.id, kernel_id)

@@ -581,9 +581,9 @@ class Worker:
     async def reclaim(self, lease: LeaseRecord, kind: int, message: str) -> None:
         """Stop a lease's kernels and free its slices (expiry); a failed ledger write raises, and
         the lease, still expired, is reclaimed again at the next tick."""
+        await self.db(self.ledger.reclaim, lease.id)  # first: a kernel starting in it stops itself
         for k in await self.db(self.ledger.kernels, lease.id):
             self.supervisor.stop(k.id)
-        await self.db(self.ledger.reclaim, lease.id)
         self.tokens.remove_lease_tokens(lease.id)
         self.watchdog.forget(lease.id)
         self.emit(kind, message, lease.id, principal=lease.principal)
