@@ -55,8 +55,8 @@ class TfVgpu(Configurable):
         "QoS of kernels whose profile leaves it at 'medium' (the profile default): orders the queue "
         "(critical first) and exempts critical kernels from idle release."))
     idle_release = Float(0.0, config=True, help=(
-        "Seconds without utilization after which a vGPU kernel is warned, then shut down and its "
-        "slice freed (0: never). QoS critical is never released this way."))
+        "Seconds idle (no utilization and no cell running) after which a vGPU kernel is warned, then "
+        "shut down and its slice freed (0: never). QoS critical is never released this way."))
     idle_warning = Float(60.0, config=True, help="Seconds of warning before an idle kernel is shut down.")
     qos_release_grace = Float(30.0, config=True, help=(
         "QoS that holds: when a request of a higher QoS waits at a worker for room that kernels of this "

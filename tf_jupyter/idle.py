@@ -1,4 +1,5 @@
-"""Idle release: warn, then shut down vGPU kernels whose slice showed no utilization for a while.
+"""Idle release: warn, then shut down vGPU kernels idle for a while: no utilization of the slice and
+no cell running (KernelSlice.last_active, tf_jupyter.pool.kernels).
 
 Two reasons, each its own class: `IdleRelease` (idle for `idle_release` seconds, whoever waits) and
 `QosRelease` (idle for `idle_warning` seconds while a request of a higher QoS waits at the same
@@ -27,8 +28,8 @@ log = logging.getLogger("tf_jupyter.idle")
 
 
 class IdleRelease:
-    """After `idle_release` seconds without utilization a kernel is warned; `idle_warning` seconds
-    later it is shut down and its slice announced free. A shutdown that fails is logged and
+    """After `idle_release` seconds idle (no utilization, no cell running) a kernel is warned;
+    `idle_warning` seconds later it is shut down and its slice announced free. A shutdown that fails is logged and
     reported (kind idle_release_failed), and tried again at the next check. Kernels of the highest
     QoS are exempt."""
 
@@ -68,7 +69,7 @@ class IdleRelease:
                                      kernel_id=k.kernel_id)
                     continue
                 self.kernels.forget(k.kernel_id)
-                self.events.emit("idle_release", f"kernel shut down after {idle:.0f} s without utilization; "
+                self.events.emit("idle_release", f"kernel shut down after {idle:.0f} s idle; "
                                  "its slice is free", kernel_id=k.kernel_id)
 
 

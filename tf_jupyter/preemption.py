@@ -55,7 +55,7 @@ class Held:
     kernel_id: str
     worker: str
     qos: str
-    idle_for: float  # seconds without utilization
+    idle_for: float  # seconds idle (no utilization, no cell running)
     slices: tuple[tuple[str, int, int], ...]  # (device uuid, vram, compute)
 
 

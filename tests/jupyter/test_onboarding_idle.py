@@ -118,3 +118,49 @@ async def test_default_qos_critical_exempts_kernels_from_idle_release(tf_worker,
     async with tf_worker.client() as client:
         [lease] = [x for x in await client.list_leases() if x.id == k["lease_id"]]
     assert lease.qos == pb.QOS_CRITICAL
+
+
+async def test_a_kernel_running_a_cell_is_not_idle_released(tf_worker, jupyter_server_factory):
+    """A cell that works on the CPU or waits (here: sleeps) shows no utilization, yet the kernel is
+    in use: the worker counts its running cell in the lease's last_active, and idle release follows
+    it, as the admin view does. A kernel started later and left idle is the yardstick: once it has
+    been released, the busy one, in use all along but without utilization for longer, was kept."""
+    from tf_jupyter.profiles import Profile, kernelspec
+
+    server = jupyter_server_factory(workers=[tf_worker], settings={
+        "idle_release": 3.0, "idle_warning": 2.0, "refresh_interval": 0.5})
+    spec_dir = server.root / "data" / "kernels" / "vgpu-one"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps(kernelspec(Profile("one", vram=1 << 30, compute=10))))
+    server.start()
+    events = await server.websocket("/tf-vgpu/api/events")
+    status, s = await server.request("POST", "/api/sessions", {
+        "path": "busy.ipynb", "type": "notebook", "name": "busy.ipynb", "kernel": {"name": "vgpu-one"}})
+    assert status == 201, server.log()
+    busy = s["kernel"]["id"]
+    ws = await KernelWebSocket.connect(server, busy)
+    try:
+        msg_id = await ws.send("execute_request", {"code": "import time; time.sleep(60)", "silent": False,
+                                                   "store_history": True, "user_expressions": {},
+                                                   "allow_stdin": False, "stop_on_error": True})
+        while True:  # the cell runs
+            msg = await ws.recv(30)
+            if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg.get("msg_type") == "status"
+                    and msg["content"]["execution_state"] == "busy"):
+                break
+        status, s = await server.request("POST", "/api/sessions", {
+            "path": "idle.ipynb", "type": "notebook", "name": "idle.ipynb", "kernel": {"name": "vgpu-one"}})
+        assert status == 201, server.log()
+        yardstick = s["kernel"]["id"]
+        kinds: dict[str, list[str]] = {busy: [], yardstick: []}
+        deadline = time.monotonic() + 60
+        while "idle_release" not in kinds[yardstick]:
+            msg = json.loads(await asyncio.wait_for(events.read_message(), max(0.1, deadline - time.monotonic())))
+            if msg.get("type") == "event" and msg.get("kernel_id") in kinds:
+                kinds[msg["kernel_id"]].append(msg["kind"])
+        assert "idle_release" not in kinds[busy], kinds
+        status, _ = await server.request("GET", f"/api/kernels/{busy}")
+        assert status == 200
+    finally:
+        events.close()
+        await ws.aclose()

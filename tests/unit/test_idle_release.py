@@ -73,3 +73,27 @@ async def test_activity_after_the_warning_keeps_the_kernel() -> None:
     kernels.note_utilization(k.worker, k.lease_id, 50.0)
     await idle.check(now=30.0)
     assert shut == [] and not k.idle_warned
+
+
+def test_a_lease_active_at_its_worker_makes_its_kernel_active_again() -> None:
+    """The worker's Lease.last_active counts a cell running on the CPU, which no utilization sample
+    shows: when it moves on, the kernel is active again (its warning withdrawn); when it stays, not."""
+    import time
+
+    from tf_remoting.proto import pb
+
+    kernels = Kernels()
+    busy, idle = idle_kernel(kernels, "k-busy"), idle_kernel(kernels, "k-idle")
+    busy.idle_warned = idle.idle_warned = True
+    leases = [pb.Lease(id="lease-k-busy", last_active=1000.0), pb.Lease(id="lease-k-idle", last_active=900.0),
+              pb.Lease(id="lease-not-ours", last_active=5000.0)]
+    kernels.note_activity("127.0.0.1:1", leases)
+    assert busy.last_active > 0 and not busy.idle_warned  # first look: both had moved on from nothing
+    busy.last_active = idle.last_active = 0.0
+    busy.idle_warned = idle.idle_warned = True
+    leases[0].last_active = 1010.0  # the busy one's cell still runs; the idle one's time stays
+    kernels.note_activity("127.0.0.1:1", leases)
+    assert time.monotonic() - busy.last_active < 5 and not busy.idle_warned
+    assert idle.last_active == 0.0 and idle.idle_warned
+    kernels.note_activity("127.0.0.1:2", [pb.Lease(id="lease-k-idle", last_active=99999.0)])  # another worker's
+    assert idle.last_active == 0.0

@@ -49,6 +49,8 @@ class Pool:
                                    lease_ttl=lease_ttl)
         self.default_qos = DEFAULT_QOS  # for profiles that leave QoS at its default (TfVgpu.default_qos)
         self.workers.on_update = self._on_update
+        self.workers.on_inventory = lambda w: self.kernels.note_activity(
+            w.address, w.inventory.leases if w.inventory is not None else ())
         self.scheduler.on_queue_change = lambda: self.events.broadcast({"type": "queue", "queue": self.queue_json()})
 
     # ------------------------------------------------------------------ settings a kernel launcher needs

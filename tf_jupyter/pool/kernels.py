@@ -1,11 +1,13 @@
-"""Which Jupyter kernel holds which lease, and when its slice was last busy (for idle release)."""
+"""Which Jupyter kernel holds which lease, and when it was last active (for idle release): its slice
+busy, or its worker saying the lease was active (a running cell counts)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tf_remoting.proto import BUSY_UTILIZATION
+from tf_remoting.proto import BUSY_UTILIZATION, pb
 
 __all__ = ["KernelSlice", "Kernels"]
 
@@ -23,6 +25,7 @@ class KernelSlice:
     last_active: float = field(default_factory=time.monotonic)
     idle_warned: bool = False
     warned_at: float = 0.0   # monotonic time of the idle warning
+    worker_active: float = 0.0  # the lease's last_active as its worker last said it (worker's clock)
 
 
 class Kernels(dict[str, KernelSlice]):
@@ -47,5 +50,17 @@ class Kernels(dict[str, KernelSlice]):
         if utilization > BUSY_UTILIZATION:
             k = self.holding(worker, lease_id)
             if k is not None:
+                k.last_active = time.monotonic()
+                k.idle_warned = False
+
+    def note_activity(self, worker: str, leases: Iterable[pb.Lease]) -> None:
+        """The worker's leases: one whose last_active moved on since we last looked was active
+        meanwhile (a busy slice, or a cell running on the CPU or waiting, which no utilization
+        sample shows), so its kernel is active again, as the admin view says. Only a change counts,
+        never the time itself, so the worker's clock need not agree with ours."""
+        for lease in leases:
+            k = self.holding(worker, lease.id)
+            if k is not None and lease.last_active > k.worker_active:
+                k.worker_active = lease.last_active
                 k.last_active = time.monotonic()
                 k.idle_warned = False

@@ -80,8 +80,8 @@ class WorkerState:
 
 
 class Workers(Mapping[str, WorkerState]):
-    """address -> WorkerState, kept fresh. `on_update` sees every Watch update, `on_capacity` runs
-    when capacity may have changed (after a refresh, a freeing event)."""
+    """address -> WorkerState, kept fresh. `on_update` sees every Watch update, `on_inventory` every
+    inventory read, `on_capacity` runs when capacity may have changed (after a refresh, a freeing event)."""
 
     def __init__(self, addresses: list[str], token: str, dns: str = "", tls: Tls | None = None,
                  refresh_interval: float = 5.0, events: Events | None = None,
@@ -95,6 +95,7 @@ class Workers(Mapping[str, WorkerState]):
         self.events = events or Events()
         self.client_factory = client_factory
         self.on_update: Callable[[WorkerState, pb.WatchResponse], None] = lambda w, update: None
+        self.on_inventory: Callable[[WorkerState], None] = lambda w: None
         self.on_capacity: Callable[[], None] = lambda: None
         self._states: dict[str, WorkerState] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -210,6 +211,7 @@ class Workers(Mapping[str, WorkerState]):
         was_up = w.up
         w.inventory, w.up, w.error = inventory, True, ""
         w.backoff.succeeded()
+        self.on_inventory(w)
         if not was_up:
             log.info("worker %s is up (%s, %d device(s))", w.address, inventory.backend, len(inventory.devices))
             self.events.broadcast({"type": "worker", "worker": w.address, "up": True})
