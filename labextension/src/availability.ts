@@ -45,10 +45,11 @@ export function sliceText(profile: IProfile): string {
  * whole devices, then by VRAM, then by compute, then by count and name.
  */
 export function compareProfiles(a: IProfile, b: IProfile): number {
+  // By total size, as GET profiles and the launcher order them (launcherOrder.sizeRank).
   return (
     Number(a.whole_device) - Number(b.whole_device) ||
-    a.vram - b.vram ||
-    a.compute - b.compute ||
+    a.count * a.vram - b.count * b.vram ||
+    a.count * a.compute - b.count * b.compute ||
     a.count - b.count ||
     a.name.localeCompare(b.name)
   );

@@ -148,15 +148,23 @@ describe('kernel chart data', () => {
 });
 
 describe('profiles', () => {
-  it('sort small -> large: slices by VRAM then compute, whole devices last', () => {
-    const p = (name: string, vram: number, compute: number, whole = false): IProfile => ({
+  it('sort small -> large by total size (count x slice), whole devices last', () => {
+    const p = (name: string, vram: number, compute: number, whole = false, count = 1): IProfile => ({
       ...small,
       name,
       vram,
       compute,
-      whole_device: whole
+      whole_device: whole,
+      count
     });
-    const list = [p('large', 16 * GiB, 50), p('whole', 0, 100, true), p('small', 4 * GiB, 10), p('small-fast', 4 * GiB, 25)];
-    expect(list.sort(compareProfiles).map(x => x.name)).toEqual(['small', 'small-fast', 'large', 'whole']);
+    const list = [
+      p('large', 16 * GiB, 50),
+      p('whole', 0, 100, true),
+      p('pair', 10 * GiB, 10, false, 2),
+      p('small', 4 * GiB, 10),
+      p('small-fast', 4 * GiB, 25)
+    ];
+    // Two 10 GiB slices (20 GiB in all) come after one of 16 GiB, as in GET profiles.
+    expect(list.sort(compareProfiles).map(x => x.name)).toEqual(['small', 'small-fast', 'large', 'pair', 'whole']);
   });
 });
