@@ -88,9 +88,13 @@ def outputs_text(cell: nbformat.NotebookNode) -> str:
 
 def test_jupyter_console(tf_worker, user_env, tmp_path):
     script = "print(6*7)\nimport os; print('lease', os.environ['TF_VGPU_LEASE_ID'])\nexit\n"
-    result = subprocess.run([str(BIN / "jupyter"), "console", "--kernel", "vgpu-small", "--simple-prompt"],
-                            input=script, capture_output=True, text=True, timeout=120,
-                            env=subprocess_env(user_env), cwd=tmp_path / "work")
+    try:
+        result = subprocess.run([str(BIN / "jupyter"), "console", "--kernel", "vgpu-small", "--simple-prompt"],
+                                input=script, capture_output=True, text=True, timeout=120,
+                                env=subprocess_env(user_env), cwd=tmp_path / "work")
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"jupyter console hung: stdout {exc.stdout!r}\nstderr {exc.stderr!r}\n"
+                             f"worker log:\n{tf_worker.log()[-6000:]}") from None
     assert result.returncode == 0, (result.stdout, result.stderr)
     lines = result.stdout.splitlines()
     assert any(line.rstrip().endswith(": 42") or line.strip() == "42" for line in lines), result.stdout
