@@ -67,3 +67,34 @@ async def test_a_reply_for_a_client_that_left_is_dropped_quietly(relay: Relay) -
     # ROUTER drops what it cannot route; the relay must not raise into the Channels stream for it.
     relay._deliver(pb.CHANNEL_SHELL, [b"nobody", b"reply"])
     relay._deliver(pb.CHANNEL_IOPUB, [b"status"])
+
+
+async def test_output_before_the_first_subscription_is_held_not_lost(relay: Relay) -> None:
+    """A client whose iopub connects a moment after its shell (jupyter console checks nothing) must
+    still get the output of its first cell: the relay holds iopub until the first subscription."""
+    serving = asyncio.ensure_future(relay.serve_subscriptions())
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, 5000)
+    try:
+        relay._deliver(pb.CHANNEL_IOPUB, [b"status busy"])  # published before anyone listens
+        relay._deliver(pb.CHANNEL_IOPUB, [b"stream 42"])
+        sub.connect(f"tcp://127.0.0.1:{relay.connection['iopub_port']}")
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        received = []
+        for _ in range(100):  # the subscription reaches the relay's loop (bounded: 5 s)
+            await asyncio.sleep(0.05)
+            with contextlib.suppress(zmq.Again):
+                received.append(sub.recv_multipart(zmq.NOBLOCK))
+                break
+        relay._deliver(pb.CHANNEL_IOPUB, [b"status idle"])  # once subscribed: sent straight on
+        received.append(sub.recv_multipart())
+        received.append(sub.recv_multipart())
+        assert received == [[b"status busy"], [b"stream 42"], [b"status idle"]]
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        sub.close()
+        ctx.term()
