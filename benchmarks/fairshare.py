@@ -27,8 +27,8 @@ tf_remoting.worker.leases.Ledger.allocate; a whole device needs an untouched dev
   waiting line replaces that code.
 - **line**: the worker's one waiting line (tf_remoting.worker.waiting_line, the real module) with
   the real quota code (tf_remoting.worker.quotas): QoS, then fair share between principals, then
-  arrival, with its reservations (backfill rule), and each server's QoS release of idle lower-QoS
-  kernels (tf_jupyter.preemption, the real rule). Today's servers have no QoS release.
+  arrival, with its reservations (backfill rule), and the worker's QoS release of idle lower-QoS
+  kernels (tf_remoting.worker.preemption, the real rule). Today's servers have no QoS release.
 
 Figures: p95 wait by QoS (a request that gave up counts with the time it waited), Jain's fairness
 index over the users' mean waits (every user has the same demand, so equal treatment means equal
@@ -333,18 +333,19 @@ class Line(System):
     devices the line picks, as the worker's ledger does. With ``quota_of`` (a principal's
     tf_remoting.worker.quotas.Quota) the real quota check runs in each pass (LineQuota).
 
-    QoS release (tf_jupyter.preemption.to_release, the real rule, run for each user's server on its own
-    kernels as tf_jupyter.idle.QosRelease does): after each pass, a kernel of a lower QoS than a request
-    that waits for room, idle for idle_warning seconds, is warned and released qos_release_grace seconds
-    later (the defaults of c.TfVgpu). A kernel is idle only at the end of its life (``Ask.active``), so it
-    never becomes active again in the grace; with ``--idle-share 0`` nothing is ever idle and nothing is
-    released."""
+    QoS release (tf_remoting.worker.preemption.to_release, the real rule, run over every user's leases as
+    the worker does; the owner's server then warns and shuts the kernel down): after each pass, a kernel
+    of a lower QoS than a request that waits for room, idle for the worker's qos_release_idle seconds, is
+    released c.TfVgpu.qos_release_grace seconds later (the defaults). A kernel is idle only at the end
+    of its life (``Ask.active``), so it never becomes active again in the grace; with ``--idle-share 0``
+    nothing is ever idle and nothing is released."""
 
     name = "line"
     quota_of: Callable[[str], Any] | None = None
 
     def __init__(self, ledger: Ledger, grant: Callable[[Ask], None], rng: random.Random) -> None:
         from tf_jupyter.config import TfVgpu
+        from tf_remoting.worker.config import WorkerConfig
         from tf_remoting.worker.quotas import LineQuota
         from tf_remoting.worker.waiting_line import Device, WaitingLine
 
@@ -357,7 +358,7 @@ class Line(System):
         self.held: dict[str, tuple[Ask, float]] = {}  # granted ask id -> (ask, time it turns idle)
         self.releasing: set[str] = set()
         traits = TfVgpu.class_traits()
-        self.min_idle = float(traits["idle_warning"].default_value)
+        self.min_idle = WorkerConfig().qos_release_idle
         self.grace = float(traits["qos_release_grace"].default_value)
 
     def _entry(self, ask: Ask, now: float) -> object:
@@ -387,7 +388,7 @@ class Line(System):
 
     def _serve(self, now: float) -> None:
         """One pass, as line_store.LineStore serves the line in the ledger's transaction; then the
-        servers' QoS release."""
+        worker's QoS release."""
         usage = self.ledger.usage()
         quota = None
         if self.quota_of is not None:
@@ -411,25 +412,23 @@ class Line(System):
             self._qos_release(decision.waiting, now)
 
     def _qos_release(self, waiting: dict[str, tuple[int, str, str]], now: float) -> None:
-        from tf_jupyter.preemption import Device, Held, Waiter, to_release
+        from tf_remoting.worker.preemption import Device, Held, Waiter, to_release
         from tf_remoting.worker.waiting_line import QUOTA
 
         in_order = sorted(waiting, key=lambda i: waiting[i][0])
-        waiters = [Waiter("w", self.asks[i].qos, self.asks[i].vram, self.asks[i].compute,
+        waiters = [Waiter(qos_value(self.asks[i].qos), self.asks[i].vram, self.asks[i].compute,
                           whole_device=self.asks[i].whole, for_room=waiting[i][1] != QUOTA) for i in in_order]
-        mine: dict[str, list[Held]] = {}
+        idle: list[Held] = []
         for ask_id, (ask, idle_from) in self.held.items():
             if ask_id not in self.releasing and now - idle_from >= self.min_idle:
                 device, vram, compute = self.ledger.held[ask_id]
-                mine.setdefault(ask.user, []).append(Held(ask_id, "w", ask.qos, now - idle_from,
-                                                          ((f"d{device}", vram, compute),)))
-        if not mine:
+                idle.append(Held(ask_id, qos_value(ask.qos), now - idle_from, ((f"d{device}", vram, compute),)))
+        if not idle:
             return
-        devices = [Device("w", f"d{i}", DEVICE_VRAM, f[0], 100, f[1]) for i, f in enumerate(self.ledger.free)]
-        for user in sorted(mine):  # each user's server decides on its own kernels
-            for r in to_release(waiters, mine[user], devices, self.min_idle):
-                self.releasing.add(r.kernel_id)
-                self.release_at(self.held[r.kernel_id][0], now + self.grace)
+        devices = [Device(f"d{i}", DEVICE_VRAM, f[0], 100, f[1]) for i, f in enumerate(self.ledger.free)]
+        for r in to_release(waiters, idle, devices, self.min_idle):  # the worker: every user's leases at once
+            self.releasing.add(r.lease_id)
+            self.release_at(self.held[r.lease_id][0], now + self.grace)
 
 
 def line_system(quota_vram: int | None = None) -> Callable[[Ledger, Callable[[Ask], None], random.Random], System]:
@@ -447,8 +446,8 @@ def line_system(quota_vram: int | None = None) -> Callable[[Ledger, Callable[[As
 
 def decision_ms(waiting: int = 1000, repeats: int = 50, seed: int = 7) -> dict[str, float]:
     """The line's decision time with `waiting` requests waiting (20 users, the day's mix) on a full
-    pool: per Allocate (a newcomer joins, one pass) and per release (a lease ends, one pass), the
-    median of `repeats`, in ms."""
+    pool: per Allocate (a newcomer joins, one pass) and per release (a lease ends, one pass), and the
+    worker's QoS release plan per sample tick (``qos_plan``), the median of `repeats`, in ms."""
     import statistics
     import time
 
@@ -481,6 +480,22 @@ def decision_ms(waiting: int = 1000, repeats: int = 50, seed: int = 7) -> dict[s
         t = time.perf_counter()
         line.decide(one_free, usage)
         times["release"].append(time.perf_counter() - t)
+    # The worker's QoS release plan (tf_remoting.worker.preemption), run on each sample tick while
+    # requests wait: the same line, 200 leases on the full pool, a quarter of them idle.
+    from tf_remoting.worker import preemption
+
+    decision = line.decide(full, usage)
+    order = sorted(decision.waiting, key=lambda i: decision.waiting[i][0])
+    waiters = [preemption.Waiter(line.entries[i].qos, line.entries[i].vram, line.entries[i].compute,
+                                 whole_device=line.entries[i].whole) for i in order]
+    leases = [preemption.Held(f"l{i}", qos_value(rng.choice(QOS_NAMES)), 600.0 if rng.random() < 0.25 else 0.0,
+                              ((f"d{i % DEVICES}", DEVICE_VRAM // 25, 4),)) for i in range(200)]
+    pool = [preemption.Device(d.uuid, DEVICE_VRAM, 0, 100, 0) for d in devices]
+    times["qos_plan"] = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        preemption.to_release(waiters, leases, pool, min_idle=60.0)
+        times["qos_plan"].append(time.perf_counter() - t)
     return {k: 1000 * statistics.median(v) for k, v in times.items()}
 
 

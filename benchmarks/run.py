@@ -34,7 +34,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BASELINES = REPO.parent / "shared" / "design" / "BASELINES.md"
-BENCHMARKS = ["placement", "start", "tunnel", "telemetry", "tenant_start", "fairshare", "panel_render"]
+BENCHMARKS = ["placement", "start", "tunnel", "telemetry", "tenant_start", "fairshare", "panel_render", "upload"]
 
 # Used only when BASELINES.md cannot be read (the table says so).
 DEFAULT_TARGETS = {
@@ -224,6 +224,9 @@ def lines_fairshare(data: dict[str, Any], targets: dict[str, tuple[str, float]])
         ms = data["decision_ms"][what]
         out.append(Line(f"line decision per {what}, 1,000 waiting (worst of medians)", fmt(ms, "ms"), "", "",
                         bound_text(targets["fair_decision"], " ms"), judge(ms, targets["fair_decision"])))
+    if "qos_plan" in data["decision_ms"]:
+        out.append(Line("QoS release plan per worker tick, 1,000 waiting, 200 leases (median)",
+                        fmt(data["decision_ms"]["qos_plan"], "ms"), "", "", "(info)", ""))
     return out
 
 
@@ -243,8 +246,23 @@ def lines_panel_render(data: dict[str, Any], targets: dict[str, tuple[str, float
                  "", "", "(info)", "")]
 
 
+def lines_upload(data: dict[str, Any], targets: dict[str, tuple[str, float]]) -> list[Line]:
+    out = []
+    for label, by_window in data["upload_mib_s"].items():
+        a, b = by_window["fixed"], by_window["probing"]
+        out.append(Line(f"upload (PutFile {data['upload_mib']} MiB), {label}: worker's fixed "
+                        f"{data['window_mib']:g} MiB window",
+                        fmt(a, "MiB/s"), fmt(b, "MiB/s") + " gRPC's probing windows", fmt(ratio(a, b)), "(info)", ""))
+    a, b = data["flood_growth_mib"]["fixed"], data["flood_growth_mib"]["probing"]
+    out.append(Line(f"worker memory held by {data['flood_calls']} refused unauthenticated {data['flood_body_mib']} MiB "
+                    f"calls (worst of {data['runs']})", fmt(a, "MiB"), fmt(b, "MiB") + " probing windows",
+                    fmt(ratio(a, b)), "(info)", ""))
+    return out
+
+
 READERS = {"tunnel": lines_tunnel, "placement": lines_placement, "start": lines_start, "telemetry": lines_telemetry,
-           "tenant_start": lines_tenant_start, "fairshare": lines_fairshare, "panel_render": lines_panel_render}
+           "tenant_start": lines_tenant_start, "fairshare": lines_fairshare, "panel_render": lines_panel_render,
+           "upload": lines_upload}
 
 
 def command(name: str, args: argparse.Namespace, json_path: Path) -> list[str]:

@@ -15,7 +15,7 @@ from jupyter_server.extension.application import ExtensionApp
 from jupyter_server.serverapp import ServerApp
 
 from tf_jupyter.config import TfVgpu, load_jupyter_config
-from tf_jupyter.idle import IdleRelease, QosRelease, qos_inputs
+from tf_jupyter.idle import IdleRelease, QosRelease, qos_wanted
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.local_worker import LocalWorker, LocalWorkerError, ensure_local_worker, stop_local_worker
 from tf_jupyter.pool import Pool, Tls
@@ -42,6 +42,7 @@ class TfVgpuApp(ExtensionApp):
     _idle_task: asyncio.Task[None] | None = None
     _qos_task: asyncio.Task[None] | None = None
     _metrics_task: asyncio.Task[None] | None = None
+    _released: set[asyncio.Task[None]]  # shutdowns of kernels an admin released (kept referenced)
 
     @property
     def server(self) -> ServerApp:
@@ -154,6 +155,8 @@ class TfVgpuApp(ExtensionApp):
                          tls=Tls(s.tls_ca, s.tls_cert, s.tls_key, s.tls_server_name), policy=s.placement_policy,
                          refresh_interval=s.refresh_interval, queue_timeout=s.queue_timeout, lease_ttl=s.lease_ttl)
         self.pool.default_qos = s.default_qos
+        self._released = set()
+        self.pool.on_released_by_admin = self._on_released_by_admin
         if follow:
             self.pool.follow_token_file(follow)
         await self.pool.start()
@@ -193,10 +196,31 @@ class TfVgpuApp(ExtensionApp):
             except Exception:
                 self.log.exception("tf-vgpu: idle release check failed")
 
+    def _on_released_by_admin(self, kernel_id: str, by: str) -> None:
+        task = asyncio.create_task(self._shut_down_released(kernel_id, by))
+        self._released.add(task)
+        task.add_done_callback(self._released.discard)
+
+    async def _shut_down_released(self, kernel_id: str, by: str) -> None:
+        """An admin released this kernel's lease at its worker, which ended the kernel there: shut it
+        down here too, as idle release does, so that Jupyter's restarter does not start it again on
+        a new lease (taking back the slice the admin freed)."""
+        assert self.pool is not None
+        self.pool.events.emit("admin_release", f"{by}, an admin of this GPU pool, released this kernel's slice: "
+                              "the kernel is shut down (its variables are gone); start it again when you need it",
+                              kernel_id=kernel_id, by=by)
+        km: Any = self.server.kernel_manager
+        if kernel_id not in km:
+            return
+        try:
+            await km.shutdown_kernel(kernel_id, now=True)
+        except Exception:  # whatever the kernel manager raised: the worker ended the kernel already
+            self.log.exception("tf-vgpu: kernel %s, released by %s: shutdown failed", kernel_id, by)
+
     async def _qos_loop(self) -> None:
-        """QoS that holds: every few seconds, from the workers' last inventories (their waiting lines,
-        devices and our leases), warn and then shut down our idle lower-QoS kernels that a waiting
-        higher-QoS request needs the room of (tf_jupyter.idle.QosRelease)."""
+        """QoS that holds: every few seconds, from the workers' last inventories, warn and then shut
+        down our kernels whose lease their worker marked for release (idle, and a waiting
+        higher-QoS request needs the room: tf_jupyter.idle.QosRelease)."""
         assert self.pool is not None
         pool = self.pool
         km: Any = self.server.kernel_manager
@@ -204,14 +228,13 @@ class TfVgpuApp(ExtensionApp):
         async def shutdown(kernel_id: str) -> None:
             await km.shutdown_kernel(kernel_id)
 
-        qos = QosRelease(pool.kernels, pool.events, shutdown, self.settings_obj.idle_warning,
-                         self.settings_obj.qos_release_grace)
+        qos = QosRelease(pool.kernels, pool.events, shutdown, self.settings_obj.qos_release_grace)
         interval = min(5.0, max(0.5, self.settings_obj.refresh_interval))
         while True:
             await asyncio.sleep(interval)
             try:
                 inventories = {a: w.inventory for a, w in pool.workers.items() if w.up and w.inventory is not None}
-                await qos.check(*qos_inputs(inventories))
+                await qos.check(qos_wanted(pool.kernels, inventories))
             except Exception:
                 self.log.exception("tf-vgpu: QoS release check failed")
 

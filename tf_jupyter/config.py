@@ -59,9 +59,10 @@ class TfVgpu(Configurable):
         "shut down and its slice freed (0: never). QoS critical is never released this way."))
     idle_warning = Float(60.0, config=True, help="Seconds of warning before an idle kernel is shut down.")
     qos_release_grace = Float(30.0, config=True, help=(
-        "QoS that holds: when a request of a higher QoS waits at a worker for room that kernels of this "
-        "server of a lower QoS hold, idle for idle_warning seconds or more, those kernels are warned and "
-        "shut down this many seconds later unless they become active (critical kernels never)."))
+        "QoS that holds: when a worker marks the lease of one of this server's kernels for release (the "
+        "kernel idle past the worker's qos_release_idle while a request of a higher QoS waits there for "
+        "its room), the kernel is warned and shut down this many seconds later unless it becomes active "
+        "(critical kernels never)."))
     embedded_worker = Enum(["auto", "on", "off"], default_value="auto", config=True, help=(
         "auto: start a local worker (loopback, device auto) when no workers are configured; on: "
         "always (in addition to configured ones); off: never."))

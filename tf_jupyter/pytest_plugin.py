@@ -139,6 +139,14 @@ class JupyterServerProcess:
         """(status, JSON body) of an HTTP call, run in a thread so the test's loop stays free."""
         return await asyncio.to_thread(self._open, method, path, body, token, timeout)
 
+    async def start_session(self, notebook: str, kernel_name: str, timeout: float = 120.0) -> str:
+        """Open `notebook` with a new kernel of `kernel_name` as JupyterLab does (POST /api/sessions);
+        the kernel's id."""
+        status, body = await self.request("POST", "/api/sessions", {
+            "path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": kernel_name}}, timeout=timeout)
+        assert status == 201, (status, body, self.log()[-3000:])
+        return str(body["kernel"]["id"])
+
     async def websocket(self, path: str, token: str | None = None) -> Any:
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect

@@ -353,6 +353,8 @@ export interface components {
                 compute: number;
                 idle_s: number;
                 qos: components["schemas"]["Qos"];
+                /** @description Present when the worker marked the lease for QoS release, the QoS of the waiting request that needs its room; its owner's server shuts the kernel down after its grace unless it becomes active. */
+                release_for?: components["schemas"]["Qos"];
             }[];
             /** @description Every principal's waiting requests, per worker in line order. */
             queue: {
@@ -531,7 +533,7 @@ export interface components {
              * @enum {string}
              */
             type: "event";
-            /** @description Lower case, e.g. lease_released, kernel_exited, idle_warning, idle_release. */
+            /** @description Lower case, e.g. lease_released, kernel_exited, idle_warning, idle_release, admin_release (an admin released the kernel's lease at its worker: this server shut the kernel down). */
             kind: string;
             message: string;
             /** @description The kernel concerned; empty if none of this server's. */
@@ -547,6 +549,8 @@ export interface components {
             position?: number;
             /** @description With kind: kernel_queued, why it waits (no_room, quota, behind). */
             reason?: string;
+            /** @description With kind: admin_release, and lease_released when another principal released the lease: the admin principal who did. */
+            by?: string;
         };
         WorkerMessage: {
             /**

@@ -165,7 +165,8 @@ const REFETCH_KINDS = new Set([
   'lease_resized',
   'kernel_started',
   'kernel_exited',
-  'idle_release'
+  'idle_release',
+  'admin_release'
 ]);
 
 type Names = { [kernelId: string]: string };
@@ -310,6 +311,13 @@ export function reduce(state: IVgpuState, msg: EventsMessage, options: IReduceOp
         next = { ...next, queued: { ...next.queued, [id]: true } };
       } else if (msg.kind === 'idle_warning' && id) {
         alerts.push({ level: 'warning', kernelId: id, kind: msg.kind, message: msg.message });
+      } else if (msg.kind === 'admin_release' && id) {
+        alerts.push({
+          level: 'warning',
+          kernelId: id,
+          kind: msg.kind,
+          message: `${kernelLabel(next, id, names)}: ${msg.message}`
+        });
       }
       break;
     }

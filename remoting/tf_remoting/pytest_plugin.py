@@ -13,6 +13,7 @@ outlive the worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -26,12 +27,16 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
+import psutil
 import pytest
 
 import tf_remoting
-from tf_remoting.client import RuntimeClient
+from tf_remoting.client import RuntimeClient, pb
 from tf_remoting.client.session import RemoteKernel
+from tf_remoting.proto import SERVICE_NAME
 from tf_remoting.worker.proctree import kill_descendants
 from tf_remoting.worker.tenants import unreachable_for_others
 
@@ -115,6 +120,47 @@ class WorkerProcess:
                 with contextlib.suppress(ProcessLookupError, TypeError, ValueError):
                     os.kill(int(state[key]), signal.SIGKILL)  # type: ignore[call-overload]
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def unauthenticated_flood(worker: WorkerProcess, calls: int = 120,
+                                body_size: int = 15 << 20) -> tuple[list[grpc.StatusCode], int]:
+    """What a stranger who can reach the port can make the worker hold: `calls` parallel Allocate
+    and StartKernel calls of about `body_size` bytes on one connection, half without a token and
+    half with one the worker does not know. Returns their status codes and how far the worker's RSS
+    rose meanwhile (its peak, in bytes)."""
+    assert worker.proc is not None
+    proc = psutil.Process(worker.proc.pid)
+    big = "x" * body_size
+    # Valid messages, sent as bytes: this process holds one copy of each.
+    bodies = {"Allocate": pb.AllocateRequest(profile=big).SerializeToString(),
+              "StartKernel": pb.StartKernelRequest(cwd=big).SerializeToString()}
+    before = peak = proc.memory_info().rss
+    done = asyncio.Event()
+
+    async def watch_rss() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            await asyncio.sleep(0.02)
+
+    codes: list[grpc.StatusCode] = []
+    options = [("grpc.max_send_message_length", body_size + (1 << 20))]
+    async with grpc.aio.insecure_channel(worker.address, options=options) as channel:
+        stubs: dict[str, Any] = {name: channel.unary_unary(f"/{SERVICE_NAME}/{name}") for name in bodies}
+        watcher = asyncio.create_task(watch_rss())
+
+        async def one(i: int) -> None:
+            metadata = (("authorization", "Bearer not-a-token-of-this-worker"),) if i % 2 else ()
+            name = "Allocate" if i % 3 else "StartKernel"
+            try:
+                await stubs[name](bodies[name], metadata=metadata, timeout=60)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+
+        await asyncio.gather(*(one(i) for i in range(calls)))
+        done.set()
+        await watcher
+    return codes, max(peak, proc.memory_info().rss) - before
 
 
 @contextlib.asynccontextmanager

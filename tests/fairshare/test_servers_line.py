@@ -166,3 +166,44 @@ async def test_over_quota_at_one_worker_starts_on_another(tf_worker_factory, jup
     kernel_id = await start_kernel(server, name)
     assert [await lease_count(w, w.token) for w in workers] == [0, 1]
     await stop_kernel(server, kernel_id)
+
+
+@pytest.mark.timeout(240)
+async def test_a_waiting_start_keeps_its_place_across_a_worker_sigkill_and_starts_once(worker, servers):
+    """alice's server waits at the worker; the worker is SIGKILLed and restarted under it. The server
+    asks again with the same request id, finds its place kept (the line lives in the ledger), and the
+    kernel starts once room frees: one lease, no second entry in the line."""
+    alice = servers["alice"]
+    async with worker.client(worker.other_token) as bob:
+        held = await bob.allocate(4 * GiB, 10, ttl_seconds=180)  # bob fills the worker
+    waiting = asyncio.create_task(start_kernel(alice, "vgpu-hold"))
+    first = (await wait_until(lambda: _own_entries(alice), TIMEOUT))[0]
+    assert (first["position"], first["reason"]) == (1, "no_room"), first
+
+    worker.kill()
+    worker.start()
+
+    async def back_in_line() -> list[str] | None:  # asked through the restarted worker
+        async with worker.client() as client:
+            return [e.request_id for e in (await client.inventory()).waiting] or None
+
+    assert await wait_until(back_in_line, TIMEOUT) == [first["id"]]  # the same request, once
+
+    async def alice_sees_it_again() -> list[dict[str, Any]] | None:  # her server re-attached and sees its place
+        q = await queue_of(alice)
+        return q if [(e["id"], e["position"]) for e in q] == [(first["id"], 1)] else None
+
+    await wait_until(alice_sees_it_again, TIMEOUT)
+    assert not waiting.done()
+    async with worker.client(worker.other_token) as bob:
+        await bob.release(held.id)
+    kernel_id = await asyncio.wait_for(waiting, TIMEOUT)
+    assert await lease_count(worker, worker.token) == 1
+    async with worker.client() as client:
+        assert list((await client.inventory()).waiting) == []
+    assert await queue_of(alice) == []
+    await stop_kernel(alice, kernel_id)
+
+
+async def _own_entries(server: JupyterServerProcess) -> list[dict[str, Any]] | None:
+    return await queue_of(server) or None

@@ -208,3 +208,34 @@ async def test_a_notebook_over_quota_says_quota_held_and_asked(worker: WorkerPro
     assert "it holds 0 B VRAM and asked for 4 GiB VRAM more" in message
     async with worker.client() as alice:
         assert list(await alice.list_leases()) == []  # nothing left behind
+
+
+async def test_a_waiting_request_keeps_its_group_quota_across_a_restart(worker: WorkerProcess, hub: FakeHub) -> None:
+    """carol's groups (from the hub) are kept with her waiting request: after a worker SIGKILL and
+    restart, the line grants it under her group's 6 GiB before she calls again (not the default 3 GiB)."""
+    carol = hub.add("carol", groups=["big"])
+    async with worker.client(worker.other_token) as bob:
+        held = await bob.allocate(6 * GiB, 10, ttl_seconds=180)  # bob (unlimited) leaves 2 GiB free
+    async with RuntimeClient(worker.address, carol) as c:
+        waiting = asyncio.create_task(c.allocate(4 * GiB, 10, wait=TIMEOUT, request_id="carol-1", ttl_seconds=120))
+
+        async def carol_waits() -> bool:
+            entries = list((await c.inventory()).waiting)
+            return [(e.request_id, e.reason) for e in entries] == [("carol-1", "no_room")]
+
+        await until(carol_waits, "carol's request to wait for room")
+        worker.kill()
+        waiting.cancel()  # carol's client is gone: she does not call again until the lease is granted
+        await asyncio.gather(waiting, return_exceptions=True)
+    worker.start()
+    async with worker.client(worker.other_token) as bob:
+        await bob.release(held.id)
+
+        async def granted() -> bool:  # carol's 4 GiB are leased: bob sees them as leased on the device
+            return [d.vram_leased for d in (await bob.inventory()).devices] == [4 * GiB]
+
+        await until(granted, "the line to grant carol's request under her group's quota")
+    async with RuntimeClient(worker.address, carol) as c:  # she comes back and collects it
+        lease = await c.allocate(4 * GiB, 10, wait=TIMEOUT, request_id="carol-1")
+        assert (lease.principal, lease.slices[0].vram) == ("hub:carol", 4 * GiB)
+        assert [x.id for x in await c.list_leases()] == [lease.id]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -532,7 +533,7 @@ async def test_channels_first_message_must_be_open(worker, kernel):
 
 async def test_channels_garbage_first_message(worker, kernel):
     async with client_of(worker) as client:
-        for garbage in (b"\xff\xff\xff\xff\xff", b"\x0a\xff\xff\xff\x0f", secrets.token_bytes(4096)):
+        for garbage in (b"\xff\xff\xff\xff\xff", b"\x0a\xff\xff\xff\x0f", random.Random(4096).randbytes(4096)):
             async def requests(garbage=garbage):
                 yield garbage
                 await asyncio.sleep(2)

@@ -134,10 +134,7 @@ async def test_a_kernel_running_a_cell_is_not_idle_released(tf_worker, jupyter_s
     (spec_dir / "kernel.json").write_text(json.dumps(kernelspec(Profile("one", vram=1 << 30, compute=10))))
     server.start()
     events = await server.websocket("/tf-vgpu/api/events")
-    status, s = await server.request("POST", "/api/sessions", {
-        "path": "busy.ipynb", "type": "notebook", "name": "busy.ipynb", "kernel": {"name": "vgpu-one"}})
-    assert status == 201, server.log()
-    busy = s["kernel"]["id"]
+    busy = await server.start_session("busy.ipynb", "vgpu-one")
     ws = await KernelWebSocket.connect(server, busy)
     try:
         msg_id = await ws.send("execute_request", {"code": "import time; time.sleep(60)", "silent": False,
@@ -148,10 +145,7 @@ async def test_a_kernel_running_a_cell_is_not_idle_released(tf_worker, jupyter_s
             if (msg.get("parent_header", {}).get("msg_id") == msg_id and msg.get("msg_type") == "status"
                     and msg["content"]["execution_state"] == "busy"):
                 break
-        status, s = await server.request("POST", "/api/sessions", {
-            "path": "idle.ipynb", "type": "notebook", "name": "idle.ipynb", "kernel": {"name": "vgpu-one"}})
-        assert status == 201, server.log()
-        yardstick = s["kernel"]["id"]
+        yardstick = await server.start_session("idle.ipynb", "vgpu-one")
         kinds: dict[str, list[str]] = {busy: [], yardstick: []}
         deadline = time.monotonic() + 60
         while "idle_release" not in kinds[yardstick]:

@@ -5,8 +5,9 @@ alice, bob and an admin, each through its own real Jupyter server, real vGPU ker
 - the GPU map: alice sees her slice named and bob's as one anonymous slice; the admin sees both with
   principals; `admin` in the pool view says who may open the admin view;
 - the admin view: 403 for alice; per-user use, every principal's leases; an admin's release ends
-  bob's kernel (bob's server sees it go); alice may release no one else's lease, neither at the
-  worker (PERMISSION_DENIED) nor through the endpoint (403); malformed bodies are 400;
+  bob's kernel (bob's server shuts it down, no restart on a new lease, and tells him who); alice may
+  release no one else's lease, neither at the worker (PERMISSION_DENIED) nor through the endpoint
+  (403); malformed bodies are 400;
 - profiles small -> large.
 """
 
@@ -59,10 +60,7 @@ async def get(server: JupyterServerProcess, path: str) -> Any:
 
 
 async def start_notebook_kernel(server: JupyterServerProcess, notebook: str) -> str:
-    status, body = await server.request("POST", "/api/sessions", {
-        "path": notebook, "type": "notebook", "name": notebook, "kernel": {"name": "vgpu-small"}}, timeout=TIMEOUT)
-    assert status == 201, (status, body)
-    return str(body["kernel"]["id"])
+    return await server.start_session(notebook, "vgpu-small", timeout=TIMEOUT)
 
 
 def slices_of(pool: dict[str, Any]) -> list[dict[str, Any]]:
@@ -137,18 +135,36 @@ async def test_history_map_admin_view_and_release(worker: WorkerProcess,
     async with worker.client(worker.other_token) as bob_client:
         assert len(await bob_client.list_leases()) == 1  # nothing was lost on the way
 
-    # the admin releases bob's lease: bob's kernel ends, his server's views lose it, alice keeps hers
+    # the admin releases bob's lease: bob's kernel ends, and his server shuts it down rather than
+    # restart it on a new lease (which would take the freed slice back); his events say who and why
+    bob_events = await bob.websocket("/tf-vgpu/api/events")
     status, body = await admin.request("POST", "/tf-vgpu/api/admin/release",
                                        {"worker": worker.address, "lease_id": b_lease.id})
     assert status == 200 and body == {"released": b_lease.id}, body
     async with worker.client(worker.other_token) as bob_client:
         assert list(await bob_client.list_leases()) == []
 
-    async def bob_kernel_gone() -> bool:
-        kernels = (await get(bob, "/tf-vgpu/api/kernels"))["kernels"]
-        return not any(k["kernel_id"] == b_kernel and k.get("slice") for k in kernels)
+    async def told_bob() -> dict[str, Any] | None:
+        while True:
+            raw = await asyncio.wait_for(bob_events.read_message(), TIMEOUT)
+            assert raw is not None, "bob's event stream closed"
+            msg = json.loads(raw)
+            if msg.get("type") == "event" and msg["kind"] == "admin_release":
+                return dict(msg)
 
-    await wait_until(bob_kernel_gone, TIMEOUT)
+    told = await asyncio.wait_for(told_bob(), TIMEOUT)
+    bob_events.close()
+    assert told["kernel_id"] == b_kernel and told["by"] == "admin" and "shut down" in told["message"], told
+
+    async def bob_kernel_shut_down() -> bool:
+        status, _ = await bob.request("GET", f"/api/kernels/{b_kernel}")
+        kernels = (await get(bob, "/tf-vgpu/api/kernels"))["kernels"]
+        return status == 404 and not any(k["kernel_id"] == b_kernel for k in kernels)
+
+    await wait_until(bob_kernel_shut_down, TIMEOUT)
+    await asyncio.sleep(3.0)  # Jupyter's restarter looks every 3 s: a restart would have leased again by now
+    async with worker.client(worker.other_token) as bob_client:
+        assert list(await bob_client.list_leases()) == []
     async with worker.client() as alice_client:
         assert len(await alice_client.list_leases()) == 1
 

@@ -145,6 +145,20 @@ async def fill_with_leases(workers: list[WorkerProcess], count: int) -> tuple[in
     return done, full
 
 
+async def describe_leases(workers: list[WorkerProcess]) -> str:
+    """Each worker's leases as its admin sees them: how many are the test's own fill, and every other
+    one in full (the kernels' leases, and any that should not be there)."""
+    out = []
+    for worker in workers:
+        async with worker.client(worker.token) as client:  # alice: the workers' admin
+            leases = await client.list_leases(all_principals=True)
+        fill = [x for x in leases if x.labels.get("notebook", "").startswith("scale/notebook-")]
+        out.append(f"{worker.address}: {len(leases)} leases, {len(fill)} of them the test's fill; the others:")
+        out += [f"  {x.id} {x.principal} compute {sum(s.compute for s in x.slices)} profile {x.profile!r} "
+                f"labels {dict(x.labels)} created {x.created_at:.2f}" for x in leases if x not in fill]
+    return "\n".join(out)
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -171,7 +185,9 @@ def test_panel_with_200_kernels_and_leases(tmp_path: Any) -> None:
             assert status == 201, (status, body, server.log()[-2000:])
             kernel_ids.add(str(body["id"]))
         leased, full = asyncio.run(fill_with_leases(workers, TOTAL - KERNELS))
-        assert leased == TOTAL - KERNELS, f"only {leased} leases fit: {full}"
+        if leased != TOTAL - KERNELS:  # seen once in CI (193 of 194): say who holds the room
+            pytest.fail(f"only {leased} leases fit: {full}\n{asyncio.run(describe_leases(workers))}\n"
+                        f"server log:\n{server.log()[-3000:]}")
         wait_for(lambda: api_leases(server) == TOTAL, 30,
                  f"the pool counts every lease: {server.get_sync('/tf-vgpu/api/pool')['workers']}")
 

@@ -68,12 +68,14 @@ def test_admin_view_sums_use_and_lists_idle_leases_most_idle_first():
                                           compute_capacity=100, compute_leased=30)],
                        leases=[lease("a1", "alice", 4, 900.0, "plan.ipynb"), lease("b1", "bob", 2, 500.0),
                                lease("b2", "bob", 1, 990.0)])
+    inv.leases[1].release_for = pb.QOS_HIGH  # the worker marked b1: a waiting high request needs its room
     w = WorkerState("w1", client=None, inventory=inv, up=True)  # type: ignore[arg-type]
     view = admin_json({"w1": w}, Kernels(), now=1000.0)
     assert [(u["principal"], u["vram"], u["kernels"]) for u in view["users"]] == [
         ("alice", 4 * GiB, 1), ("bob", 3 * GiB, 2)]
     assert [(i["lease_id"], i["idle_s"], i["label"]) for i in view["idle"]] == [
         ("b1", 500.0, "small kernel k-b1"), ("a1", 100.0, "plan.ipynb")]  # b2 was busy 10 s ago
+    assert [i.get("release_for") for i in view["idle"]] == ["high", None]
     assert pool_json({"w1": w}, "binpack")["admin"] is True
     w.inventory = pb.Inventory(view=pb.INVENTORY_VIEW_OWN, viewer="alice", devices=inv.devices,
                                leases=[inv.leases[0]])

@@ -237,3 +237,25 @@ def test_the_line_refuses_over_quota_at_once_or_waits_for_it(ledger):
     assert served.decision.waiting[request("r4", 0).key][1] == QUOTA
     ledger.release("bob", lease.id)
     assert line.serve().granted  # bob's first lease gone: the waiting one fits its quota now
+
+
+def test_the_line_keeps_each_requests_groups_also_in_a_ledger_from_before_groups(tmp_path):
+    devices = [DeviceCapacity("GPU-0", 0, "A100", 16 * GiB, 100)]
+    path = tmp_path / "ledger.sqlite3"
+    with Ledger(path, devices) as led:  # a waiting table as written before the line kept groups
+        led._conn.execute("CREATE TABLE waiting (principal TEXT NOT NULL, request_id TEXT NOT NULL, qos INTEGER "
+                          "NOT NULL, vram INTEGER NOT NULL, compute INTEGER NOT NULL, count INTEGER NOT NULL, model "
+                          "TEXT NOT NULL, whole INTEGER NOT NULL, mode INTEGER NOT NULL, ttl_seconds INTEGER NOT "
+                          "NULL, profile TEXT NOT NULL, labels TEXT NOT NULL, arrival REAL NOT NULL, deadline REAL "
+                          "NOT NULL, detached_at REAL, lease_id TEXT, PRIMARY KEY (principal, request_id))")
+        led._conn.execute("INSERT INTO waiting VALUES ('old', 'r0', 2, 1, 10, 1, '', 0, 0, 60, '', '{}', 1, 1e12, "
+                          "NULL, NULL)")
+        led._conn.commit()
+    with Ledger(path, devices) as led:
+        line = LineStore(led)
+        assert line.groups_of_waiting() == {"old": frozenset()}
+        for rid, groups in (("r1", ["staff"]), ("r2", ["b", "a"]), ("r3", ["big"])):  # her latest request's count
+            lease, _ = line.join(Request("carol", rid, 2, 16 * GiB, 10, 1, "", False, 0, 60, "", {}, deadline=1e12,
+                                         groups=groups), wait=True)
+            assert lease is None
+        assert line.groups_of_waiting() == {"old": frozenset(), "carol": frozenset({"big"})}

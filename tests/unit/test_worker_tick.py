@@ -114,3 +114,34 @@ async def test_a_failed_reclaim_and_exit_write_do_not_stop_the_tick(worker: Work
     assert [e.lease_id for e in events if e.kind == pb.EVENT_KIND_LEASE_EXPIRED] == [failed]
     assert not [e for e in events if e.kind == pb.EVENT_KIND_KERNEL_EXITED]  # announced once
     assert tick_errors(worker, "reclaim") == 1
+
+
+async def test_the_tick_marks_an_idle_lease_for_a_waiting_higher_qos_and_unmarks_it_when_active() -> None:
+    """QoS release, the worker's part, through its real tick: the plan reads the tick's own pass of
+    the line (no second read of the ledger), and a lease that becomes active loses its mark."""
+    from tf_remoting.worker.line_store import Request
+
+    GiB = 1 << 30
+    root = Path(tempfile.mkdtemp(prefix="tft-", dir="/tmp"))
+    worker = Worker(WorkerConfig(state_dir=str(root / "state"), backend="host", host_vram="4Gi",
+                                 qos_release_idle=30.0), backend=HostBackend())
+    try:
+        low = worker.ledger.allocate("alice", vram=3 * GiB, compute=10, qos=pb.QOS_LOW, ttl_seconds=600)
+        busy = worker.ledger.allocate("carol", vram=GiB, compute=10, qos=pb.QOS_LOW, ttl_seconds=600)
+        worker.last_active.update({low.id: time.time() - 60, busy.id: time.time()})  # alice idle a minute
+        now = time.time()
+        request = Request("bob", "bob-high", pb.QOS_HIGH, 2 * GiB, 10, 1, "", False, 0, 600, "", {},
+                          deadline=now + 600)
+        lease, _ = worker.line.join(request, wait=True)
+        assert lease is None  # 0 free: it waits
+
+        await worker.tick()
+        assert worker.release_for == {low.id: pb.QOS_HIGH}  # carol ran a cell just now: not idle
+
+        worker.last_active[low.id] = time.time()  # alice's kernel ran a cell
+        await worker.tick()
+        assert worker.release_for == {}
+    finally:
+        worker.close()
+        worker.backend.close()
+        shutil.rmtree(root, ignore_errors=True)

@@ -52,6 +52,8 @@ class Pool:
         self.workers.on_inventory = lambda w: self.kernels.note_activity(
             w.address, w.inventory.leases if w.inventory is not None else ())
         self.scheduler.on_queue_change = lambda: self.events.broadcast({"type": "queue", "queue": self.queue_json()})
+        # Told (kernel id, admin principal) when an admin released one of our kernels' leases at its worker.
+        self.on_released_by_admin: Callable[[str, str], None] = lambda kernel_id, by: None
 
     # ------------------------------------------------------------------ settings a kernel launcher needs
 
@@ -154,7 +156,10 @@ class Pool:
                 "leases": [views.lease_sample_json(s, self.kernels.kernel_id_of(w.address, s.lease_id))
                            for s in update.leases]})
         for e in update.events:
-            self.events.broadcast(views.event_json(w.address, e, self.kernels.kernel_id_of(w.address, e.lease_id)))
+            kernel_id = self.kernels.kernel_id_of(w.address, e.lease_id)
+            self.events.broadcast(views.event_json(w.address, e, kernel_id))
+            if e.kind == pb.EVENT_KIND_LEASE_RELEASED and e.by and kernel_id:
+                self.on_released_by_admin(kernel_id, e.by)
 
     # ------------------------------------------------------------------ JSON of the REST API
 

@@ -234,9 +234,12 @@ def admin_json(workers: Mapping[str, WorkerState], kernels: Kernels, now: float)
             idle_s = max(0.0, now - (lease.last_active or lease.created_at))
             if idle_s >= IDLE_SHOWN_S:
                 k = kernels.holding(w.address, lease.id)
-                idle.append({"worker": w.address, "lease_id": lease.id, "principal": lease.principal,
-                             "label": lease_label(lease, k.kernel_id if k else ""), "vram": vram,
-                             "compute": compute, "idle_s": idle_s, "qos": qos_name(lease.qos)})
+                item = {"worker": w.address, "lease_id": lease.id, "principal": lease.principal,
+                        "label": lease_label(lease, k.kernel_id if k else ""), "vram": vram,
+                        "compute": compute, "idle_s": idle_s, "qos": qos_name(lease.qos)}
+                if lease.release_for != pb.QOS_UNSPECIFIED:  # QoS release: a waiting request needs its room
+                    item["release_for"] = qos_name(lease.release_for)
+                idle.append(item)
         for e in inv.waiting:
             queue.append({"worker": w.address, "id": e.request_id, "principal": e.principal,
                           "position": e.position, "reason": e.reason, "message": e.message,
@@ -265,5 +268,8 @@ def lease_sample_json(s: pb.LeaseSample, kernel_id: str) -> dict[str, Any]:
 
 
 def event_json(worker: str, e: pb.Event, kernel_id: str) -> dict[str, Any]:
-    return {"type": "event", "kind": enum_name(pb.EventKind, e.kind), "message": e.message,
-            "lease_id": e.lease_id, "worker": worker, "time": e.time, "kernel_id": kernel_id, "source": "worker"}
+    out = {"type": "event", "kind": enum_name(pb.EventKind, e.kind), "message": e.message,
+           "lease_id": e.lease_id, "worker": worker, "time": e.time, "kernel_id": kernel_id, "source": "worker"}
+    if e.by:
+        out["by"] = e.by
+    return out

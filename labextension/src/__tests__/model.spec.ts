@@ -244,19 +244,21 @@ describe('reduce', () => {
       message: 'because',
       kernel_id: 'k1',
       time: 1,
-      source: kind === 'idle_warning' ? 'server' : 'worker'
+      source: kind === 'idle_warning' || kind === 'admin_release' ? 'server' : 'worker'
     });
     const { alerts } = run([
       hello,
       event('watchdog_interrupt'),
       event('watchdog_kill'),
       event('idle_warning'),
+      event('admin_release'),
       event('lease_created')
     ]);
     expect(alerts.map(a => [a.kind, a.level])).toEqual([
       ['watchdog_interrupt', 'error'],
       ['watchdog_kill', 'error'],
-      ['idle_warning', 'warning']
+      ['idle_warning', 'warning'],
+      ['admin_release', 'warning']
     ]);
   });
 

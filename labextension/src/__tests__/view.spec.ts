@@ -51,7 +51,10 @@ describe('VgpuView', () => {
     const html = render(true, {
       workers: [{ address: 'w1', up: true, error: '', devices: pool.workers[0].devices }],
       users: [{ principal: 'bob', vram: 2 * GiB, compute: 20, kernels: 1, devices: 1 }],
-      idle: [{ worker: 'w1', lease_id: 'L1', principal: 'bob', label: 'x.ipynb', vram: 2 * GiB, compute: 20, idle_s: 3700, qos: 'medium' }],
+      idle: [
+        { worker: 'w1', lease_id: 'L1', principal: 'bob', label: 'x.ipynb', vram: 2 * GiB, compute: 20, idle_s: 3700, qos: 'medium' },
+        { worker: 'w1', lease_id: 'L2', principal: 'dan', label: 'y.ipynb', vram: GiB, compute: 10, idle_s: 90, qos: 'low', release_for: 'high' }
+      ],
       queue: [
         {
           worker: 'w1',
@@ -71,6 +74,8 @@ describe('VgpuView', () => {
     expect(html).toContain('data-testid="tf-vgpu-idle-release"');
     expect(html).toContain('aria-label="Release the slice of x.ipynb of bob"');
     expect(html).toContain('idle 1 h 1 min');
+    // the worker's QoS release mark, on dan's lease only
+    expect(html.match(/to be released: a waiting high request needs its room/g)).toHaveLength(1);
     expect(html).toContain('#1 carol');
     expect(html).toContain('Queue of all users (1)');
   });

@@ -99,6 +99,7 @@ export function AdminSection(props: {
                   <div className="tf-vgpu-row">
                     <span className="tf-vgpu-dim">
                       {formatBytes(i.vram)} · idle {formatDuration(i.idle_s)}
+                      {i.release_for ? ` · to be released: a waiting ${i.release_for} request needs its room` : ''}
                     </span>
                     <button
                       className="jp-mod-styled jp-mod-warn tf-vgpu-release"

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("tf_remoting.worker")
 
 HUB_PREFIX = "hub:"  # principals of JupyterHub users; kept out of token files
 
@@ -68,6 +71,7 @@ def parse_token_file(text: str) -> dict[bytes, str]:
     """Token digest -> principal. Each entry is a token or `sha256:HEX` (the digest of one).
     Raises ValueError naming the bad line (never the token)."""
     table: dict[bytes, str] = {}
+    line_of: dict[bytes, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -83,7 +87,12 @@ def parse_token_file(text: str) -> dict[bytes, str]:
         if principal.startswith(HUB_PREFIX):
             raise ValueError(f"token file line {number}: principals starting with '{HUB_PREFIX}' are JupyterHub "
                              "users, named by the hub; choose another name")
-        table[_entry_digest(token, number)] = principal
+        digest = _entry_digest(token, number)
+        if table.get(digest, principal) != principal:
+            raise ValueError(f"token file line {number}: the same token as line {line_of[digest]} "
+                             f"({table[digest]}) for another principal; a token names one principal")
+        table[digest] = principal
+        line_of.setdefault(digest, number)
     if not table:
         raise ValueError("token file has no tokens")
     return table
@@ -94,6 +103,7 @@ class TokenTable:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._file_key: tuple[int, int, int] | None = None  # (mtime_ns, inode, size) of the table read
+        self._bad_key: tuple[int, int, int] | None = None  # the file version last refused, logged once
         self._checked = 0.0
         self._table: dict[bytes, str] = {}
         self._kernel_tokens: dict[bytes, Caller] = {}
@@ -116,9 +126,12 @@ class TokenTable:
             return
         try:
             table = parse_token_file(self.path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
             if force:
                 raise
+            if key != self._bad_key:  # an empty file is a rotation half-written; anything else, the admin's mistake
+                self._bad_key = key
+                log.warning("token file %s not used, the last good one is kept: %s", self.path, exc)
             return
         self._table, self._file_key = table, key
 

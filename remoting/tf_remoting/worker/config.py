@@ -91,6 +91,11 @@ class WorkerConfig:
     admin_groups: list[str] = field(default_factory=list, metadata={
         "help": "Groups (as the identity source reports them, e.g. JupyterHub groups) whose members are "
                 "admins as with admin_principals."})
+    qos_release_idle: float = field(default=60.0, metadata={
+        "help": "QoS that holds: a lease idle this many seconds (no slice busy, no cell running) whose room "
+                "a waiting request of a higher QoS needs is marked for release (any principal's; critical "
+                "never); its owner's Jupyter server warns the kernel, then shuts it down (c.TfVgpu."
+                "qos_release_grace). 0: never."})
     quotas: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "The most each principal may hold on this worker ([worker.quotas] in the config file): "
                 "default, principals.NAME and groups.NAME entries of vram, compute, kernels, devices. "
@@ -108,6 +113,8 @@ class WorkerConfig:
             raise ValueError("sample_interval must be between 0.05 and 60 seconds")
         if not 1.0 <= self.oversubscription <= 100:
             raise ValueError("oversubscription must be between 1 and 100")
+        if not 0 <= self.qos_release_idle <= 86400:  # also refuses NaN
+            raise ValueError("qos_release_idle must be between 0 (never) and 86400 seconds")
         if not 1 <= self.lease_ttl <= 86400:
             raise ValueError("lease_ttl must be between 1 and 86400 seconds")
         if self.hub_api_url and not self.hub_api_url.startswith(("http://", "https://")):

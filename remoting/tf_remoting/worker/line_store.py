@@ -62,11 +62,12 @@ CREATE TABLE IF NOT EXISTS waiting (
     deadline REAL NOT NULL,
     detached_at REAL,
     lease_id TEXT,
+    groups TEXT NOT NULL DEFAULT '[]',
     PRIMARY KEY (principal, request_id)
 );
 """
 _COLUMNS = ("principal, request_id, qos, vram, compute, count, model, whole, mode, ttl_seconds, profile, labels, "
-            "arrival, deadline, detached_at, lease_id")
+            "arrival, deadline, detached_at, lease_id, groups")
 
 
 @dataclass
@@ -89,6 +90,9 @@ class Request:
     deadline: float = 0.0
     detached_at: float | None = None
     lease_id: str | None = None
+    # The caller's groups (JupyterHub's) when it last asked: a pass after a worker restart checks the
+    # principal's quota with them, before the principal calls again.
+    groups: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -123,6 +127,9 @@ class LineStore:
         self.quota_of = quota_of
         with ledger._lock:
             ledger._conn.executescript(SCHEMA)
+            columns = {row[1] for row in ledger._conn.execute("PRAGMA table_info(waiting)")}
+            if "groups" not in columns:  # a ledger written before the line kept groups
+                ledger._conn.execute("ALTER TABLE waiting ADD COLUMN groups TEXT NOT NULL DEFAULT '[]'")
 
     def line(self, quota: LineQuota | None = None) -> WaitingLine:
         devices = [Device(d.uuid, d.index, d.name, d.vram_total, d.compute_capacity) for d in self.ledger.devices]
@@ -185,16 +192,17 @@ class LineStore:
             values = list(row)
             values[7] = bool(values[7])
             values[11] = json.loads(values[11])
+            values[16] = json.loads(values[16])
             out.append(Request(*values))
         return out
 
     @staticmethod
     def _insert(conn: sqlite3.Connection, req: Request) -> None:
         conn.execute(
-            f"INSERT INTO waiting ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO waiting ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (req.principal, req.request_id, req.qos, req.vram, req.compute, req.count, req.model, int(req.whole),
              req.mode, req.ttl_seconds, req.profile, json.dumps(req.labels), req.arrival, req.deadline,
-             req.detached_at, req.lease_id))
+             req.detached_at, req.lease_id, json.dumps(sorted(req.groups))))
 
     @staticmethod
     def _delete(conn: sqlite3.Connection, req: Request) -> None:
@@ -252,9 +260,10 @@ class LineStore:
             known = self._rows(conn, "WHERE principal = ? AND request_id = ?", (req.principal, req.request_id))
             if known:
                 old = known[0]
-                if old.lease_id is None:  # re-attach: its place (arrival) is kept, its deadline is the new one
-                    conn.execute("UPDATE waiting SET detached_at = NULL, deadline = ? WHERE principal = ? "
-                                 "AND request_id = ?", (req.deadline, req.principal, req.request_id))
+                if old.lease_id is None:  # re-attach: its place (arrival) is kept, its deadline and groups are new
+                    conn.execute("UPDATE waiting SET detached_at = NULL, deadline = ?, groups = ? WHERE principal = ? "
+                                 "AND request_id = ?", (req.deadline, json.dumps(sorted(req.groups)), req.principal,
+                                                        req.request_id))
                 req = old
             else:
                 req.arrival = now
@@ -306,6 +315,12 @@ class LineStore:
             rows = self._rows(conn, "WHERE principal = ? AND request_id = ?", (principal, request_id))
             conn.execute("DELETE FROM waiting WHERE principal = ? AND request_id = ?", (principal, request_id))
             return rows[0].lease_id if rows else None
+
+    def groups_of_waiting(self) -> dict[str, frozenset[str]]:
+        """principal -> the groups its latest waiting request carried (for a pass after a restart)."""
+        with self.ledger._lock:
+            rows = self._rows(self.ledger._conn, "ORDER BY arrival, rowid")
+        return {r.principal: frozenset(r.groups) for r in rows}
 
     def detach_all(self) -> int:
         """At worker start: every row's caller was the previous process's; each keeps its place for its TTL."""

@@ -33,7 +33,8 @@ def lease_message(w: Worker, rec: LeaseRecord, with_kernels: bool = True) -> pb.
                     mode=cast(pb.IsolationMode, rec.mode),
                     memory_enforcement=isolation.enforcement(rec.mode, device), created_at=rec.created_at,
                     expires_at=rec.expires_at, ttl_seconds=rec.ttl_seconds, profile=rec.profile,
-                    labels=rec.labels, kernels=kernels, last_active=w.last_active.get(rec.id, rec.created_at))
+                    labels=rec.labels, kernels=kernels, last_active=w.last_active.get(rec.id, rec.created_at),
+                    release_for=cast(pb.Qos, w.release_for.get(rec.id, pb.QOS_UNSPECIFIED)))
 
 
 def kernel_message(w: Worker, rec: KernelRecord) -> pb.Kernel:

@@ -33,6 +33,16 @@ __all__ = ["serve", "Worker"]
 
 log = logging.getLogger("tf_remoting.worker")
 
+# What a caller may send before the worker reads it: a fixed HTTP/2 receive window, without gRPC's
+# bandwidth-delay probing. The probing grows the windows of every stream, the streams of callers the
+# interceptor is about to refuse included, so 120 unauthenticated 15 MiB calls on one connection
+# made the worker buffer up to 548 MiB of bodies it never read (12 to 548 MiB, depending on how busy
+# it was). With a fixed 4 MiB window they make it buffer about 5 to 20 MiB, and an upload (PutFile)
+# over a 10 ms round trip keeps about 0.9x the throughput of the probing windows
+# (benchmarks/upload.py).
+RECEIVE_WINDOW = 4 << 20
+RECEIVE_WINDOW_OPTIONS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW)]
+
 
 def _credentials(config: WorkerConfig) -> grpc.ServerCredentials | None:
     if not config.tls_cert:
@@ -56,7 +66,8 @@ def build_server(worker: Worker) -> grpc.aio.Server:
 
     `grpc.max_receive_message_length` is one limit for all methods: GRPC_MAX_MESSAGE, what a
     Channels batch needs. The interceptor keeps unary requests to their own, smaller limits and
-    never reads the body of an unauthenticated call.
+    never reads the body of an unauthenticated call; RECEIVE_WINDOW_OPTIONS bound what such a call
+    can send before it is refused.
     """
     server = grpc.aio.server(
         interceptors=[RuntimeInterceptor(worker.tokens, worker.metrics, hub_auth(worker.config))],
@@ -64,6 +75,7 @@ def build_server(worker: Worker) -> grpc.aio.Server:
             ("grpc.max_receive_message_length", GRPC_MAX_MESSAGE),
             ("grpc.max_send_message_length", GRPC_MAX_MESSAGE),
             ("grpc.so_reuseport", 0),
+            *RECEIVE_WINDOW_OPTIONS,
         ])
     pb_grpc.add_RuntimeServicer_to_server(RuntimeServicer(worker), server)
     return server

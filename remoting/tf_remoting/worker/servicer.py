@@ -118,7 +118,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             compute=min(100, int(round(100 * w.config.oversubscription))) if whole else request.slice.compute,
             count=request.count or 1, model=request.model, whole=whole, mode=mode, ttl_seconds=ttl,
             profile=request.profile, labels=dict(request.labels),
-            deadline=time.time() + (request.wait_seconds or ttl))
+            deadline=time.time() + (request.wait_seconds or ttl), groups=list(caller.groups))
         w.line.validate(req)
         lease, served = await w.db(w.line.join, req, request.wait)
         w.announce_grants(served, skip=req.key if lease is not None else "")
@@ -189,7 +189,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
         w.tokens.remove_lease_tokens(rec.id)
         w.watchdog.forget(rec.id)
         w.emit(pb.EVENT_KIND_LEASE_RELEASED, f"lease {rec.id} released by {caller.principal}",
-               rec.id, principal=rec.principal)
+               rec.id, principal=rec.principal, by="" if caller.principal == rec.principal else caller.principal)
         await w.serve_line()
         return pb.ReleaseResponse(released=released)
 

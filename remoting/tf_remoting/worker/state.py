@@ -20,7 +20,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, cast
@@ -31,7 +31,7 @@ import tf_remoting
 from tf_remoting.devices import open_backend
 from tf_remoting.devices.base import DeviceBackend, DeviceInfo, DeviceSample, Usage
 from tf_remoting.devices.cgroup import CgroupSlice, cgroup_v2_memory_root
-from tf_remoting.proto import BUSY_UTILIZATION, enum_name, pb
+from tf_remoting.proto import BUSY_UTILIZATION, WAIT_QUOTA, enum_name, pb
 from tf_remoting.quantities import parse_bytes
 from tf_remoting.slice_env import SliceEnv
 from tf_remoting.worker import isolation, nanny_link, tenants
@@ -43,6 +43,7 @@ from tf_remoting.worker.kernels import KernelSupervisor
 from tf_remoting.worker.leases import DeviceCapacity, KernelRecord, LeaseRecord, Ledger
 from tf_remoting.worker.line_store import LineStore, Served
 from tf_remoting.worker.metrics import Metrics
+from tf_remoting.worker.preemption import Device, Held, Waiter, to_release
 from tf_remoting.worker.quotas import Quota, Quotas
 from tf_remoting.worker.telemetry import Sampler
 from tf_remoting.worker.visibility import Visibility, sees_event, sees_lease
@@ -82,10 +83,11 @@ class Worker:
         # The waiting line, in the ledger; requests of the previous process keep their place for their TTL.
         self.quotas = Quotas.parse(config.quotas)
         # principal -> the groups its latest call carried: a pass of the line serves principals
-        # that are not calling then (after a restart: none until the principal calls again).
+        # that are not calling then (after a restart: those its waiting requests carried).
         self.groups_of: dict[str, frozenset[str]] = {}
         self.line = LineStore(self.ledger, self.quota_of if self.quotas.configured else None)
         self.line.detach_all()
+        self.groups_of.update(self.line.groups_of_waiting())
         self._line_served = asyncio.Event()  # set (and replaced) after each pass that granted something
         # One thread for the ledger: its calls are serialised by its own lock anyway, and a ledger
         # waiting on another process's lock must hold neither the event loop nor the sampler's threads.
@@ -112,6 +114,8 @@ class Worker:
         # lease id -> unix time a sample last found it busy (a slice above BUSY_UTILIZATION or a kernel
         # running a cell, nanny_state.ACTIVITY_FILE)
         self.last_active: dict[str, float] = {}
+        # QoS that holds: lease id -> QoS of the waiting request that needs its room (plan_qos_release)
+        self.release_for: dict[str, int] = {}
         self.subscribers: list[Subscriber] = []
         # The newest Channels stream of each kernel (its Jupyter side), and transfers it was asked
         # for: transfer id -> (principal, kernel id, stream, answer).
@@ -304,9 +308,9 @@ class Worker:
     # ------------------------------------------------------------------ events
 
     def emit(self, kind: int, message: str, lease_id: str = "", kernel_id: str = "",
-             principal: str = "") -> pb.Event:
+             principal: str = "", by: str = "") -> pb.Event:
         event = pb.Event(kind=cast(pb.EventKind, kind), time=time.time(), lease_id=lease_id, kernel_id=kernel_id,
-                         principal=principal, message=message)
+                         principal=principal, message=message, by=by)
         self.metrics.event(enum_name(pb.EventKind, kind))
         log.info("event %s: %s", pb.EventKind.Name(kind), message)
         for queue, caller, everyone in self.subscribers:
@@ -387,8 +391,9 @@ class Worker:
                                    f"{lease.ttl_seconds} s): slice reclaimed and its kernels stopped")
             except Exception:
                 self._step_failed("reclaim", f"reclaiming expired lease {lease.id}")
+        line_ok, line = False, None
         try:
-            await self._tend_line()
+            line, line_ok = await self._tend_line(), True
         except Exception:
             self._step_failed("line", "serving the waiting line")
 
@@ -451,6 +456,12 @@ class Worker:
                     self.watchdog_act(lease, action.kind, action.message, kernels_by_lease.get(lease.id, []))
             except Exception:
                 self._step_failed("watchdog", f"the watchdog of lease {lease.id}")
+
+        if line_ok:  # a tick whose pass failed keeps the last marks
+            try:
+                self.plan_qos_release(line, active, leased, now)
+            except Exception:
+                self._step_failed("qos_release", "planning QoS release")
 
         try:
             self.metrics.update(self.devices, device_samples, leased, [
@@ -548,11 +559,12 @@ class Worker:
         """Set at the next pass that grants anything (waiters then collect their leases)."""
         return self._line_served
 
-    async def serve_line(self) -> None:
+    async def serve_line(self) -> Served:
         """One pass of the waiting line (capacity freed): grants in line order, in one ledger
-        transaction, then wakes the waiting Allocates."""
+        transaction, then wakes the waiting Allocates. Returns the pass (who still waits, and why)."""
         served = await self.db(self.line.serve)
         self.announce_grants(served)
+        return served
 
     def announce_grants(self, served: Served, skip: str = "") -> None:
         """Events for the requests a pass granted (``skip``: the caller's own, granted without waiting)."""
@@ -567,16 +579,45 @@ class Worker:
             self._line_served.set()
             self._line_served = asyncio.Event()
 
-    async def _tend_line(self) -> None:
+    async def _tend_line(self) -> Served | None:
         """Each tick: drop requests past their deadline or never re-attached, then serve the line
-        (a safety net: Release, expiry and Resize serve it at once)."""
+        (a safety net: Release, expiry and Resize serve it at once). Returns the pass; None when
+        nobody waits."""
         for req in await self.db(self.line.expire):
             why = ("waited past its deadline" if req.detached_at is None
                    else "was not re-attached within its TTL after a worker restart")
             self.emit(pb.EVENT_KIND_REQUEST_DROPPED, f"request {req.request_id} of {req.principal} left the "
                       f"waiting line: it {why}", principal=req.principal)
         if await self.db(self.line.has_waiting):
-            await self.serve_line()
+            return await self.serve_line()
+        return None
+
+    def plan_qos_release(self, served: Served | None, active: Sequence[LeaseRecord],
+                         leased: Mapping[str, tuple[int, int]], now: float) -> None:
+        """QoS that holds (worker/preemption.py): mark the idle leases, any principal's, whose room a
+        waiting higher-QoS request needs (`Lease.release_for`); their owners' Jupyter servers warn
+        the kernels and shut them down. `served`: this tick's pass of the line (who still waits and
+        why; None: nobody). A lease that becomes active, or that the line stops needing, is unmarked
+        at the next tick."""
+        if not self.config.qos_release_idle or not active or served is None or not served.decision.waiting:
+            self.release_for = {}
+            return
+        waiting = []
+        for key, (_, reason, _) in sorted(served.decision.waiting.items(), key=lambda item: item[1][0]):
+            req = served.requests[key]
+            waiting.append(Waiter(req.qos, req.vram, req.compute, max(1, req.count), req.whole,
+                                  for_room=reason != WAIT_QUOTA, model=req.model))
+        devices = [Device(d.uuid, d.vram_total, max(0, d.vram_total - leased.get(d.uuid, (0, 0))[0]),
+                          d.compute_capacity, max(0, d.compute_capacity - leased.get(d.uuid, (0, 0))[1]), d.name)
+                   for d in self.ledger.devices]
+        held = [Held(lease.id, lease.qos, now - self.last_active.get(lease.id, lease.created_at),
+                     tuple((s.device_uuid, s.vram, s.compute) for s in lease.slices)) for lease in active]
+        marked = {r.lease_id: r.waiter.qos for r in to_release(waiting, held, devices, self.config.qos_release_idle)}
+        principal_of = {lease.id: lease.principal for lease in active}
+        for lease_id in marked.keys() - self.release_for.keys():
+            log.info("lease %s of %s is idle and a QoS %s request waits for its room: marked for release",
+                     lease_id, principal_of[lease_id], enum_name(pb.Qos, marked[lease_id]))
+        self.release_for = marked
 
     async def reclaim(self, lease: LeaseRecord, kind: int, message: str) -> None:
         """Stop a lease's kernels and free its slices (expiry); a failed ledger write raises, and

@@ -343,7 +343,7 @@ class Slice(_message.Message):
     def __init__(self, device_uuid: _Optional[str] = ..., device_index: _Optional[int] = ..., vram: _Optional[int] = ..., compute: _Optional[int] = ..., vram_used: _Optional[int] = ..., utilization: _Optional[float] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("id", "principal", "slices", "qos", "mode", "memory_enforcement", "created_at", "expires_at", "ttl_seconds", "profile", "labels", "kernels", "last_active")
+    __slots__ = ("id", "principal", "slices", "qos", "mode", "memory_enforcement", "created_at", "expires_at", "ttl_seconds", "profile", "labels", "kernels", "last_active", "release_for")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +364,7 @@ class Lease(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     KERNELS_FIELD_NUMBER: _ClassVar[int]
     LAST_ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FOR_FIELD_NUMBER: _ClassVar[int]
     id: str
     principal: str
     slices: _containers.RepeatedCompositeFieldContainer[Slice]
@@ -377,7 +378,8 @@ class Lease(_message.Message):
     labels: _containers.ScalarMap[str, str]
     kernels: _containers.RepeatedCompositeFieldContainer[Kernel]
     last_active: float
-    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., qos: _Optional[_Union[Qos, str]] = ..., mode: _Optional[_Union[IsolationMode, str]] = ..., memory_enforcement: _Optional[_Union[MemoryEnforcement, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., profile: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., kernels: _Optional[_Iterable[_Union[Kernel, _Mapping]]] = ..., last_active: _Optional[float] = ...) -> None: ...
+    release_for: Qos
+    def __init__(self, id: _Optional[str] = ..., principal: _Optional[str] = ..., slices: _Optional[_Iterable[_Union[Slice, _Mapping]]] = ..., qos: _Optional[_Union[Qos, str]] = ..., mode: _Optional[_Union[IsolationMode, str]] = ..., memory_enforcement: _Optional[_Union[MemoryEnforcement, str]] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., ttl_seconds: _Optional[int] = ..., profile: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., kernels: _Optional[_Iterable[_Union[Kernel, _Mapping]]] = ..., last_active: _Optional[float] = ..., release_for: _Optional[_Union[Qos, str]] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
     __slots__ = ("lease_id",)
@@ -628,20 +630,22 @@ class LeaseSample(_message.Message):
     def __init__(self, lease_id: _Optional[str] = ..., principal: _Optional[str] = ..., device_uuid: _Optional[str] = ..., vram_used: _Optional[int] = ..., vram_limit: _Optional[int] = ..., utilization: _Optional[float] = ..., compute_limit: _Optional[int] = ..., mode: _Optional[_Union[IsolationMode, str]] = ..., kernel_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("kind", "time", "lease_id", "kernel_id", "principal", "message")
+    __slots__ = ("kind", "time", "lease_id", "kernel_id", "principal", "message", "by")
     KIND_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     KERNEL_ID_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
     kind: EventKind
     time: float
     lease_id: str
     kernel_id: str
     principal: str
     message: str
-    def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., time: _Optional[float] = ..., lease_id: _Optional[str] = ..., kernel_id: _Optional[str] = ..., principal: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    by: str
+    def __init__(self, kind: _Optional[_Union[EventKind, str]] = ..., time: _Optional[float] = ..., lease_id: _Optional[str] = ..., kernel_id: _Optional[str] = ..., principal: _Optional[str] = ..., message: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...
 
 class WatchResponse(_message.Message):
     __slots__ = ("time", "devices", "leases", "events")
