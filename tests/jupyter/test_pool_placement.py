@@ -72,28 +72,37 @@ async def test_queue_timeout_is_a_clear_error(tf_worker, jupyter_server_factory)
 async def test_binpack_spread_and_a_dead_worker(tf_worker_factory, jupyter_server_factory):
     one, two = same_tokens([tf_worker_factory(["--host-vram", "8Gi"]), tf_worker_factory(["--host-vram", "8Gi"])])
 
+    servers = []
+
+    def logs() -> str:  # seen once in CI: a lease nobody held filled worker one; say whose it was
+        return "\n".join([f"--- server {i} ---\n{s.log()[-6000:]}" for i, s in enumerate(servers)]
+                         + [f"--- worker {w.address} ---\n{w.log()[-6000:]}" for w in (one, two)])
+
     async def place_two(server):
         workers, sessions = [], []
         for name in ("a.ipynb", "b.ipynb"):
             status, s = await server.request("POST", "/api/sessions", session(name))
-            assert status == 201, server.log()
+            assert status == 201, logs()
             _, k = await server.request("GET", f"/tf-vgpu/api/kernels/{s['kernel']['id']}")
             workers.append(k["worker"])
             sessions.append(s)
         for s in sessions:
-            await server.request("DELETE", f"/api/sessions/{s['id']}")
+            status, _ = await server.request("DELETE", f"/api/sessions/{s['id']}")
+            assert status == 204, logs()
         return workers
 
     # binpack: the second kernel goes where the first one is (it still fits there).
     server = jupyter_server_factory(workers=[one, two]).start()
+    servers.append(server)
     first, second = await place_two(server)
-    assert first == second
+    assert first == second, logs()
     server.stop()
 
     # spread: the second kernel goes to the emptier worker.
     server = jupyter_server_factory(workers=[one, two], settings={"placement_policy": "spread"}).start()
+    servers.append(server)
     first, second = await place_two(server)
-    assert first != second
+    assert first != second, logs()
 
     # A worker dies: it is marked down and placement goes to the other one.
     two.kill()
@@ -106,7 +115,7 @@ async def test_binpack_spread_and_a_dead_worker(tf_worker_factory, jupyter_serve
     assert dead["error"]
     for name in ("c.ipynb", "d.ipynb"):
         status, s = await server.request("POST", "/api/sessions", session(name))
-        assert status == 201, server.log()
+        assert status == 201, logs()
         _, k = await server.request("GET", f"/tf-vgpu/api/kernels/{s['kernel']['id']}")
         assert k["worker"] == one.address
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import os
 import secrets
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 
@@ -46,6 +48,9 @@ from tf_remoting.worker.waiting_line import describe_wait
 
 MAX_ENV = 256
 SIGNALS = {pb.SIGNAL_INTERRUPT: signal.SIGINT, pb.SIGNAL_TERMINATE: signal.SIGTERM, pb.SIGNAL_KILL: signal.SIGKILL}
+log = logging.getLogger("tf_remoting.worker")
+CANCELLED = "its caller cancelled the call"  # or its deadline passed, or its connection broke
+T = TypeVar("T")
 
 
 def checked_kernel_args(args: list[str]) -> list[str]:
@@ -120,7 +125,8 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             profile=request.profile, labels=dict(request.labels),
             deadline=time.time() + (request.wait_seconds or ttl), groups=list(caller.groups))
         w.line.validate(req)
-        lease, served = await w.db(w.line.join, req, request.wait)
+        lease, served = await self._granting(req, functools.partial(w.line.join, req, request.wait),
+                                             lease_of=lambda joined: joined[0])
         w.announce_grants(served, skip=req.key if lease is not None else "")
         if lease is None:
             position, reason, sentence = served.decision.waiting[req.key]
@@ -128,28 +134,73 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
                    f"request {req.request_id} of {req.principal} waits in the line, number {position}: "
                    f"{describe_wait(reason, sentence)}", principal=req.principal)
             lease = await self._wait_in_line(req)
+        log.info("lease %s granted to request %s of %s (labels %s)", lease.id, req.request_id, req.principal,
+                 lease.labels)
         w.emit(pb.EVENT_KIND_LEASE_CREATED,
                f"lease {lease.id} for {lease.principal}: {format_bytes(lease.slices[0].vram)} / "
                f"{lease.slices[0].compute} % on {len(lease.slices)} device(s)", lease.id, principal=lease.principal)
-        return await w.db(lease_message, w, lease)
+        try:
+            return await w.db(lease_message, w, lease)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._drop_unreturned(req, lease.id))
+            raise
+
+    async def _granting(self, req: Request, call: Callable[[], T],
+                        lease_of: Callable[[T], LeaseRecord | None]) -> T:
+        """A ledger call that may grant `req` its lease (the line's join or collect), on the ledger's
+        thread. If this Allocate is cancelled meanwhile (its caller's deadline passed, it cancelled,
+        or its connection broke), that call still finishes there; then the lease it granted is
+        released, or the place it kept is left: a caller that is gone holds nothing (before, such a
+        lease was held by nobody until its TTL ran out)."""
+        job = asyncio.ensure_future(self.worker.db(call))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._abandon(req, job, lease_of))
+            raise
+
+    async def _abandon(self, req: Request, job: asyncio.Future[T], lease_of: Callable[[T], LeaseRecord | None]) -> None:
+        try:
+            result = await job
+        except Exception:
+            return  # refused: it took nothing
+        lease = lease_of(result)
+        if lease is not None:
+            await self._drop_unreturned(req, lease.id)
+        else:
+            await self._leave_line(req, CANCELLED)
+
+    async def _drop_unreturned(self, req: Request, lease_id: str) -> None:
+        """Release a lease granted to a call that ended before it was returned: nobody holds it."""
+        w = self.worker
+        with contextlib.suppress(ledger_mod.LedgerError):
+            await w.db(w.ledger.release, req.principal, lease_id)
+        w.emit(pb.EVENT_KIND_LEASE_RELEASED, f"lease {lease_id} released: request {req.request_id} of "
+               f"{req.principal} was granted it, but {CANCELLED} before it was returned", lease_id,
+               principal=req.principal)
+        await w.serve_line()
 
     async def _wait_in_line(self, req: Request) -> LeaseRecord:
         w = self.worker
-        try:
-            while (remaining := req.deadline - time.time()) > 0:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(w.line_served().wait(), min(1.0, remaining))
-                lease = await w.db(w.line.collect, req.principal, req.request_id)
-                if lease is not None:
-                    return lease
-        except asyncio.CancelledError:
-            await asyncio.shield(self._leave_line(req, "its caller cancelled the call"))
-            raise
-        snapshot = await w.db(w.line.snapshot)
-        lease = await w.db(w.line.collect, req.principal, req.request_id)
+        collect = functools.partial(w.line.collect, req.principal, req.request_id)
+        while (remaining := req.deadline - time.time()) > 0:
+            try:
+                await asyncio.wait_for(w.line_served().wait(), min(1.0, remaining))
+            except TimeoutError:
+                pass
+            except asyncio.CancelledError:
+                await asyncio.shield(self._leave_line(req, CANCELLED))
+                raise
+            lease = await self._granting(req, collect, lease_of=lambda found: found)
+            if lease is not None:
+                return lease
+        lease = await self._granting(req, collect, lease_of=lambda found: found)
         if lease is not None:
             return lease
-        await self._leave_line(req, "it waited as long as its caller asked")
+        try:
+            snapshot = await w.db(w.line.snapshot)
+        finally:  # cancelled or not, it leaves (a lease granted since the collect is released)
+            await asyncio.shield(self._leave_line(req, "it waited as long as its caller asked"))
         position, reason, sentence = snapshot.decision.waiting.get(req.key, (0, WAIT_NO_ROOM, ""))
         raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, w.line.waited_too_long(req, position, reason, sentence))
 
