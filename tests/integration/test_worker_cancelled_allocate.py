@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 
 import pytest
 
+from tf_jupyter.pytest_plugin import wait_until
 from tf_remoting.client.runtime import DeadlineExceeded
 from tf_remoting.proto import pb
 from tf_remoting.pytest_plugin import WorkerProcess
@@ -31,14 +31,6 @@ print("locked", flush=True)
 sys.stdin.readline()
 conn.execute("ROLLBACK")
 """
-
-
-async def _settled(check, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.mark.parametrize("full, wait", [(False, False), (False, True), (True, True)],
@@ -66,7 +58,11 @@ async def test_an_allocate_cancelled_while_the_worker_works_on_it_holds_nothing(
         async def nothing_held() -> bool:
             return not await alice.list_leases() and not [e for e in (await alice.inventory()).waiting if e.own]
 
-        await _settled(nothing_held, f"alice holds no lease and no place in the line:\n{tf_worker.log()[-3000:]}")
+        try:
+            await wait_until(nothing_held, 20)
+        except AssertionError:
+            held = f"alice still holds a lease or a place in the line:\n{tf_worker.log()[-3000:]}"
+            raise AssertionError(held) from None
         await asyncio.sleep(1.0)  # and it stays so (a late pass of the line grants nothing to her)
         assert await nothing_held(), tf_worker.log()[-3000:]
         # The room is bob's at once, not after the TTL of a lease nobody holds.
