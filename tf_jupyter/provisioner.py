@@ -128,15 +128,14 @@ class VgpuProvisioner(LocalProvisioner):
                           f"position {at.position} ({at.message or at.reason})",
                           kernel_id=self.kernel_id, position=at.position, worker=at.worker, reason=at.reason)
 
-            placed = await pool.allocate(
-                Request(vram=profile.vram, compute=profile.compute, count=profile.count,
-                        whole_device=profile.whole_device),
-                qos=qos, profile=profile.name,
-                on_queued=queued,
-                labels={"jupyter_kernel_id": self.kernel_id, "client": "jupyter_server",
-                        **({"notebook": notebook} if notebook else {})})
+            placed = await pool.place_kernel(
+                self.kernel_id, Request(vram=profile.vram, compute=profile.compute, count=profile.count,
+                                        whole_device=profile.whole_device),
+                qos, profile.name, labels={"client": "jupyter_server", **({"notebook": notebook} if notebook else {})},
+                on_queued=queued)
             self.worker, self.lease_id = placed.worker, placed.lease.id
-        pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, qos))
+        else:  # a restart keeps its lease
+            pool.register_kernel(KernelSlice(self.kernel_id, self.worker, self.lease_id, profile.name, qos))
 
     async def _place_standalone(self, profile: Profile) -> None:
         # The launcher released the previous lease (if any) when its kernel exited: always a new one.

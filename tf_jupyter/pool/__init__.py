@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -23,13 +25,15 @@ from tf_jupyter.history import History, Point
 from tf_jupyter.placement import DeviceView, Request
 from tf_jupyter.pool import views
 from tf_jupyter.pool.events import Events
-from tf_jupyter.pool.kernels import Kernels, KernelSlice
+from tf_jupyter.pool.kernels import KERNEL_LABEL, SERVER_LABEL, Kernels, KernelSlice
 from tf_jupyter.pool.scheduling import Placed, QueueTimeout, Scheduler, WaitingAt, device_views
 from tf_jupyter.pool.workers import ClientFactory, Tls, Workers, WorkerState, default_client
 from tf_jupyter.qos import DEFAULT_QOS
 from tf_remoting.proto import pb
 
 __all__ = ["KernelSlice", "Placed", "Pool", "QueueTimeout", "Tls", "WaitingAt", "WorkerState"]
+
+log = logging.getLogger("tf_jupyter.pool")
 
 
 class Pool:
@@ -48,9 +52,12 @@ class Pool:
         self.scheduler = Scheduler(self.workers, self.events, policy=policy, queue_timeout=queue_timeout,
                                    lease_ttl=lease_ttl)
         self.default_qos = DEFAULT_QOS  # for profiles that leave QoS at its default (TfVgpu.default_qos)
+        # Labels every lease placed for one of our kernels: ours to release when no kernel holds it.
+        self.server_id = uuid.uuid4().hex
+        self.placing: set[str] = set()  # kernels whose slice is being placed now
+        self._releasing: dict[str, asyncio.Task[None]] = {}  # lease id -> release of an orphan
         self.workers.on_update = self._on_update
-        self.workers.on_inventory = lambda w: self.kernels.note_activity(
-            w.address, w.inventory.leases if w.inventory is not None else ())
+        self.workers.on_inventory = self._on_inventory
         self.scheduler.on_queue_change = lambda: self.events.broadcast({"type": "queue", "queue": self.queue_json()})
         # Told (kernel id, admin principal) when an admin released one of our kernels' leases at its worker.
         self.on_released_by_admin: Callable[[str, str], None] = lambda kernel_id, by: None
@@ -90,6 +97,7 @@ class Pool:
         await self.workers.start(watch)
 
     async def stop(self) -> None:
+        await asyncio.gather(*self._releasing.values(), return_exceptions=True)
         await self.workers.stop()
 
     async def refresh(self, force: bool = False) -> None:
@@ -110,6 +118,34 @@ class Pool:
     async def resize(self, kernel_id: str, vram: int | None, compute: int | None) -> pb.Lease:
         k = self.kernels[kernel_id]
         return await self.scheduler.resize(k.worker, k.lease_id, vram, compute)
+
+    async def place_kernel(self, kernel_id: str, request: Request, qos: str, profile: str,
+                           labels: dict[str, str], on_queued: Callable[[WaitingAt], None] | None = None) -> Placed:
+        """Allocate (see `allocate`) the slice of one of our kernels and register it, as one step:
+        its lease names the kernel and this server, and is never an orphan while it is placed."""
+        self.placing.add(kernel_id)
+        try:
+            placed = await self.allocate(request, qos=qos, profile=profile, on_queued=on_queued,
+                                         labels={**labels, KERNEL_LABEL: kernel_id, SERVER_LABEL: self.server_id})
+            self.register_kernel(KernelSlice(kernel_id, placed.worker, placed.lease.id, profile, qos))
+            return placed
+        finally:
+            self.placing.discard(kernel_id)
+
+    def _on_inventory(self, w: WorkerState) -> None:
+        leases = w.inventory.leases if w.inventory is not None else ()
+        self.kernels.note_activity(w.address, leases)
+        for lease in self.kernels.orphans(w.address, leases, self.server_id, self.placing):
+            if lease.id not in self._releasing:
+                self._releasing[lease.id] = asyncio.create_task(self._release_orphan(w.address, lease))
+
+    async def _release_orphan(self, worker: str, lease: pb.Lease) -> None:
+        try:
+            log.warning("tf-vgpu: releasing lease %s on %s: it was placed for kernel %s, which does not hold it",
+                        lease.id, worker, lease.labels.get(KERNEL_LABEL, "?"))
+            await self.scheduler.release(worker, lease.id)
+        finally:
+            self._releasing.pop(lease.id, None)
 
     def lease(self, worker: str, lease_id: str) -> pb.Lease | None:
         return self.workers.lease(worker, lease_id)

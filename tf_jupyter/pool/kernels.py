@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 from tf_remoting.proto import BUSY_UTILIZATION, pb
 
-__all__ = ["KernelSlice", "Kernels"]
+__all__ = ["KERNEL_LABEL", "SERVER_LABEL", "KernelSlice", "Kernels"]
+
+KERNEL_LABEL = "jupyter_kernel_id"  # a kernel's lease names its Jupyter kernel
+SERVER_LABEL = "jupyter_server"  # ... and the server that placed it (Pool.server_id)
 
 
 @dataclass
@@ -40,6 +43,15 @@ class Kernels(dict[str, KernelSlice]):
     def holding(self, worker: str, lease_id: str) -> KernelSlice | None:
         """The kernel whose slice is this lease, if it is one of ours."""
         return next((k for k in self.values() if k.worker == worker and k.lease_id == lease_id), None)
+
+    def orphans(self, worker: str, leases: Iterable[pb.Lease], server_id: str, placing: set[str]) -> list[pb.Lease]:
+        """Leases this server placed (labelled with its id) that none of its kernels holds, and none
+        being placed now may still take: left by a reply that never came back (the worker granted,
+        the call failed, the kernel went elsewhere or failed to start), a restart that took a new
+        lease, or a release that failed. Nobody renews them; they would hold their slice until their TTL."""
+        return [lease for lease in leases
+                if lease.labels.get(SERVER_LABEL) == server_id and lease.labels.get(KERNEL_LABEL, "") not in placing
+                and self.holding(worker, lease.id) is None]
 
     def kernel_id_of(self, worker: str, lease_id: str) -> str:
         k = self.holding(worker, lease_id)
