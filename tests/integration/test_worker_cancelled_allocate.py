@@ -34,7 +34,7 @@ conn.execute("ROLLBACK")
 
 
 @pytest.mark.parametrize("full, wait", [(False, False), (False, True), (True, True)],
-                         ids=["granted-now", "granted-from-the-line", "kept-a-place"])
+                         ids=["granted-now", "granted-now-with-wait", "kept-a-place"])
 async def test_an_allocate_cancelled_while_the_worker_works_on_it_holds_nothing(
         tf_worker: WorkerProcess, full: bool, wait: bool) -> None:
     async with tf_worker.client() as alice, tf_worker.client(tf_worker.other_token) as bob:

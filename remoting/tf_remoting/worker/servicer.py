@@ -32,7 +32,7 @@ from tf_remoting.worker.errors import RpcError
 from tf_remoting.worker.interceptor import current_caller
 from tf_remoting.worker.kernels import KernelStartError
 from tf_remoting.worker.leases import KernelRecord, LeaseRecord
-from tf_remoting.worker.line_store import Request, check_request_id, new_request_id
+from tf_remoting.worker.line_store import Request, Served, check_request_id, new_request_id
 from tf_remoting.worker.messages import (
     device_message,
     kernel_message,
@@ -126,7 +126,7 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             deadline=time.time() + (request.wait_seconds or ttl), groups=list(caller.groups))
         w.line.validate(req)
         lease, served = await self._granting(req, functools.partial(w.line.join, req, request.wait),
-                                             lease_of=lambda joined: joined[0])
+                                             taken=lambda joined: joined)
         w.announce_grants(served, skip=req.key if lease is not None else "")
         if lease is None:
             position, reason, sentence = served.decision.waiting[req.key]
@@ -146,25 +146,28 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             raise
 
     async def _granting(self, req: Request, call: Callable[[], T],
-                        lease_of: Callable[[T], LeaseRecord | None]) -> T:
+                        taken: Callable[[T], tuple[LeaseRecord | None, Served | None]]) -> T:
         """A ledger call that may grant `req` its lease (the line's join or collect), on the ledger's
         thread. If this Allocate is cancelled meanwhile (its caller's deadline passed, it cancelled,
         or its connection broke), that call still finishes there; then the lease it granted is
         released, or the place it kept is left: a caller that is gone holds nothing (before, such a
-        lease was held by nobody until its TTL ran out)."""
+        lease was held by nobody until its TTL ran out). `taken` says what a result holds: the
+        caller's lease, and the pass that granted it and maybe others (their grants are announced)."""
         job = asyncio.ensure_future(self.worker.db(call))
         try:
             return await asyncio.shield(job)
         except asyncio.CancelledError:
-            await asyncio.shield(self._abandon(req, job, lease_of))
+            await asyncio.shield(self._abandon(req, job, taken))
             raise
 
-    async def _abandon(self, req: Request, job: asyncio.Future[T], lease_of: Callable[[T], LeaseRecord | None]) -> None:
+    async def _abandon(self, req: Request, job: asyncio.Future[T],
+                       taken: Callable[[T], tuple[LeaseRecord | None, Served | None]]) -> None:
         try:
-            result = await job
+            lease, served = taken(await job)
         except Exception:
             return  # refused: it took nothing
-        lease = lease_of(result)
+        if served is not None:
+            self.worker.announce_grants(served, skip=req.key)
         if lease is not None:
             await self._drop_unreturned(req, lease.id)
         else:
@@ -191,10 +194,10 @@ class RuntimeServicer(FileTransfers, pb_grpc.RuntimeServicer):
             except asyncio.CancelledError:
                 await asyncio.shield(self._leave_line(req, CANCELLED))
                 raise
-            lease = await self._granting(req, collect, lease_of=lambda found: found)
+            lease = await self._granting(req, collect, taken=lambda found: (found, None))
             if lease is not None:
                 return lease
-        lease = await self._granting(req, collect, lease_of=lambda found: found)
+        lease = await self._granting(req, collect, taken=lambda found: (found, None))
         if lease is not None:
             return lease
         try:
