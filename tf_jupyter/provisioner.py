@@ -38,6 +38,7 @@ from tf_jupyter.kernel_env import client_kernel_env
 from tf_jupyter.kernelspecs import UnknownProfile, find_profile
 from tf_jupyter.placement import Request
 from tf_jupyter.pool import KernelSlice, Pool, WaitingAt
+from tf_jupyter.pool.kernels import KERNEL_LABEL
 from tf_jupyter.profiles import Profile
 from tf_jupyter.standalone import LaunchError, standalone_lease
 from tf_jupyter.tokens import read_token
@@ -213,7 +214,7 @@ class VgpuProvisioner(LocalProvisioner):
                 signature_scheme=self.connection_info.get("signature_scheme") or "hmac-sha256",
                 cwd=kwargs.get("cwd") or os.getcwd(),
                 env=client_kernel_env(kwargs["env"], self.worker, self.profile, configured_kernel_env),
-                labels={"jupyter_kernel_id": self.kernel_id or ""}, kernel_args=kernel_args)
+                labels={KERNEL_LABEL: self.kernel_id or ""}, kernel_args=kernel_args)
         return kernel.id
 
     async def _forget_failed_start(self, pool: Pool | None) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tf_jupyter.pool.kernels import KERNEL_LABEL
 from tf_jupyter.profiles import Profile, kernelspec
 from tf_jupyter.pytest_plugin import JupyterServerProcess, wait_until
 from tf_remoting.pytest_plugin import WorkerProcess
@@ -99,7 +100,7 @@ async def test_order_across_servers_follows_qos_and_each_queue_view_shows_its_ow
     alice_queue = await wait_until(alice_waits, TIMEOUT)
     assert [(e["worker"], e["position"], e["qos"]) for e in alice_queue] == [(worker.address, 2, "low")], alice_queue
     assert alice_queue[0]["reason"] in ("behind", "no_room") and alice_queue[0]["message"]
-    assert alice_queue[0]["labels"].get("jupyter_kernel_id")  # this server's own request, with its labels
+    assert alice_queue[0]["labels"].get(KERNEL_LABEL)  # this server's own request, with its labels
     # Each sees only its own request: bob's view never lists alice's, and the other way round.
     assert [e["id"] for e in await queue_of(bob)] == [bob_queue[0]["id"]]
     assert not urgent.done() and not later.done()

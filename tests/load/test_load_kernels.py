@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
+from tf_jupyter.pool.kernels import KERNEL_LABEL
 from tf_jupyter.profiles import Profile, kernelspec
 from tf_jupyter.pytest_plugin import KernelWebSocket, text_of
 
@@ -164,7 +165,7 @@ async def test_50_kernels_execute_for_60s_nothing_lost(tf_worker_factory, jupyte
                     kid = s["kernel"]["id"]
                     async with worker.client() as client:
                         mine = [k for lease in await client.list_leases() for k in lease.kernels
-                                if lease.labels.get("jupyter_kernel_id") == kid]
+                                if lease.labels.get(KERNEL_LABEL) == kid]
                     logs = {k.id: (str(k).replace("\n", " "),
                                    {f.name: f.read_text(errors="replace")[-1500:]
                                     for f in (worker.state_dir / "kernels" / k.id).glob("*.log")})

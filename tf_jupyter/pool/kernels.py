@@ -12,7 +12,7 @@ from tf_remoting.proto import BUSY_UTILIZATION, pb
 __all__ = ["KERNEL_LABEL", "SERVER_LABEL", "KernelSlice", "Kernels"]
 
 KERNEL_LABEL = "jupyter_kernel_id"  # a kernel's lease names its Jupyter kernel
-SERVER_LABEL = "jupyter_server"  # ... and the server that placed it (Pool.server_id)
+SERVER_LABEL = "jupyter_server_id"  # ... and the server that placed it (Pool.server_id)
 
 
 @dataclass

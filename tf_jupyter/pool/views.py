@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tf_jupyter.placement import Request
-from tf_jupyter.pool.kernels import Kernels, KernelSlice
+from tf_jupyter.pool.kernels import KERNEL_LABEL, Kernels, KernelSlice
 from tf_jupyter.pool.scheduling import Waiting
 from tf_jupyter.pool.workers import WorkerState
 from tf_jupyter.qos import qos_name
@@ -45,7 +45,7 @@ def lease_label(lease: pb.Lease, kernel_id: str = "") -> str:
     """A name for a lease a person recognises: its notebook, else its profile and kernel."""
     if lease.labels.get("notebook"):
         return lease.labels["notebook"]
-    kernel = kernel_id or lease.labels.get("jupyter_kernel_id", "") or (lease.kernels[0].id if lease.kernels else "")
+    kernel = kernel_id or lease.labels.get(KERNEL_LABEL, "") or (lease.kernels[0].id if lease.kernels else "")
     what = f"{lease.profile} kernel" if lease.profile else "kernel"
     return f"{what} {kernel[:8]}" if kernel else f"lease {lease.id[:8]}"
 
