@@ -98,7 +98,12 @@ def test_sidebar_status_bar_and_notification(tf_worker_factory, jupyter_server_f
             extra = int(tiny_limit * 0.97) - used
             assert extra > 0, f"the kernel already uses {used} of {tiny_limit}"
             run_cell(page, f"y = b'y' * {extra}; print('filled')", "filled")
-            tiny_row.locator(".tf-vgpu-vram", has_text="near the limit").wait_for(timeout=15_000)
+            try:
+                tiny_row.locator(".tf-vgpu-vram", has_text="near the limit").wait_for(timeout=15_000)
+            except Exception:  # seen once in a fresh-clone run: say what the row and the API showed
+                api = server.get_sync(f"/tf-vgpu/api/kernels/{tiny_id}")
+                raise AssertionError(f"no 'near the limit' after filling {extra} bytes on {used} of {tiny_limit}: "
+                                     f"row {tiny_row.inner_text()!r}, API {api}\n{server.log()[-3000:]}") from None
             # The toast closes by itself after 10 s, which a loaded machine can outlast before the
             # cell's output shows; JupyterLab's notification center keeps every notification.
             page.locator(".jp-Notification-Status").click()
